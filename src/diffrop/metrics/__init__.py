@@ -1,0 +1,34 @@
+"""Evaluation metrics (DESIGN.md section 3): Inception features, FID / IS / precision-recall / PRD scores,
+and the reference-feature cache."""
+
+from diffrop.metrics.features import FidHelperFeatures, InceptionFeatures, make_extractor
+from diffrop.metrics.reference import ReferenceCache, make_key, weights_fingerprint
+from diffrop.metrics.scores import (
+    compute_all,
+    feature_stats,
+    fid_from_features,
+    frechet_distance,
+    inception_score,
+    knn_radii,
+    per_group,
+    prd_f_beta,
+    precision_recall,
+)
+
+__all__ = [
+    "FidHelperFeatures",
+    "InceptionFeatures",
+    "ReferenceCache",
+    "compute_all",
+    "feature_stats",
+    "fid_from_features",
+    "frechet_distance",
+    "inception_score",
+    "knn_radii",
+    "make_extractor",
+    "make_key",
+    "per_group",
+    "prd_f_beta",
+    "precision_recall",
+    "weights_fingerprint",
+]

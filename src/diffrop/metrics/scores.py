@@ -1,0 +1,290 @@
+"""Sample-quality scores over precomputed Inception features (protocol: DESIGN.md section 3).
+
+Pure functions: no network is loaded here, so every score is testable on plain tensors. Convention
+throughout: ``real`` is the reference set (the balanced training set), ``fake`` the generated set.
+Inputs may be torch tensors (any device: the heavy parts run where the features are) or NumPy arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans, MiniBatchKMeans
+from torch import Tensor
+
+Features = Tensor | np.ndarray
+
+
+def _matrix(x: Features, dtype: torch.dtype | None = None) -> Tensor:
+    t = x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
+    if t.ndim != 2:
+        raise ValueError(f"expected a feature matrix of shape [N, D], got shape {tuple(t.shape)}")
+    return t if dtype is None else t.to(dtype)
+
+
+# ----------------------------------------------------------------------------------------------- FID
+def feature_stats(features: Features) -> tuple[np.ndarray, np.ndarray]:
+    """Mean [D] and unbiased covariance [D, D] (as ``np.cov(f, rowvar=False)``), float64.
+
+    Computed with torch on the features' device, so 50k x 2048 features on a GPU take well under a second.
+    """
+    x = _matrix(features, torch.float64)
+    if x.shape[0] < 2:
+        raise ValueError(f"need at least 2 samples for a covariance, got {x.shape[0]}")
+    mu = x.mean(0)
+    xc = x - mu
+    sigma = xc.T @ xc / (x.shape[0] - 1)
+    return mu.cpu().numpy(), sigma.cpu().numpy()
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """Frechet distance of two Gaussians (Heusel et al. 2017, Eq. 6; Dowson & Landau 1982).
+
+    d^2 = ||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^{1/2}). The trace of the square root is taken as
+    sum_i sqrt(lambda_i(S1 S2)): S1 S2 is similar to the PSD matrix S1^{1/2} S2 S1^{1/2}, so its eigenvalues
+    are real and >= 0 and no matrix square root (scipy ``sqrtm``, slow and fragile) is needed. This is
+    torch-fidelity's computation; round-off imaginary / negative parts are dropped by taking the real part.
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = (
+        np.atleast_2d(np.asarray(sigma1, np.float64)),
+        np.atleast_2d(np.asarray(sigma2, np.float64)),
+    )
+    d = mu1.shape[0]
+    if mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
+        raise ValueError(
+            f"shape mismatch: mu1 {mu1.shape}, mu2 {mu2.shape}, sigma1 {sigma1.shape}, sigma2 {sigma2.shape}; "
+            "both statistics must come from features of the same dimension"
+        )
+    diff = mu1 - mu2
+    eigenvalues = np.linalg.eigvals(sigma1 @ sigma2).astype(np.complex128)
+    tr_covmean = np.sqrt(eigenvalues).real.sum()
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
+
+
+def fid_from_features(features1: Features, features2: Features) -> float:
+    """FID between two feature sets (pool3, 2048-d, for the standard Inception FID)."""
+    return frechet_distance(*feature_stats(features1), *feature_stats(features2))
+
+
+# ------------------------------------------------------------------------------------------------ IS
+def inception_score(
+    logits: Features, splits: int = 10, shuffle: bool = True, seed: int = 2020
+) -> tuple[float, float]:
+    """Inception Score (Salimans et al. 2016): exp(E_x KL(p(y|x) || p(y))), mean and std over ``splits``.
+
+    p(y) is the marginal within each split. Same computation as torch-fidelity (float64 softmax of the
+    unbiased logits, rows shuffled with NumPy seed 2020, population std), so the numbers agree with it;
+    classes whose probability underflows to 0 contribute 0 (0 log 0) instead of torch-fidelity's NaN.
+    """
+    x = _matrix(logits, torch.float64)
+    n = x.shape[0]
+    if not 1 <= splits <= n:
+        raise ValueError(f"splits must be in [1, N={n}], got {splits}")
+    if shuffle:
+        x = x[torch.as_tensor(np.random.RandomState(seed).permutation(n), device=x.device)]
+    log_p = x.log_softmax(dim=1)
+    scores = []
+    for i in range(splits):
+        log_p_chunk = log_p[i * n // splits : (i + 1) * n // splits]
+        p_chunk = log_p_chunk.exp()
+        log_marginal = p_chunk.mean(0, keepdim=True).log()
+        terms = torch.where(p_chunk > 0, p_chunk * (log_p_chunk - log_marginal), 0.0)  # 0 log 0 = 0
+        kl = terms.sum(1).mean()
+        scores.append(kl.exp().item())
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+# ---------------------------------------------------------------------------- improved precision/recall
+def knn_radii(features: Tensor, k: int, chunk: int = 10000) -> Tensor:
+    """Distance of every row to its k-th nearest neighbour in the same set, the row itself excluded.
+
+    Chunked over rows: the peak is one [chunk, N] distance block. The (k+1)-th smallest distance is taken
+    because each row's smallest distance is the 0 to itself.
+    """
+    n = features.shape[0]
+    if not 1 <= k < n:
+        raise ValueError(f"k must be in [1, N-1] = [1, {n - 1}] for the k-NN radius, got k={k}")
+    return torch.cat(
+        [
+            torch.cdist(block, features).topk(k + 1, dim=1, largest=False).values[:, -1]
+            for block in features.split(chunk)
+        ]
+    )
+
+
+def _fraction_inside(points: Tensor, centres: Tensor, radii: Tensor, chunk: int) -> float:
+    """Share of ``points`` inside at least one ball B(centre_j, radius_j) (closed ball, as in the paper)."""
+    inside = [(torch.cdist(block, centres) <= radii).any(dim=1) for block in points.split(chunk)]
+    return torch.cat(inside).double().mean().item()
+
+
+def precision_recall(
+    real: Features, fake: Features, k: int = 5, chunk: int = 10000, dtype: torch.dtype = torch.float64
+) -> dict[str, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019, Eq. 1-3).
+
+    The manifold of a set is the union of balls around its samples with radius = distance to the k-th
+    nearest neighbour (self excluded). precision = share of fake samples inside the real manifold, recall =
+    share of real samples inside the fake manifold. Distances are computed block-wise with ``torch.cdist``
+    on the features' device (a GPU if either set lives on one): peak memory is O(chunk x N) elements, never
+    the dense N x N matrix (chunk = 10000, N = 50000 in float64: 4 GB per block). ``dtype`` float64 keeps
+    the ball-membership test free of float32 / TF32 round-off; float32 halves memory and time.
+    """
+    real_t, fake_t = _matrix(real), _matrix(fake)
+    if real_t.shape[1] != fake_t.shape[1]:
+        raise ValueError(f"feature dims differ: real {real_t.shape[1]}, fake {fake_t.shape[1]}")
+    device = real_t.device if real_t.is_cuda else fake_t.device
+    real_t, fake_t = real_t.to(device, dtype), fake_t.to(device, dtype)
+    precision = _fraction_inside(fake_t, real_t, knn_radii(real_t, k, chunk), chunk)
+    recall = _fraction_inside(real_t, fake_t, knn_radii(fake_t, k, chunk), chunk)
+    return {"precision": precision, "recall": recall}
+
+
+# ------------------------------------------------------------------- PRD: F_8 and F_1/8 (Sajjadi 2018)
+def prd_curve(eval_dist: np.ndarray, ref_dist: np.ndarray, num_angles: int = 1001, epsilon: float = 1e-10):
+    """PRD curve of two histograms (Sajjadi et al. 2018, Thm. 2): for slope lambda = tan(angle),
+    alpha(lambda) = sum_i min(lambda * ref_i, eval_i), beta(lambda) = alpha(lambda) / lambda.
+
+    Returns (precision, recall), each [num_angles], over angles equally spaced in [eps, pi/2 - eps].
+    """
+    slopes = np.tan(np.linspace(epsilon, np.pi / 2 - epsilon, num_angles))
+    precision = np.minimum(ref_dist[None, :] * slopes[:, None], eval_dist[None, :]).sum(axis=1)
+    return precision, precision / slopes
+
+
+def f_beta_score(
+    precision: np.ndarray, recall: np.ndarray, beta: float, epsilon: float = 1e-10
+) -> np.ndarray:
+    """F_beta = (1 + beta^2) p r / (beta^2 p + r) (Sajjadi et al. 2018, Sec. 4; eps as in their code)."""
+    return (1 + beta**2) * precision * recall / (beta**2 * precision + recall + epsilon)
+
+
+def prd_f_beta(
+    real: Features,
+    fake: Features,
+    num_clusters: int,
+    num_runs: int = 10,
+    num_angles: int = 1001,
+    beta: float = 8.0,
+    seed: int = 0,
+    kmeans: str = "minibatch",
+) -> tuple[float, float]:
+    """(F_beta, F_1/beta) of fake w.r.t. real, following Sajjadi et al.'s reference code
+    (``compute_prd_from_embedding`` then ``prd_to_max_f_beta_pair``).
+
+    Each run clusters the union of both sets into ``num_clusters`` (20 x C in DESIGN.md) and takes the two
+    cluster histograms; the PRD curves of the runs are averaged, then F_beta / F_1/beta are the maxima over
+    the averaged curve. F_8 tracks recall, F_1/8 precision. ``kmeans="minibatch"`` is the reference code's
+    ``MiniBatchKMeans(n_init=10)``; ``"full"`` uses Lloyd ``KMeans`` (much slower at 100k x 2048). Sets of
+    unequal size are subsampled (seeded) to the smaller size, since the reference code rejects unequal sets
+    (an unbalanced union biases the clustering towards the larger set).
+    """
+    real_np = _matrix(real).detach().cpu().numpy().astype(np.float64)
+    fake_np = _matrix(fake).detach().cpu().numpy().astype(np.float64)
+    rng = np.random.RandomState(seed)
+    n = min(len(real_np), len(fake_np))
+    if len(real_np) > n:
+        real_np = real_np[np.sort(rng.choice(len(real_np), n, replace=False))]
+    if len(fake_np) > n:
+        fake_np = fake_np[np.sort(rng.choice(len(fake_np), n, replace=False))]
+    if not 1 <= num_clusters <= 2 * n:
+        raise ValueError(f"num_clusters must be in [1, {2 * n}] for {n} + {n} samples, got {num_clusters}")
+    if kmeans not in ("minibatch", "full"):
+        raise ValueError(f"kmeans must be 'minibatch' or 'full', got {kmeans!r}")
+
+    union = np.concatenate([fake_np, real_np])
+    curves = []
+    for run in range(num_runs):
+        algo = MiniBatchKMeans if kmeans == "minibatch" else KMeans
+        labels = algo(n_clusters=num_clusters, n_init=10, random_state=seed + run).fit(union).labels_
+        eval_dist = np.bincount(labels[:n], minlength=num_clusters) / n
+        ref_dist = np.bincount(labels[n:], minlength=num_clusters) / n
+        curves.append(prd_curve(eval_dist, ref_dist, num_angles))
+    precision, recall = np.mean(curves, axis=0)
+    return (
+        float(f_beta_score(precision, recall, beta).max()),
+        float(f_beta_score(precision, recall, 1.0 / beta).max()),
+    )
+
+
+# --------------------------------------------------------------------------------- per-shot and all
+def per_group(
+    fn: Callable[[Tensor, Tensor], Any],
+    real: Features,
+    real_labels: Features,
+    fake: Features,
+    fake_labels: Features,
+    groups: Mapping[str, Sequence[int]],
+) -> dict[str, Any]:
+    """{group: fn(real rows of the group's classes, fake rows of those classes)} (paper Table 2 per-shot)."""
+    real_t, fake_t = _matrix(real), _matrix(fake)
+    real_y, fake_y = (
+        torch.as_tensor(real_labels).to(real_t.device),
+        torch.as_tensor(fake_labels).to(fake_t.device),
+    )
+    if real_y.shape != (real_t.shape[0],) or fake_y.shape != (fake_t.shape[0],):
+        raise ValueError("labels must be 1-D with one label per feature row")
+    out = {}
+    for name, classes in groups.items():
+        real_g = real_t[torch.isin(real_y, torch.as_tensor(list(classes), device=real_y.device))]
+        fake_g = fake_t[torch.isin(fake_y, torch.as_tensor(list(classes), device=fake_y.device))]
+        if len(real_g) < 2 or len(fake_g) < 2:
+            raise ValueError(
+                f"group {name!r} (classes {list(classes)}) has {len(real_g)} real and {len(fake_g)} fake samples; "
+                "each needs at least 2 (check the labels and the group definition)"
+            )
+        out[name] = fn(real_g, fake_g)
+    return out
+
+
+def compute_all(
+    real_feats: Features,
+    real_labels: Features,
+    fake_feats: Features,
+    fake_logits: Features | None,
+    fake_labels: Features,
+    groups: Mapping[str, Sequence[int]],
+    num_classes: int,
+    *,
+    k: int = 5,
+    chunk: int = 10000,
+    is_splits: int = 10,
+    prd_clusters_per_class: int = 20,
+    prd_runs: int = 10,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Every score of DESIGN.md section 3 for one generated set.
+
+    Returns ``{fid, is_mean, is_std, precision, recall, f_8, f_1_8, per_shot: {group: {fid, precision,
+    recall}}}``; ``is_mean`` / ``is_std`` are None when ``fake_logits`` is None (an extractor without logits).
+    """
+    is_mean, is_std = (None, None) if fake_logits is None else inception_score(fake_logits, is_splits)
+    pr = precision_recall(real_feats, fake_feats, k=k, chunk=chunk)
+    f_8, f_1_8 = prd_f_beta(
+        real_feats,
+        fake_feats,
+        num_clusters=prd_clusters_per_class * num_classes,
+        num_runs=prd_runs,
+        seed=seed,
+    )
+
+    def shot_scores(real_g: Tensor, fake_g: Tensor) -> dict[str, float]:
+        return {
+            "fid": fid_from_features(real_g, fake_g),
+            **precision_recall(real_g, fake_g, k=k, chunk=chunk),
+        }
+
+    return {
+        "fid": fid_from_features(real_feats, fake_feats),
+        "is_mean": is_mean,
+        "is_std": is_std,
+        "precision": pr["precision"],
+        "recall": pr["recall"],
+        "f_8": f_8,
+        "f_1_8": f_1_8,
+        "per_shot": per_group(shot_scores, real_feats, real_labels, fake_feats, fake_labels, groups),
+    }

@@ -1,0 +1,291 @@
+"""Scores and reference cache against independent expectations: closed forms, hand-computed values,
+and naive reference implementations written here (scipy sqrtm FID, dense-matrix precision/recall)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from diffrop.metrics import reference as reference_module
+from diffrop.metrics.reference import ReferenceCache, make_key
+from diffrop.metrics.scores import (
+    compute_all,
+    f_beta_score,
+    feature_stats,
+    fid_from_features,
+    frechet_distance,
+    inception_score,
+    knn_radii,
+    per_group,
+    prd_curve,
+    prd_f_beta,
+    precision_recall,
+)
+
+
+# ------------------------------------------------------------------------------------------------ FID
+def _fid_scipy(f1: np.ndarray, f2: np.ndarray) -> float:
+    """The classic pytorch-fid / TTUR formula: np.cov + scipy.linalg.sqrtm of the covariance product."""
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def test_feature_stats_match_numpy():
+    f = np.random.default_rng(0).normal(size=(300, 7)) * np.arange(1, 8)
+    mu, sigma = feature_stats(torch.as_tensor(f, dtype=torch.float32))
+    np.testing.assert_allclose(mu, f.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sigma, np.cov(f, rowvar=False), rtol=1e-5, atol=1e-5)
+
+
+def test_fid_of_a_set_with_itself_is_zero():
+    f = np.random.default_rng(1).normal(size=(500, 32))
+    assert abs(fid_from_features(f, f)) < 1e-6
+
+
+def test_fid_equals_scipy_sqrtm_reference():
+    rng = np.random.default_rng(2)
+    f1 = rng.normal(size=(400, 24)) @ rng.normal(size=(24, 24))
+    f2 = rng.normal(size=(350, 24)) @ rng.normal(size=(24, 24)) + 0.5
+    expected = _fid_scipy(f1, f2)
+    assert fid_from_features(torch.as_tensor(f1), torch.as_tensor(f2)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_frechet_distance_closed_form_of_two_gaussians():
+    """Exact parameters: ||m1 - m2||^2 + tr(S1 + S2 - 2 (S1 S2)^1/2) with scipy's sqrtm."""
+    m1, m2 = np.array([0.0, 1.0, -1.0]), np.array([1.0, 0.0, 2.0])
+    a = np.array([[1.0, 0.3, 0.0], [0.0, 1.2, 0.5], [0.2, 0.0, 0.8]])
+    s1, s2 = a @ a.T, np.diag([0.5, 2.0, 1.5])
+    expected = ((m1 - m2) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
+    assert frechet_distance(m1, s1, m2, s2) == pytest.approx(expected, rel=1e-9)
+    # 1-D: (m1 - m2)^2 + (s1 - s2)^2 for standard deviations s1, s2
+    assert frechet_distance(
+        np.array([1.0]), np.array([[4.0]]), np.array([3.0]), np.array([[9.0]])
+    ) == pytest.approx(4.0 + 1.0)
+    # ... and FID on large samples of those Gaussians approaches it
+    rng = np.random.default_rng(3)
+    f1 = rng.multivariate_normal(m1, s1, size=200_000)
+    f2 = rng.multivariate_normal(m2, s2, size=200_000)
+    assert fid_from_features(f1, f2) == pytest.approx(expected, rel=0.01)
+
+
+def test_frechet_distance_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="shape mismatch"):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+# ------------------------------------------------------------------------------------------------- IS
+def test_inception_score_uniform_logits_is_one():
+    mean, std = inception_score(torch.zeros(1000, 1008))
+    assert mean == pytest.approx(1.0, abs=1e-12)
+    assert std == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("num_classes", [1, 10, 100])
+def test_inception_score_confident_balanced_is_num_classes(num_classes):
+    """p(y|x) one-hot and p(y) uniform over K classes: KL = log K for every x, so IS = K."""
+    labels = torch.arange(num_classes * 20) % num_classes  # balanced in every contiguous split of 10
+    logits = torch.full((len(labels), 1008), -1e4).scatter_(1, labels[:, None], 0.0)
+    mean, std = inception_score(logits, splits=10, shuffle=False)
+    assert mean == pytest.approx(num_classes, rel=1e-9)
+    assert std == pytest.approx(0.0, abs=1e-9)
+    assert inception_score(logits, splits=1)[0] == pytest.approx(num_classes, rel=1e-9)  # shuffled, one split
+
+
+def test_inception_score_hand_computed_two_classes():
+    """Two samples, p1 = (1, 0), p2 = (1/2, 1/2): p(y) = (3/4, 1/4),
+    KL1 = log(4/3), KL2 = 1/2 log(2/3) + 1/2 log 2, IS = exp((KL1 + KL2) / 2)."""
+    logits = torch.tensor([[0.0, -1e4], [0.0, 0.0]])
+    kl1, kl2 = np.log(4 / 3), 0.5 * np.log(2 / 3) + 0.5 * np.log(2)
+    assert inception_score(logits, splits=1)[0] == pytest.approx(np.exp((kl1 + kl2) / 2), rel=1e-12)
+
+
+# ------------------------------------------------------------------------------------- precision/recall
+def _precision_recall_dense(real: np.ndarray, fake: np.ndarray, k: int) -> tuple[float, float]:
+    """Kynkaanniemi et al. 2019 straight from the definition, with full distance matrices."""
+
+    def dist(a, b):
+        return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+
+    r_real = np.sort(dist(real, real), axis=1)[:, k]  # column 0 is the point itself
+    r_fake = np.sort(dist(fake, fake), axis=1)[:, k]
+    precision = (dist(fake, real) <= r_real[None, :]).any(1).mean()
+    recall = (dist(real, fake) <= r_fake[None, :]).any(1).mean()
+    return float(precision), float(recall)
+
+
+def test_knn_radius_excludes_the_point_itself():
+    x = torch.tensor([[0.0], [1.0], [3.0]], dtype=torch.float64)
+    assert knn_radii(x, k=1).tolist() == [1.0, 1.0, 2.0]
+    assert knn_radii(x, k=2).tolist() == [3.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="k must be"):
+        knn_radii(x, k=3)
+
+
+def test_precision_recall_hand_computed_1d():
+    """k = 1. real {0, 1, 3, -30}: radii 1, 1, 2, 30. fake {0.5, 5, 10}: radii 4.5, 4.5, 5.
+    precision: 0.5 in B(0, 1); 5 on the boundary of B(3, 2) (closed ball); 10 in none -> 2/3.
+    recall: 0, 1, 3 within 4.5 of 0.5 or 5; -30 is 30.5 from 0.5 -> 3/4."""
+    real = torch.tensor([[0.0], [1.0], [3.0], [-30.0]])
+    fake = torch.tensor([[0.5], [5.0], [10.0]])
+    out = precision_recall(real, fake, k=1)
+    assert out["precision"] == pytest.approx(2 / 3)
+    assert out["recall"] == pytest.approx(3 / 4)
+
+
+def test_precision_recall_identical_and_disjoint_sets():
+    x = torch.randn(200, 16, generator=torch.Generator().manual_seed(0))
+    assert precision_recall(x, x.clone(), k=5) == {"precision": 1.0, "recall": 1.0}
+    assert precision_recall(x, x + 1000.0, k=5) == {"precision": 0.0, "recall": 0.0}
+
+
+def test_precision_recall_matches_dense_reference_and_chunking_is_exact():
+    rng = np.random.default_rng(4)
+    real = rng.normal(size=(300, 8))
+    fake = rng.normal(size=(250, 8)) * 1.3 + 0.4
+    expected = _precision_recall_dense(real, fake, k=5)
+    full = precision_recall(real, fake, k=5, chunk=100_000)
+    assert (full["precision"], full["recall"]) == pytest.approx(expected, abs=1e-12)
+    assert 0.0 < expected[0] < 1.0 and 0.0 < expected[1] < 1.0  # a non-trivial case
+    assert precision_recall(real, fake, k=5, chunk=7) == full
+
+
+# -------------------------------------------------------------------------------------- PRD / F_beta
+def test_prd_curve_and_f_beta_hand_computed():
+    """eval (1/2, 1/2, 0), ref (0, 1/2, 1/2): alpha(l) = min(l/2, 1/2), beta(l) = min(1/2, 1/(2l));
+    F_beta is largest at l = 1 where p = r = 1/2, for every beta."""
+    precision, recall = prd_curve(np.array([0.5, 0.5, 0.0]), np.array([0.0, 0.5, 0.5]), num_angles=1001)
+    lam = np.tan(np.linspace(1e-10, np.pi / 2 - 1e-10, 1001))
+    np.testing.assert_allclose(precision, np.minimum(lam / 2, 0.5))
+    np.testing.assert_allclose(recall, np.minimum(0.5, 0.5 / lam))
+    assert f_beta_score(precision, recall, 8).max() == pytest.approx(0.5, abs=1e-6)
+    assert f_beta_score(precision, recall, 1 / 8).max() == pytest.approx(0.5, abs=1e-6)
+
+
+def _blobs(centres: np.ndarray, n_per: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.concatenate([c + 0.1 * rng.normal(size=(n_per, centres.shape[1])) for c in centres])
+
+
+def test_prd_f_beta_identical_and_disjoint():
+    centres = np.random.default_rng(5).normal(size=(4, 6)) * 10
+    real = _blobs(centres, 50, seed=6)
+    f_8, f_1_8 = prd_f_beta(real, real.copy(), num_clusters=20, num_runs=2)
+    assert f_8 == pytest.approx(1.0, abs=1e-6) and f_1_8 == pytest.approx(1.0, abs=1e-6)
+    f_8, f_1_8 = prd_f_beta(real, real + 1000.0, num_clusters=20, num_runs=2)
+    assert f_8 == pytest.approx(0.0, abs=1e-6) and f_1_8 == pytest.approx(0.0, abs=1e-6)
+
+
+def test_prd_f_beta_mode_dropping_lowers_f8_only():
+    """fake covers 2 of real's 4 equal modes: eval = (1/2, 1/2, 0, 0) vs ref = 1/4 each, so
+    alpha(l) = min(l/2, 1), beta(l) = min(1/2, 1/l); maxima F_8 = 65/129 at l = 2 and
+    F_1/8 = (65/64 * 1/2) / (1/64 + 1/2) = 65/66 (recall 1/2, precision 1)."""
+    centres = np.eye(4, 6) * 20
+    real = _blobs(centres, 100, seed=7)
+    fake = _blobs(centres[:2], 200, seed=8)
+    f_8, f_1_8 = prd_f_beta(real, fake, num_clusters=4, num_runs=3, kmeans="full")
+    assert f_8 == pytest.approx(65 / 129, abs=0.01)
+    assert f_1_8 == pytest.approx(65 / 66, abs=0.01)
+
+
+# ------------------------------------------------------------------------------------ per-shot / all
+def test_per_group_selects_the_classes():
+    real = torch.arange(12.0)[:, None].repeat(1, 2)
+    real_y = torch.arange(12) % 3
+    fake = torch.arange(6.0)[:, None].repeat(1, 2)
+    fake_y = torch.tensor([0, 0, 1, 2, 2, 2])
+    out = per_group(
+        lambda r, f: (r[:, 0].tolist(), f[:, 0].tolist()),
+        real,
+        real_y,
+        fake,
+        fake_y,
+        {"a": [0], "bc": [1, 2]},
+    )
+    assert out["a"] == ([0.0, 3.0, 6.0, 9.0], [0.0, 1.0])
+    assert out["bc"] == ([1.0, 2.0, 4.0, 5.0, 7.0, 8.0, 10.0, 11.0], [2.0, 3.0, 4.0, 5.0])
+    with pytest.raises(ValueError, match="group 'none'"):
+        per_group(lambda r, f: 0, real, real_y, fake, fake_y, {"none": [7]})
+
+
+def test_compute_all_keys_and_consistency():
+    rng = np.random.default_rng(9)
+    real = torch.as_tensor(rng.normal(size=(120, 12)), dtype=torch.float32)
+    fake = torch.as_tensor(rng.normal(size=(120, 12)) + 0.2, dtype=torch.float32)
+    real_y, fake_y = torch.arange(120) % 3, torch.arange(120) % 3
+    groups = {"many": [0], "few": [1, 2]}
+    out = compute_all(real, real_y, fake, None, fake_y, groups, num_classes=3, prd_runs=1)
+    assert set(out) == {"fid", "is_mean", "is_std", "precision", "recall", "f_8", "f_1_8", "per_shot"}
+    assert out["is_mean"] is None and out["is_std"] is None
+    assert out["fid"] == pytest.approx(_fid_scipy(real.double().numpy(), fake.double().numpy()), rel=1e-6)
+    many_real, many_fake = real[real_y == 0].double().numpy(), fake[fake_y == 0].double().numpy()
+    assert out["per_shot"]["many"]["fid"] == pytest.approx(_fid_scipy(many_real, many_fake), rel=1e-6)
+    _, recall = _precision_recall_dense(many_real, many_fake, k=5)
+    assert out["per_shot"]["many"]["recall"] == pytest.approx(recall)
+    assert 0.0 <= out["f_8"] <= 1.0 and 0.0 <= out["f_1_8"] <= 1.0
+    logits = torch.zeros(120, 1008)
+    assert compute_all(real, real_y, fake, logits, fake_y, groups, 3, prd_runs=1)["is_mean"] == pytest.approx(
+        1.0
+    )
+
+
+# ------------------------------------------------------------------------------------- reference cache
+def test_reference_cache_computes_once_and_reloads(tmp_path):
+    calls = []
+    features, labels = torch.randn(40, 5), torch.arange(40) % 4
+
+    def compute():
+        calls.append(1)
+        return features, labels
+
+    key = make_key("cifar10-train", "inception-v3-compat", None)
+    first = ReferenceCache(tmp_path).get_or_compute(key, compute)
+    second = ReferenceCache(tmp_path).get_or_compute(key, compute)  # a fresh object: served from disk
+    assert len(calls) == 1
+    for got in (first, second):
+        assert torch.equal(got[0], features) and torch.equal(got[1], labels)
+    assert [p.name for p in tmp_path.iterdir()] == [ReferenceCache(tmp_path).path(key).name]
+
+
+def test_reference_cache_class_subset_stats(tmp_path):
+    cache = ReferenceCache(tmp_path)
+    features, labels = torch.randn(60, 3, dtype=torch.float64), torch.arange(60) % 3
+    cache.save("k", features, labels)
+    mu, sigma = cache.stats("k", classes=[2, 0])
+    subset = features[(labels == 0) | (labels == 2)].numpy()
+    np.testing.assert_allclose(mu, subset.mean(0))
+    np.testing.assert_allclose(sigma, np.cov(subset, rowvar=False))
+    with pytest.raises(KeyError, match="no reference features"):
+        cache.stats("missing")
+
+
+def test_reference_cache_writes_atomically(tmp_path, monkeypatch):
+    cache = ReferenceCache(tmp_path / "ref")
+    final = cache.path("key")
+    replaced = []
+    real_replace = os.replace
+
+    def spy_replace(src, dst):
+        assert not final.exists()  # nothing under the final name until the rename
+        replaced.append((os.fspath(src), os.fspath(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(reference_module.os, "replace", spy_replace)
+    cache.save("key", torch.randn(4, 2), torch.arange(4))
+    ((src, dst),) = replaced
+    assert os.path.dirname(src) == os.path.dirname(dst) == str(tmp_path / "ref") and src != dst
+    assert dst == str(final) and final.is_file()
+
+    def broken_save(*args, **kwargs):  # a crash in the middle of writing
+        raise OSError("disk full")
+
+    monkeypatch.setattr(reference_module.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        cache.save("other", torch.randn(4, 2), torch.arange(4))
+    assert not cache.path("other").exists()
+    assert sorted(p.name for p in (tmp_path / "ref").iterdir()) == [final.name]  # no temp file left
