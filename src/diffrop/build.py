@@ -1,0 +1,83 @@
+"""The one place that turns a Hydra config into objects (the rest of the package never imports Hydra)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from diffrop.data.datamodule import LongTailDataModule
+from diffrop.diffusion.schedule import NoiseSchedule
+from diffrop.losses.objective import Objective
+from diffrop.module import DiffusionModule
+
+
+def build_datamodule(cfg: DictConfig) -> LongTailDataModule:
+    return instantiate(cfg.data, _convert_="all")
+
+
+def build_net(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
+    return instantiate(cfg.model.net, num_classes=num_classes, _convert_="all")
+
+
+def build_objective(cfg: DictConfig) -> Objective:
+    return Objective({name: instantiate(term) for name, term in cfg.loss.terms.items()})
+
+
+def build_module(cfg: DictConfig, datamodule: LongTailDataModule) -> DiffusionModule:
+    return DiffusionModule(
+        net=build_net(cfg, datamodule.num_classes),
+        objective=build_objective(cfg),
+        schedule=instantiate(cfg.diffusion),
+        class_freq=datamodule.class_freq,
+        lr=cfg.optim.lr,
+        warmup_steps=cfg.optim.warmup_steps,
+        ema_decay=cfg.optim.ema_decay,
+        fused_adam=cfg.optim.fused_adam,
+        label_drop=cfg.model.label_drop,
+        label_drop_prob=cfg.model.label_drop_prob,
+        run_config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+def run_id(run_dir: str | Path) -> str:
+    """A stable W&B id per run directory, so a resumed run continues the same W&B run."""
+    return hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
+
+
+def build_trainer(cfg: DictConfig, run_dir: str | Path, **overrides: Any) -> L.Trainer:
+    loggers = []
+    for name, logger_cfg in (cfg.get("logger") or {}).items():
+        extra = {"id": run_id(run_dir), "name": Path(run_dir).name} if name == "wandb" else {}
+        loggers.append(instantiate(logger_cfg, **extra))
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **overrides)
+
+
+def net_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", ema: bool = True):
+    """Rebuild the network (EMA weights by default) and schedule from a checkpoint's own stored config."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {path} does not exist (pass ckpt_path=<run dir>/checkpoints/last.ckpt)"
+        )
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # truncated / not a torch file
+        raise ValueError(
+            f"checkpoint {path} is corrupt or not a DiffROP checkpoint ({type(err).__name__}: {err})"
+        ) from err
+    if not isinstance(ckpt, dict) or "diffrop_config" not in ckpt or "state_dict" not in ckpt:
+        raise ValueError(f"checkpoint {path} carries no DiffROP config: it was not written by src/train.py")
+    cfg = OmegaConf.create(ckpt["diffrop_config"])
+    num_classes = ckpt["state_dict"]["net.label_embedding.weight"].shape[0]
+    net = build_net(cfg, num_classes)
+    prefix = "ema." if ema else "net."
+    net.load_state_dict({k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
+    schedule: NoiseSchedule = instantiate(cfg.diffusion)
+    return net.eval(), schedule, cfg, ckpt

@@ -1,0 +1,171 @@
+"""LightningDataModule for every long-tailed image source: CIFAR10LT / CIFAR100LT (CBDM-exact), balanced CIFAR,
+``imagefolder_lt`` and ``digits_lt`` (scikit-learn's bundled digits, for offline CPU runs).
+
+Images stay uint8 until they reach the device; flipping and scaling to [-1, 1] happen there
+(``augment_batch``), so workers only gather indices.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from diffrop.data.datasets import ImageSet, load_cifar, load_digits, load_image_folder
+from diffrop.data.longtail import longtail_counts, select_longtail, shot_groups
+from diffrop.data.sampling import StepBatchSampler, class_balancing_weights
+
+SOURCES = ("cifar10", "cifar100", "imagefolder", "digits")
+AUGMENTS = ("none", "diffaug")
+
+
+class _Tensors(Dataset):
+    def __init__(self, images: Tensor, labels: Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.images[i], self.labels[i]
+
+
+class _StepDataLoader(DataLoader):
+    """Resumable by construction: its position is the trainer's global step (see ``StepBatchSampler``)."""
+
+    def state_dict(self) -> dict:
+        return {"start_step": self.batch_sampler.start_step}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass  # train_dataloader() already started the sampler at the restored global step
+
+
+class LongTailDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        name: str,
+        source: str,
+        root: str = "data",
+        imb_factor: float = 0.01,
+        image_size: int = 32,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        seed: int = 0,
+        download: bool = False,
+        sampler: str = "none",
+        hflip: bool = True,
+        augment: str = "none",
+        max_steps: int = 10**9,
+    ) -> None:
+        super().__init__()
+        if source not in SOURCES:
+            raise ValueError(f"data.source={source!r} is not one of {list(SOURCES)}")
+        class_balancing_weights(torch.zeros(1, dtype=torch.long), sampler)  # validates data.sampler early
+        if batch_size <= 0:
+            raise ValueError(f"data.batch_size must be > 0, got {batch_size}")
+        self.name, self.source, self.root = name, source, root
+        self.imb_factor, self.image_size, self.batch_size = imb_factor, image_size, batch_size
+        self.num_workers, self.seed, self.download, self.sampler = num_workers, seed, download, sampler
+        if augment not in AUGMENTS:
+            raise ValueError(f"data.augment={augment!r} is not one of {list(AUGMENTS)}")
+        self.hflip, self.augment, self.max_steps = hflip, augment, max_steps
+        self._full: ImageSet | None = None
+        self._train: ImageSet | None = None
+
+    # --- data -----------------------------------------------------------------------------------------
+    def full_train_set(self) -> ImageSet:
+        """The balanced training set the subset is drawn from (also the FID reference of DESIGN.md section 3)."""
+        if self._full is None:
+            if self.source in ("cifar10", "cifar100"):
+                self._full = load_cifar(self.root, int(self.source[5:]), train=True, download=self.download)
+            elif self.source == "imagefolder":
+                self._full = load_image_folder(self.root, self.image_size)
+            else:
+                self._full = load_digits(self.image_size)
+        return self._full
+
+    @property
+    def train_set(self) -> ImageSet:
+        """The long-tail subset: n_c = int(n_max * imb ** (c / (C - 1))), seed-0 per-class shuffle."""
+        if self._train is None:
+            full = self.full_train_set()
+            available = torch.bincount(full.labels, minlength=len(full.class_names)).tolist()
+            counts = longtail_counts(max(available), len(available), self.imb_factor)
+            self._train = full.subset(select_longtail(full.labels.numpy(), counts, self.seed))
+        return self._train
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.train_set.class_names)
+
+    @property
+    def channels(self) -> int:
+        return self.train_set.images.shape[1]
+
+    @property
+    def class_counts(self) -> list[int]:
+        return torch.bincount(self.train_set.labels, minlength=self.num_classes).tolist()
+
+    @property
+    def class_freq(self) -> Tensor:
+        counts = torch.tensor(self.class_counts, dtype=torch.float32)
+        return counts / counts.sum()
+
+    @property
+    def shot_groups(self) -> dict[str, list[int]]:
+        return shot_groups(self.class_counts)
+
+    def summary(self) -> dict:
+        return {
+            "dataset": self.name,
+            "source": self.source,
+            "imb_factor": self.imb_factor,
+            "num_images": sum(self.class_counts),
+            "class_counts": self.class_counts,
+            "class_names": self.train_set.class_names,
+            "shot_groups": self.shot_groups,
+        }
+
+    def write_summary(self, run_dir: str | Path) -> Path:
+        path = Path(run_dir) / "data_summary.json"
+        path.write_text(json.dumps(self.summary(), indent=2))
+        return path
+
+    # --- Lightning ------------------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        data = self.train_set
+        batches = StepBatchSampler(
+            len(data.labels),
+            self.batch_size,
+            self.seed,
+            class_balancing_weights(data.labels, self.sampler),
+            rank,
+            world,
+            self.max_steps,
+        )
+        batches.start_step = trainer.global_step if trainer else 0  # resume replays the same batch order
+        return _StepDataLoader(
+            _Tensors(data.images, data.labels),
+            batch_sampler=batches,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, ...]:
+        images, labels = batch
+        return self.augment_batch(images), labels
+
+    def augment_batch(self, images: Tensor) -> Tensor:
+        """uint8 [B, C, H, W] -> float in [-1, 1], random horizontal flip (the CBDM augmentation)."""
+        x = images.float().div_(127.5).sub_(1.0)
+        if self.hflip:
+            flip = torch.rand(x.shape[0], device=x.device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return x

@@ -1,0 +1,23 @@
+"""A CSV logger that survives resuming: Lightning's ``CSVLogger`` deletes an existing metrics.csv when it starts."""
+
+from __future__ import annotations
+
+from lightning.fabric.loggers.csv_logs import _ExperimentWriter as _FabricWriter
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Keeps earlier rows; Lightning's writer already rewrites the header when new columns appear."""
+
+    def _check_log_dir_exists(self) -> None:
+        pass
+
+
+class ResumableCSVLogger(CSVLogger):
+    @property
+    def experiment(self) -> _FabricWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
