@@ -1,0 +1,42 @@
+# DiffROP: the single entry point. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install train quickstart test test-fast test-slow lint format clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the package with dev extras (idempotent)
+
+train: install ## train the default experiment (CIFAR10LT, DDPM); extra overrides: make train ARGS="loss=pcl_exp tau=exp_decay"
+	$(PY) src/train.py $(ARGS)
+
+quickstart: install ## CPU, no download, a few minutes: tiny model on digits_lt, samples + data summary
+	$(PY) src/train.py experiment=quickstart $(ARGS)
+
+test: install ## the full test suite (what CI runs)
+	$(PY) -m pytest -q -m "not slurm" $(ARGS)
+
+test-fast: install ## the suite without slow tests
+	$(PY) -m pytest -q -m "not slow and not slurm" $(ARGS)
+
+lint: install ## ruff lint + format check
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: install ## ruff fix + format
+	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
+
+clean: ## remove caches (keeps .venv, data and logs)
+	rm -rf .pytest_cache .ruff_cache **/__pycache__
