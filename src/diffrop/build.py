@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from diffrop.data.datamodule import LongTailDataModule
+from diffrop.data.diffaug import NUM_AUG_PARAMS
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.losses.objective import Objective
 from diffrop.module import DiffusionModule
@@ -22,7 +23,8 @@ def build_datamodule(cfg: DictConfig) -> LongTailDataModule:
 
 
 def build_net(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
-    return instantiate(cfg.model.net, num_classes=num_classes, _convert_="all")
+    num_aug_params = NUM_AUG_PARAMS if cfg.data.get("augment", "none") == "diffaug" else 0
+    return instantiate(cfg.model.net, num_classes=num_classes, num_aug_params=num_aug_params, _convert_="all")
 
 
 def build_objective(cfg: DictConfig) -> Objective:

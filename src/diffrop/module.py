@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import random
 import time
+from functools import partial
 from typing import Any
 
 import lightning as L
@@ -59,26 +60,30 @@ class DiffusionModule(L.LightningModule):
             return torch.full_like(y, not dropped, dtype=torch.bool), dropped
         return torch.rand(y.shape, device=y.device) >= self.label_drop_prob, False
 
-    def forward_step(self, x0: Tensor, y: Tensor) -> Step:
-        """The one network evaluation of a training step; every loss term reads from the returned Step."""
+    def forward_step(self, x0: Tensor, y: Tensor, aug: Tensor | None = None) -> Step:
+        """The one network evaluation of a training step; every loss term reads from the returned Step.
+
+        ``aug``: DiffAugment parameters of each sample, fed to the network as conditioning (None without DiffAug).
+        """
         t = torch.randint(0, self.schedule.num_steps, (x0.shape[0],), device=x0.device)
         eps = torch.randn_like(x0)
         xt = self.schedule.q_sample(x0, t, eps)
         cond, all_dropped = self._condition_mask(y)
-        eps_hat = self.net(xt, t, y, cond)
+        net = self.net if aug is None else partial(self.net, aug=aug)
+        eps_hat = net(xt, t, y, cond)
         gather = (
             (lambda v: self.all_gather(v, sync_grads=True).flatten(0, 1))
             if self.trainer.world_size > 1
             else None
         )
-        step = Step(x0, xt, t, eps, eps_hat, y, cond, all_dropped, self.schedule, self.class_freq, self.net)
+        step = Step(x0, xt, t, eps, eps_hat, y, cond, all_dropped, self.schedule, self.class_freq, net)
         if gather is not None:
             step.gather = gather
         return step
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x0, y = batch
-        step = self.forward_step(x0, y)
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        x0, y, *aug = batch
+        step = self.forward_step(x0, y, *aug)
         total, parts = self.objective(step)
         self.log("train/loss", total, prog_bar=True)
         self.log_dict({f"train/loss_{name}": value for name, value in parts.items()})

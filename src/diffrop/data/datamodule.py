@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from diffrop.data.datasets import ImageSet, load_cifar, load_digits, load_image_folder
+from diffrop.data.diffaug import diff_augment
 from diffrop.data.longtail import longtail_counts, select_longtail, shot_groups
 from diffrop.data.sampling import StepBatchSampler, class_balancing_weights
 
@@ -59,6 +60,7 @@ class LongTailDataModule(L.LightningDataModule):
         sampler: str = "none",
         hflip: bool = True,
         augment: str = "none",
+        augment_prob: float = 0.15,
         max_steps: int = 10**9,
     ) -> None:
         super().__init__()
@@ -72,7 +74,7 @@ class LongTailDataModule(L.LightningDataModule):
         self.num_workers, self.seed, self.download, self.sampler = num_workers, seed, download, sampler
         if augment not in AUGMENTS:
             raise ValueError(f"data.augment={augment!r} is not one of {list(AUGMENTS)}")
-        self.hflip, self.augment, self.max_steps = hflip, augment, max_steps
+        self.hflip, self.augment, self.augment_prob, self.max_steps = hflip, augment, augment_prob, max_steps
         self._full: ImageSet | None = None
         self._train: ImageSet | None = None
 
@@ -158,9 +160,16 @@ class LongTailDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, ...]:
+    def on_after_batch_transfer(
+        self, batch: tuple[Tensor, Tensor], dataloader_idx: int
+    ) -> tuple[Tensor, ...]:
+        """(uint8 images, labels) -> (x in [-1, 1], labels[, DiffAugment parameters]) on the device."""
         images, labels = batch
-        return self.augment_batch(images), labels
+        x = self.augment_batch(images)
+        if self.augment == "diffaug":
+            x, params = diff_augment(x, self.augment_prob)
+            return x, labels, params
+        return x, labels
 
     def augment_batch(self, images: Tensor) -> Tensor:
         """uint8 [B, C, H, W] -> float in [-1, 1], random horizontal flip (the CBDM augmentation)."""
