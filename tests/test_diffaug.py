@@ -21,7 +21,7 @@ def test_each_sample_parameters_describe_its_transform():
     assert (brightness.abs() <= 0.5).all() and (saturation.abs() <= 1).all() and (contrast.abs() <= 0.5).all()
     # translations are whole pixels: multiples of 1 / (W / 8) = 0.5 in parameter units for W = 16
     assert torch.equal(dx * 2, (dx * 2).round()) and (dx.abs() <= 1).all() and (dy.abs() <= 1).all()
-    assert (cut == 1).all() and ((cx >= 0) & (cx <= 1)).all()
+    assert (cut == 1).all() and ((cx >= 0) & (cx <= 1)).all() and ((cy >= 0) & (cy <= 1)).all()
 
 
 def test_brightness_alone_shifts_a_constant_image_by_twice_the_parameter():
