@@ -15,7 +15,7 @@ averaged over the classes (weights pi) and over the timesteps t in S (uniform, a
 
 Posterior mean (DiffROP Eq. 9, via ``NoiseSchedule.posterior_mean``) is linear in (x_t, eps_hat), so given c
     mu ~ N(C_t a_c + B_t m_c, S_t^2),   B_t = beta_t sqrt(abar_t) / (sigma_t^2 sqrt(alpha_t)),
-and S_t does not depend on (m1, m2). Note the scale: B_t <= 0.0066 on the 1000-step linear schedule: one reverse
+and S_t does not depend on (m1, m2). Note the scale: B_t <= 0.0067 on the 1000-step linear schedule: one reverse
 step moves mu by a few thousandths of the class parameter, so PCL's pull on the model is weak against the
 diffusion loss unless tau is large (hence the default tau0 = 30 of the Fig. 2 script).
 
