@@ -2,18 +2,56 @@
 
 Guidance (CBDM / DiffROP convention): eps = (1 + w) eps(x, c) - w eps(x, none), the conditional and unconditional
 halves evaluated in ONE batched forward of size 2B.
+
+Randomness: every sampler draws its noise through ``generator``, either a ``torch.Generator`` (one stream for the
+batch) or a ``StackedGenerator`` (one stream per sample, EDM's habit): with per-sample seeds, sample k's initial
+noise and every later noise draw depend on seed k only, so a generated set does not depend on the batch size,
+the shard layout or the number of GPUs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from diffrop.diffusion.schedule import NoiseSchedule
 
 Net = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+SAMPLERS = ("ddpm", "ddim")
+LABEL_MODES = ("balanced", "train")
+
+
+class StackedGenerator:
+    """One ``torch.Generator`` per sample (EDM's ``StackedRandomGenerator``): row i of every draw comes from seed i.
+
+    Costs one small ``randn`` per sample and draw; next to a network forward per step this is negligible.
+    """
+
+    def __init__(self, seeds: Sequence[int] | Tensor, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.generators = [torch.Generator(self.device).manual_seed(int(s)) for s in seeds]
+
+    def randn(self, shape: Sequence[int]) -> Tensor:
+        if shape[0] != len(self.generators):
+            raise ValueError(
+                f"asked for {shape[0]} samples of noise but this generator has {len(self.generators)} seeds"
+            )
+        return torch.stack(
+            [torch.randn(tuple(shape[1:]), generator=g, device=self.device) for g in self.generators]
+        )
+
+
+Generator = torch.Generator | StackedGenerator
+
+
+def _randn(shape: tuple[int, ...], generator: Generator | None, device: torch.device) -> Tensor:
+    if isinstance(generator, StackedGenerator):
+        return generator.randn(shape).to(device)
+    return torch.randn(shape, generator=generator, device=device)
 
 
 def guided_eps(net: Net, x: Tensor, t: Tensor, y: Tensor, guidance: float) -> Tensor:
@@ -32,17 +70,17 @@ def ddpm_sample(
     y: Tensor,
     shape: tuple[int, ...],
     guidance: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generator | None = None,
     progress: Callable | None = None,
 ) -> Tensor:
     """Ancestral sampling over all T steps with variance beta_t ("fixedlarge", as CBDM)."""
-    x = torch.randn(shape, generator=generator, device=y.device)
+    x = _randn(shape, generator, y.device)
     steps = range(schedule.num_steps - 1, -1, -1)
     for i in progress(steps) if progress else steps:
         t = torch.full((shape[0],), i, device=y.device, dtype=torch.long)
         mean = schedule.posterior_mean(x, t, guided_eps(net, x, t, y, guidance))
         if i > 0:
-            noise = torch.randn(shape, generator=generator, device=y.device)
+            noise = _randn(shape, generator, y.device)
             x = mean + schedule.betas[i].sqrt() * noise
         else:
             x = mean
@@ -58,14 +96,14 @@ def ddim_sample(
     steps: int = 100,
     eta: float = 0.0,
     guidance: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generator | None = None,
     progress: Callable | None = None,
 ) -> Tensor:
     """DDIM (Song et al. 2021, Eq. 12) on ``steps`` evenly spaced timesteps; eta = 1 recovers DDPM-like noise."""
     if not 1 <= steps <= schedule.num_steps:
         raise ValueError(f"sampler.steps must be in [1, {schedule.num_steps}], got {steps}")
     ts = torch.linspace(0, schedule.num_steps - 1, steps).round().long().tolist()[::-1]
-    x = torch.randn(shape, generator=generator, device=y.device)
+    x = _randn(shape, generator, y.device)
     pairs = list(zip(ts, [*ts[1:], -1], strict=True))
     for i, j in progress(pairs) if progress else pairs:
         t = torch.full((shape[0],), i, device=y.device, dtype=torch.long)
@@ -77,10 +115,99 @@ def ddim_sample(
         sigma = eta * ((1 - abar_s) / (1 - abar_t) * (1 - abar_t / abar_s)).sqrt()
         x = abar_s.sqrt() * x0 + (1 - abar_s - sigma**2).clamp_min(0).sqrt() * eps
         if eta > 0 and j >= 0:
-            x = x + sigma * torch.randn(shape, generator=generator, device=y.device)
+            x = x + sigma * _randn(shape, generator, y.device)
     return x.clamp(-1, 1)
 
 
 def to_uint8(x: Tensor) -> Tensor:
     """[-1, 1] float -> [0, 255] uint8."""
     return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """One sampler setting (the Hydra ``sampler`` group): which chain, how many steps, eta, guidance w, labels."""
+
+    name: str = "ddim"
+    steps: int = 100
+    eta: float | None = 0.0
+    guidance: float = 0.0
+    labels: str = "balanced"
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.name not in SAMPLERS:
+            raise ValueError(f"sampler.name={self.name!r} is not one of {list(SAMPLERS)}")
+        if self.labels not in LABEL_MODES:
+            raise ValueError(f"sampler.labels={self.labels!r} is not one of {list(LABEL_MODES)}")
+        if self.batch_size <= 0:
+            raise ValueError(f"sampler.batch_size must be > 0, got {self.batch_size}")
+        if self.name == "ddim" and (self.eta is None or self.eta < 0):
+            raise ValueError(f"sampler.eta must be >= 0 for DDIM, got {self.eta}")
+
+    def describe(self) -> dict:
+        """The results.json ``sampler`` entry (``guidance_scale`` is w, the key the table renderer reads)."""
+        return {
+            "name": self.name,
+            "steps": self.steps,
+            "eta": self.eta,
+            "guidance_scale": self.guidance,
+            "labels": self.labels,
+        }
+
+
+def sample(
+    net: Net,
+    schedule: NoiseSchedule,
+    y: Tensor,
+    shape: tuple[int, ...],
+    spec: SamplerSpec,
+    generator: Generator | None = None,
+    progress: Callable | None = None,
+) -> Tensor:
+    """Run the sampler ``spec`` names; float images in [-1, 1]."""
+    if spec.name == "ddpm":
+        if spec.steps != schedule.num_steps:
+            raise ValueError(
+                f"sampler=ddpm walks all T={schedule.num_steps} steps (got sampler.steps={spec.steps}); "
+                "use sampler=ddim for fewer steps"
+            )
+        return ddpm_sample(net, schedule, y, shape, spec.guidance, generator, progress)
+    return ddim_sample(
+        net, schedule, y, shape, spec.steps, float(spec.eta), spec.guidance, generator, progress
+    )
+
+
+def sample_labels(
+    num_samples: int,
+    num_classes: int,
+    mode: str = "balanced",
+    class_freq: Sequence[float] | Tensor | None = None,
+) -> Tensor:
+    """Labels of a generated set [N] (long).
+
+    ``balanced``: sample k gets class k % C (exactly balanced when C divides N; DESIGN.md section 3).
+    ``train``: class counts follow the training label frequencies by largest-remainder allocation of N
+    (deterministic; ties go to the lower class index), interleaved so that any prefix is close to the same mix:
+    the i-th sample of class c sits at position key (i + 1/2) / n_c, classes ordered by key then index.
+    """
+    if num_samples <= 0 or num_classes <= 0:
+        raise ValueError(f"need num_samples > 0 and num_classes > 0, got {num_samples}, {num_classes}")
+    if mode == "balanced":
+        return torch.arange(num_samples) % num_classes
+    if mode != "train":
+        raise ValueError(f"sampler.labels={mode!r} is not one of {list(LABEL_MODES)}")
+    if class_freq is None:
+        raise ValueError("sampler.labels=train needs the training class frequencies")
+    freq = np.asarray(torch.as_tensor(class_freq, dtype=torch.float64), dtype=np.float64)
+    if freq.shape != (num_classes,) or (freq < 0).any() or freq.sum() <= 0:
+        raise ValueError(
+            f"class_freq must be {num_classes} non-negative numbers with a positive sum, got {freq}"
+        )
+    quota = freq / freq.sum() * num_samples
+    counts = np.floor(quota).astype(np.int64)
+    remainder_order = sorted(range(num_classes), key=lambda c: (-(quota[c] - counts[c]), c))
+    counts[remainder_order[: num_samples - counts.sum()]] += 1
+    labels = np.repeat(np.arange(num_classes), counts)
+    keys = np.concatenate([(np.arange(n) + 0.5) / n for n in counts if n > 0])
+    return torch.as_tensor(labels[np.lexsort((labels, keys))], dtype=torch.long)
