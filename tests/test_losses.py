@@ -427,3 +427,15 @@ def test_objective_with_real_terms_and_gradients() -> None:
 def test_objective_needs_a_term() -> None:
     with pytest.raises(ValueError, match="at least one loss term"):
         Objective({})
+
+
+def test_pairwise_distance_keeps_fp32_under_bf16_autocast():
+    """Near pairs are the ones PCL targets; a bf16 matmul would round their distance to zero."""
+    torch.manual_seed(0)
+    a = torch.randn(1, 3072)
+    mu = torch.cat([a, a + 0.02 * torch.randn(1, 3072)])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        d = pairwise_sq_dist(mu)
+    expected = (mu[0] - mu[1]).square().sum()
+    assert d.dtype == torch.float32
+    assert torch.allclose(d[0, 1], expected, rtol=1e-3)

@@ -38,8 +38,10 @@ def pairwise_sq_dist(mu: Tensor) -> Tensor:
 
     The |a|^2 + |b|^2 - 2 a.b expansion avoids cdist's sqrt, whose derivative is unbounded on the zero diagonal.
     """
-    sq = mu.square().sum(1)
-    return (sq[:, None] + sq[None, :] - 2 * mu @ mu.T).clamp_min(0)
+    with torch.autocast(mu.device.type, enabled=False):  # a bf16 matmul would collapse near pairs to d = 0
+        mu = mu.float() if mu.dtype in (torch.float16, torch.bfloat16) else mu
+        sq = mu.square().sum(1)
+        return (sq[:, None] + sq[None, :] - 2 * mu @ mu.T).clamp_min(0)
 
 
 class PCL:
@@ -76,7 +78,7 @@ class PCL:
         mu, y, t, ok = step.mu.flatten(1), step.y, step.t, step.cond
         if self.pairs == "global":
             mu, y, t, ok = (step.gather(v) for v in (mu, y, t, ok))
-        d = pairwise_sq_dist(mu.float())
+        d = pairwise_sq_dist(mu)
         if self.distance == "mean":
             d = d / mu.shape[1]
         pair = (y[:, None] != y[None, :]) & ok[:, None] & ok[None, :]  # [N, N]
