@@ -1,0 +1,79 @@
+"""A cheap FID during training (issue 4): every K steps, FID of a few thousand DDIM samples of the EMA network
+against the cached reference features of the balanced training set, logged as ``val/fid``.
+
+Same protocol as ``src/eval.py`` at a smaller scale (exactly balanced labels, per-sample seeds 0..N-1, so the
+curve compares the same noise at every step); its numbers are biased upwards by the small N, so compare them
+with each other, not with 50k-sample FIDs. Rank 0 computes while the other ranks wait at the next collective.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from diffrop import evaluation
+from diffrop.diffusion.sampling import SamplerSpec, sample_labels
+from diffrop.generate import sample_images
+from diffrop.metrics import ReferenceCache, feature_stats, frechet_distance
+
+
+class PeriodicFID(L.Callback):
+    def __init__(
+        self,
+        every_n_steps: int = 10000,
+        num_samples: int = 2000,
+        steps: int = 50,
+        guidance: float = 0.0,
+        batch_size: int = 250,
+        extractor: str = "torch-fidelity",
+        inception_weights: str | None = None,
+        cache_dir: str = "data/fid_refs",
+        reference_per_class: int | None = None,
+        feature_batch_size: int = 100,
+        seed: int = 0,
+    ) -> None:
+        self.every_n_steps, self.num_samples, self.seed = every_n_steps, num_samples, seed
+        self.spec = SamplerSpec("ddim", steps, 0.0, guidance, "balanced", batch_size)
+        self.kind, self.weights, self.cache_dir = extractor, inception_weights, Path(cache_dir)
+        self.reference_per_class, self.feature_batch_size = reference_per_class, feature_batch_size
+        self._extractor: evaluation.Extractor | None = None
+        self._reference: tuple | None = None
+
+    @rank_zero_only
+    def prepare(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        """Build the extractor and load (or compute once) the reference statistics; fails fast on missing weights."""
+        self._extractor = evaluation.build_extractor(self.kind, self.weights, module.device)
+        cache = ReferenceCache(self.cache_dir)
+        _, _, key = evaluation.reference_features(
+            trainer.datamodule,
+            self._extractor,
+            cache,
+            self.reference_per_class,
+            self.feature_batch_size,
+            False,
+        )
+        self._reference = cache.stats(key)
+
+    @rank_zero_only
+    def compute(self, trainer: L.Trainer, module: L.LightningModule) -> float:
+        net = module.ema
+        labels = sample_labels(self.num_samples, net.num_classes)
+        seeds = torch.arange(self.num_samples) + self.seed
+        images = sample_images(net, module.schedule, labels, seeds, self.spec, module.device)
+        features, _ = self._extractor.extract(evaluation.rgb(images), self.feature_batch_size, progress=False)
+        fid = frechet_distance(*feature_stats(features), *self._reference)
+        for logger in trainer.loggers:
+            logger.log_metrics({"val/fid": fid}, step=trainer.global_step)
+        trainer.callback_metrics["val/fid"] = torch.tensor(fid)
+        return fid
+
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self.every_n_steps:
+            self.prepare(trainer, module)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            self.compute(trainer, module)

@@ -1,0 +1,229 @@
+"""Evaluate a checkpoint: `python src/eval.py ckpt_path=<run>/checkpoints/last.ckpt sampler=ddim sampler.steps=100`.
+
+Rebuilds the EMA network from the checkpoint's own config, draws the generated set in resumable shards (per-sample
+seeds), scores it against cached reference features of the balanced training set and writes
+<run>/eval/results.json (see diffrop.evaluation). Under torchrun every rank draws its shards; rank 0 scores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import traceback
+from dataclasses import asdict, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
+from rich.console import Console
+from rich.table import Table
+
+from diffrop import build, evaluation
+from diffrop.data.datamodule import LongTailDataModule
+from diffrop.diffusion.sampling import SamplerSpec
+from diffrop.metrics import ReferenceCache, weights_fingerprint
+
+
+def eval_dir(ckpt_path: str) -> str:
+    """<run>/eval for a checkpoint at <run>/checkpoints/x.ckpt (where the table renderer looks), else a new dir."""
+    path = Path(str(ckpt_path))
+    if path.is_file() and path.parent.name == "checkpoints":
+        return str(path.parent.parent / "eval")
+    return f"logs/eval/runs/{datetime.now():%Y-%m-%d_%H-%M-%S}"
+
+
+OmegaConf.register_new_resolver("eval_dir", eval_dir, replace=True)
+
+
+def datamodule_for(ckpt_cfg: DictConfig, data_overrides: DictConfig | None) -> LongTailDataModule:
+    """The checkpoint's data module, with this command's non-null ``data.*`` values on top (e.g. ``data.root``).
+
+    Selecting a data group (``data=cifar100lt``) or ``data.name`` only serves as a guard: it must name the
+    checkpoint's dataset.
+    """
+    overrides = {
+        k: v
+        for k, v in (OmegaConf.to_container(data_overrides, resolve=False) or {}).items()
+        if v is not None
+    }
+    trained_on = ckpt_cfg.data.name
+    if overrides.get("name", trained_on) != trained_on:
+        raise ValueError(
+            f"the checkpoint was trained on data {trained_on!r} but this command asks for {overrides['name']!r}; "
+            f"evaluate it on its own data (drop the data= override) or pick a checkpoint trained on {overrides['name']!r}"
+        )
+    cfg = OmegaConf.merge(ckpt_cfg, {"data": overrides})
+    return build.build_datamodule(cfg)
+
+
+def check_matches(datamodule: LongTailDataModule, net: torch.nn.Module, ckpt_path: str) -> None:
+    """The data must have the checkpoint network's class count, image size and channels."""
+    got = (datamodule.num_classes, datamodule.image_size, datamodule.channels)
+    want = (net.num_classes, net.image_size, net.in_channels)
+    if got != want:
+        raise ValueError(
+            f"data {datamodule.name!r} at {datamodule.root} has (classes, image size, channels) = {got} but the "
+            f"checkpoint {ckpt_path} was trained for {want}; check data.root / data.* overrides"
+        )
+
+
+def resolve_device(device: str, local_rank: int) -> torch.device:
+    if device == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+    """Evaluate ``cfg.ckpt_path``; writes and returns results.json's content (None on ranks > 0)."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)))
+    e = cfg.eval
+    settings = evaluation.EvalSettings(**{f.name: e[f.name] for f in fields(evaluation.EvalSettings)})
+    spec = SamplerSpec(**OmegaConf.to_container(cfg.sampler, resolve=True))
+    net, schedule, ckpt_cfg, ckpt = build.net_from_checkpoint(cfg.ckpt_path)
+    datamodule = datamodule_for(ckpt_cfg, cfg.get("data"))
+    check_matches(datamodule, net, cfg.ckpt_path)
+    net, schedule = net.to(device), schedule.to(device)
+    extractor = (
+        evaluation.build_extractor(settings.extractor, settings.inception_weights, device)
+        if rank == 0
+        else None
+    )
+    classifier = (
+        evaluation.load_classifier(e.classifier_ckpt, device) if e.classifier_ckpt and rank == 0 else None
+    )
+
+    if rank == 0:
+        cache = ReferenceCache(e.reference_cache)
+        real_feats, real_labels, ref_key = evaluation.reference_features(
+            datamodule,
+            extractor,
+            cache,
+            settings.reference_per_class,
+            settings.feature_batch_size,
+            e.progress,
+        )
+    else:  # only the labels, for the size checks
+        real_feats, real_labels = (
+            None,
+            evaluation.reference_images(datamodule, settings.reference_per_class)[1],
+        )
+    manifest = {"checkpoint": str(Path(cfg.ckpt_path).resolve()), "global_step": ckpt.get("global_step")}
+    runs = [
+        evaluation.evaluate_spec(
+            net, schedule, s, settings=settings, datamodule=datamodule, real=(real_feats, real_labels),
+            extractor=extractor, out_dir=run_dir, device=device, manifest=manifest, classifier=classifier,
+            rank=rank, world_size=world, progress=e.progress,
+        )
+        for s in evaluation.sweep_specs(spec, e.guidance_sweep)
+    ]  # fmt: skip
+    if rank != 0:
+        return None
+    results = evaluation.combine(runs, sweep=bool(e.guidance_sweep))
+    results |= {
+        "checkpoint": {
+            "path": manifest["checkpoint"],
+            "global_step": manifest["global_step"],
+            "name": ckpt_cfg.get("name"),
+        },
+        "config": {
+            "eval": _container(cfg),
+            "train": OmegaConf.to_container(ckpt_cfg),
+        },
+        "extractor": {
+            "kind": settings.extractor,
+            "name": extractor.name,
+            "weights": settings.inception_weights,
+            "weights_fingerprint": weights_fingerprint(getattr(extractor, "weights_path", None)),
+            "reference_key": ref_key,
+            "reference_size": len(real_labels),
+        },
+        "settings": asdict(settings),
+        "data": datamodule.summary(),
+    }
+    tmp = run_dir / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, run_dir / "results.json")
+    return results
+
+
+def _container(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config; outside a Hydra run (tests, the compose API) ``${hydra:...}`` stays unresolved."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError:
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
+def log_wandb(cfg: DictConfig, results: dict[str, Any], run_dir: Path) -> None:
+    """Metrics to W&B (offline by default): job_type eval, grouped with the training runs of the same name."""
+    import wandb
+
+    run = wandb.init(
+        project=cfg.wandb.project, group=results["checkpoint"]["name"], job_type="eval", dir=str(run_dir),
+        mode=cfg.wandb.mode, name=f"eval-{run_dir.parent.name}", config=results["config"],
+    )  # fmt: skip
+    for i, entry in enumerate(results.get("guidance_sweep", [])):
+        run.log({"sweep/w": entry["w"], **{f"sweep/{k}": v for k, v in _flat(entry).items()}}, step=i)
+    run.summary.update({f"eval/{k}": v for k, v in _flat(results["metrics"]).items()})
+    if "best_w" in results:
+        run.summary["eval/best_w"] = results["best_w"]
+    run.finish()
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}/")
+        elif isinstance(v, int | float):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def print_table(results: dict[str, Any], run_dir: Path) -> None:
+    s = results["sampler"]
+    table = Table(
+        title=f"{s['name']} {s['steps']} steps, w={s['guidance_scale']}, {results['num_samples']} samples"
+    )
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in _flat(results["metrics"]).items():
+        table.add_row(name, f"{value:.4f}")
+    if "best_w" in results:
+        for entry in results["guidance_sweep"]:
+            table.add_row(f"sweep w={entry['w']:g} fid", f"{entry['fid']:.4f}")
+    console = Console()
+    console.print(table)
+    console.print(f"results: {run_dir / 'results.json'}")
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    rank = int(os.environ.get("RANK", 0))
+    try:
+        results = run(cfg, run_dir)
+        if rank == 0 and results is not None:
+            (run_dir / "FAILED").unlink(missing_ok=True)
+            print_table(results, run_dir)
+            if cfg.wandb.enabled and cfg.wandb.mode != "disabled":
+                try:
+                    log_wandb(cfg, results, run_dir)
+                except (
+                    Exception
+                ) as err:  # results.json is written; a W&B problem must not mark the run FAILED
+                    print(f"W&B logging failed ({type(err).__name__}: {err}); results are in {run_dir}")
+    except BaseException as err:
+        if rank == 0:
+            (run_dir / "FAILED").write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
+        raise
+
+
+if __name__ == "__main__":
+    main()
