@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import sys
 import traceback
 import warnings
 from pathlib import Path
@@ -9,16 +13,25 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from diffrop import build
+from diffrop.checkpoint_io import check_compatible
+from diffrop.nonfinite import NonFiniteLossError
+
+# Expected user errors (bad config values, missing data, wrong/corrupt checkpoint, a NaN loss): one line on stderr
+# and exit code 1; HYDRA_FULL_ERROR=1 shows the whole traceback, which <run dir>/FAILED always keeps.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, NonFiniteLossError)
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     last = run_dir / "checkpoints" / "last.ckpt"
-    if ckpt_path == "auto":
-        return str(last) if last.is_file() else None
+    if ckpt_path == "auto":  # the newest of last.ckpt and SLURM pre-emption checkpoints (hpc_ckpt_N.ckpt)
+        found = [p for p in (last, *run_dir.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
+        return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
     if ckpt_path == "last":
         if not last.is_file():
             raise FileNotFoundError(
@@ -36,6 +49,18 @@ def mark_failed(run_dir: Path, err: BaseException) -> None:
     (run_dir / "FAILED").write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
 
 
+def user_error(err: BaseException) -> str | None:
+    """The message of an expected user error, looking through Hydra's InstantiationException wrapper."""
+    key = None
+    while err is not None:
+        if m := re.search(r"full_key: (\S+)", str(err)):
+            key = m[1]
+        if isinstance(err, USER_ERRORS):
+            return f"{err}" + (f" [config key {key}]" if key and key not in str(err) else "")
+        err = err.__cause__
+    return None
+
+
 # The EMA copy is in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", module="lightning")
 
@@ -51,6 +76,8 @@ def main(cfg: DictConfig) -> None:
         if trainer.is_global_zero:
             datamodule.write_summary(run_dir)
         ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
+        if ckpt_path:
+            check_compatible(ckpt_path, module)  # one clear line instead of a size-mismatch listing
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)  # our own files
         trainer.save_checkpoint(
             run_dir / "checkpoints" / "last.ckpt"
@@ -63,7 +90,14 @@ def main(cfg: DictConfig) -> None:
         )
     except BaseException as err:
         mark_failed(run_dir, err)
-        raise
+        if isinstance(err, SIGTERMException):  # pre-empted; CheckpointOnInterrupt saved last.ckpt at this step
+            print(f"error: SIGTERM at step {trainer.global_step}; resume with the same command", file=sys.stderr)
+            sys.exit(128 + signal.SIGTERM)  # not 0: SLURM and shells must see an interrupted job
+        if (message := user_error(err)) and not os.environ.get("HYDRA_FULL_ERROR"):
+            print(f"error: {message}", file=sys.stderr)
+            if HydraConfig.get().mode != RunMode.MULTIRUN:
+                sys.exit(1)
+        raise  # in a multirun Hydra records the failure, runs the remaining jobs, then exits non-zero
     finally:
         import wandb
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 from lightning.fabric.loggers.csv_logs import _ExperimentWriter as _FabricWriter
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -9,6 +11,12 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 class _AppendingWriter(ExperimentWriter):
     """Keeps earlier rows; Lightning's writer already rewrites the header when new columns appear."""
+
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir)
+        if self._fs.isfile(self.metrics_file_path):  # columns of the earlier run, else rewriting the header fails
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.metrics_keys = next(csv.reader(f), [])
 
     def _check_log_dir_exists(self) -> None:
         pass

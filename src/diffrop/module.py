@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import random
 import time
+import warnings
 from functools import partial
 from typing import Any
 
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.losses.objective import Objective
 from diffrop.losses.step import Step
+from diffrop.nonfinite import NonFiniteGuard
 
 LABEL_DROP = ("batch", "sample")
 
@@ -24,6 +26,11 @@ class DiffusionModule(L.LightningModule):
 
     label_drop: ``batch`` makes the whole batch unconditional with probability ``label_drop_prob`` (CBDM parity);
     ``sample`` drops labels per sample. Unconditional = zero label embedding in both cases.
+
+    Speed levers (each a config value): ``fused_adam`` (one kernel per step, and the device-side NaN skip of
+    ``diffrop.nonfinite``), ``channels_last`` (NHWC convolutions: faster with bf16 tensor cores), ``compile``
+    (``torch.compile`` of the network; ``self.net`` stays the parameter owner, so checkpoints carry no
+    ``_orig_mod.`` keys; falls back to eager with a warning where compilation fails).
     """
 
     def __init__(
@@ -38,6 +45,9 @@ class DiffusionModule(L.LightningModule):
         label_drop: str = "batch",
         label_drop_prob: float = 0.1,
         fused_adam: bool = True,
+        nonfinite: str = "stop",
+        channels_last: bool | str = False,
+        compile: bool = False,
         run_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -45,8 +55,14 @@ class DiffusionModule(L.LightningModule):
             raise ValueError(f"model.label_drop={label_drop!r} is not one of {list(LABEL_DROP)}")
         if not 0 <= label_drop_prob <= 1:
             raise ValueError(f"model.label_drop_prob must be in [0, 1], got {label_drop_prob}")
+        if channels_last not in (True, False, "auto"):
+            raise ValueError(f"model.channels_last must be true, false or auto, got {channels_last!r}")
+        self.channels_last_mode, self.channels_last = channels_last, False
         self.net, self.objective, self.schedule = net, objective, schedule
         self.ema = copy.deepcopy(net).requires_grad_(False).eval()
+        self.guard = NonFiniteGuard(nonfinite, list(objective.terms))
+        self.compile_net = compile
+        self._denoiser: Any = None  # the compiled net, deliberately not a registered submodule
         self.register_buffer("class_freq", class_freq.float())
         self.lr, self.warmup_steps, self.ema_decay = lr, warmup_steps, ema_decay
         self.label_drop, self.label_drop_prob, self.fused_adam = label_drop, label_drop_prob, fused_adam
@@ -68,8 +84,11 @@ class DiffusionModule(L.LightningModule):
         t = torch.randint(0, self.schedule.num_steps, (x0.shape[0],), device=x0.device)
         eps = torch.randn_like(x0)
         xt = self.schedule.q_sample(x0, t, eps)
+        if self.channels_last:
+            xt = xt.contiguous(memory_format=torch.channels_last)
         cond, all_dropped = self._condition_mask(y)
-        net = self.net if aug is None else partial(self.net, aug=aug)
+        net = self._denoiser or self.net
+        net = net if aug is None else partial(net, aug=aug)
         eps_hat = net(xt, t, y, cond)
         gather = (
             (lambda v: self.all_gather(v, sync_grads=True).flatten(0, 1))
@@ -85,6 +104,7 @@ class DiffusionModule(L.LightningModule):
         x0, y, *aug = batch
         step = self.forward_step(x0, y, *aug)
         total, parts = self.objective(step)
+        self.guard.observe_loss(total, parts)
         self.log("train/loss", total, prog_bar=True)
         self.log_dict({f"train/loss_{name}": value for name, value in parts.items()})
         self.log_dict({f"train/{name}": value for name, value in step.diagnostics.items()})
@@ -102,16 +122,58 @@ class DiffusionModule(L.LightningModule):
             self.log("train/images_per_sec", rate * self.trainer.world_size)
         self._clock = now
 
+    # --- optimizer step: NaN guard, EMA ------------------------------------------------------------------
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Flag a non-finite loss/gradient on the device; fused Adam skips the update when the flag is 1."""
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        found = self.guard.observe_grads(grads, self.global_step)
+        self.log("train/nonfinite_steps", self.guard.count.float())
+        if getattr(optimizer, "defaults", {}).get("fused"):
+            optimizer.found_inf = found  # read by Adam's fused kernel (as with GradScaler)
+        elif self.guard.mode == "skip" and bool(found):  # host sync: only without fused Adam
+            optimizer.zero_grad(set_to_none=True)  # Adam leaves parameters without gradients untouched
+
+    def optimizer_step(
+        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
+    ) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.update_ema()
+        if self.guard.mode == "stop" and (self.device.type == "cpu" or self._is_log_step()):
+            self.guard.check()
+
+    def _is_log_step(self) -> bool:
+        return self.global_step % max(1, self.trainer.log_every_n_steps) == 0
+
     @torch.no_grad()
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """EMA of the weights, ema <- decay * ema + (1 - decay) * net, as a few fused foreach kernels."""
+    def update_ema(self) -> None:
+        """ema <- decay * ema + (1 - decay) * net, as a few fused foreach kernels.
+
+        Runs right after the optimizer step (not in ``on_train_batch_end``, which Lightning calls *after* the
+        checkpoint callback), so a checkpoint of step k holds the EMA of step k and resuming is exact.
+        """
         ema, net = list(self.ema.parameters()), list(self.net.parameters())
         torch._foreach_lerp_(ema, net, 1.0 - self.ema_decay)
         for b_ema, b_net in zip(self.ema.buffers(), self.net.buffers(), strict=True):
             b_ema.copy_(b_net)
 
+    # --- memory format and torch.compile -------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """channels_last before the optimizer exists (``auto``: on CUDA only; on CPU it often slows convs down)."""
+        device = self.trainer.strategy.root_device
+        mode = self.channels_last_mode
+        if mode is True or (mode == "auto" and device.type == "cuda"):
+            self.channels_last = True
+            self.net.to(memory_format=torch.channels_last)
+            self.ema.to(memory_format=torch.channels_last)
+
+    def on_fit_start(self) -> None:
+        if self.compile_net and self._denoiser is None:
+            self._denoiser = _Compiled(self.net, self.device)
+
     def configure_optimizers(self):
-        fused = self.fused_adam and self.device.type == "cuda"
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+        fused = self.fused_adam and self.device.type in _get_fused_kernels_supported_devices()
         opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, fused=fused or None)
         warmup = (
             self.warmup_steps
@@ -126,10 +188,48 @@ class DiffusionModule(L.LightningModule):
         checkpoint["diffrop_config"] = self.run_config
         from lightning.fabric.utilities.seed import _collect_rng_states
 
+        if self.guard.mode == "stop":
+            self.guard.check()  # never write a checkpoint from after a non-finite step
         checkpoint["rng_states"] = _collect_rng_states()
+        checkpoint["nonfinite"] = self.guard.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "nonfinite" in checkpoint:
+            self.guard.load_state_dict(checkpoint["nonfinite"], self.device)
         if "rng_states" in checkpoint:
             from lightning.fabric.utilities.seed import _set_rng_states
 
             _set_rng_states(checkpoint["rng_states"])
+
+
+class _Compiled:
+    """``torch.compile(net)`` that falls back to the eager ``net`` (with a warning) when compilation fails.
+
+    Compilation happens lazily at the first call, so failures (no Triton, an old GPU, no C++ compiler for the CPU
+    backend) surface there; the step is then re-run eagerly and training continues.
+    """
+
+    def __init__(self, net: nn.Module, device: torch.device) -> None:
+        self.net, self.fn = net, None
+        if device.type == "cuda" and torch.cuda.get_device_capability(device) < (7, 0):
+            warnings.warn("model.compile=true: this GPU is too old for Triton; running eagerly", stacklevel=2)
+            return
+        try:
+            self.fn = torch.compile(net)
+        except Exception as err:  # torch.compile itself unsupported (e.g. Python version)
+            warnings.warn(
+                f"model.compile=true: torch.compile unavailable ({err}); running eagerly", stacklevel=2
+            )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
+        if self.fn is None:
+            return self.net(*args, **kwargs)
+        try:
+            return self.fn(*args, **kwargs)
+        except Exception as err:
+            warnings.warn(
+                f"model.compile=true: compilation failed ({type(err).__name__}: {str(err)[:300]}); running eagerly",
+                stacklevel=2,
+            )
+            self.fn = None
+            return self.net(*args, **kwargs)

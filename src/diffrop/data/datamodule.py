@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from diffrop.data.datasets import ImageSet, load_cifar, load_digits, load_image_folder
+from diffrop.data.device_batches import DeviceBatches, use_device_batches
 from diffrop.data.diffaug import diff_augment
 from diffrop.data.longtail import longtail_counts, select_longtail, shot_groups
 from diffrop.data.sampling import StepBatchSampler, class_balancing_weights
@@ -62,6 +63,7 @@ class LongTailDataModule(L.LightningDataModule):
         augment: str = "none",
         augment_prob: float = 0.15,
         max_steps: int = 10**9,
+        on_device: bool | str = False,
     ) -> None:
         super().__init__()
         if source not in SOURCES:
@@ -75,6 +77,8 @@ class LongTailDataModule(L.LightningDataModule):
         if augment not in AUGMENTS:
             raise ValueError(f"data.augment={augment!r} is not one of {list(AUGMENTS)}")
         self.hflip, self.augment, self.augment_prob, self.max_steps = hflip, augment, augment_prob, max_steps
+        use_device_batches(on_device, torch.zeros(0), num_workers)  # validates data.on_device early
+        self.on_device = on_device
         self._full: ImageSet | None = None
         self._train: ImageSet | None = None
 
@@ -152,6 +156,9 @@ class LongTailDataModule(L.LightningDataModule):
             self.max_steps,
         )
         batches.start_step = trainer.global_step if trainer else 0  # resume replays the same batch order
+        if use_device_batches(self.on_device, data.images, self.num_workers):
+            device = trainer.strategy.root_device if trainer else torch.device("cpu")
+            return DeviceBatches(data.images, data.labels, batches, device)
         return _StepDataLoader(
             _Tensors(data.images, data.labels),
             batch_sampler=batches,

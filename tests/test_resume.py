@@ -1,0 +1,136 @@
+"""Exact resume: interrupted + resumed runs end with the same weights, EMA, optimizer and step as one uninterrupted run.
+
+Bitwise on CPU (same process or not, one intra-op thread): the batch order is a function of the global step
+(StepBatchSampler), the Python/torch RNG states travel in the checkpoint (DiffusionModule.on_save_checkpoint), and the
+EMA update runs inside the optimizer step, so a checkpoint of step k holds the EMA of step k.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY
+from train_utils import load_ckpt, state_diff, train_in_process
+
+from diffrop.nonfinite import NonFiniteLossError
+
+# warm-up across the interruption (LR schedule), per-sample label drop (device RNG), flips (device RNG), EMA
+BASE = [
+    *TINY_RUN_OVERRIDES,
+    "optim.warmup_steps=4",
+    "optim.ema_decay=0.9",
+    "model.label_drop=sample",
+    "data.hflip=true",
+    "callbacks.checkpoint.every_n_train_steps=3",
+]
+
+
+def assert_same_final(a: Path, b: Path) -> None:
+    ca, cb = load_ckpt(a / "checkpoints" / "last.ckpt"), load_ckpt(b / "checkpoints" / "last.ckpt")
+    assert ca["global_step"] == cb["global_step"]
+    assert state_diff(ca["state_dict"], cb["state_dict"]) == []  # net.* and ema.*, bitwise
+    oa, ob = ca["optimizer_states"][0]["state"], cb["optimizer_states"][0]["state"]
+    assert oa.keys() == ob.keys()
+    for k in oa:
+        assert state_diff(oa[k], ob[k]) == [], k  # Adam step, exp_avg, exp_avg_sq
+    assert ca["lr_schedulers"] == cb["lr_schedulers"]
+
+
+def test_resume_is_bitwise_exact(tmp_path):
+    full, split, crashed = tmp_path / "full", tmp_path / "split", tmp_path / "crashed"
+    train_in_process([*BASE, "trainer.max_steps=6"], full)
+
+    train_in_process([*BASE, "trainer.max_steps=3"], split)  # ends with last.ckpt at step 3
+    assert load_ckpt(split / "checkpoints" / "last.ckpt")["global_step"] == 3
+    train_in_process([*BASE, "trainer.max_steps=6"], split)  # ckpt_path=auto resumes it
+    assert_same_final(full, split)
+
+    # A NaN at step 4 stops the run; the periodic checkpoint of step 3 is kept and resuming from it (without the
+    # bad term) ends exactly where the uninterrupted run did. The bad term adds exactly 0 before step 4.
+    bad = ["+loss.terms.bad._target_=nan_term.NaNFrom", "+loss.terms.bad.step=4"]
+    with pytest.raises(SystemExit) as exit_info:
+        train_in_process([*BASE, *bad, "trainer.max_steps=6"], crashed)
+    assert exit_info.value.code == 1
+    assert "NonFiniteLossError" in (crashed / "FAILED").read_text()
+    assert load_ckpt(crashed / "checkpoints" / "last.ckpt")["global_step"] == 3
+    train_in_process([*BASE, "trainer.max_steps=6", "ckpt_path=last"], crashed)
+    assert not (crashed / "FAILED").exists()
+    assert_same_final(full, crashed)
+    assert NonFiniteLossError  # imported for the FAILED text above
+
+
+def _popen(run_dir: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": str(THREADS)}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, str(TRAIN_PY), *BASE, f"hydra.run.dir={run_dir}", *extra]
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 600) -> None:
+    end = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"run ended (rc {proc.returncode}) before {path} appeared:\n{proc.stdout.read()}"
+            )
+        if time.monotonic() > end:
+            proc.kill()
+            raise AssertionError(f"{path} did not appear in {timeout} s")
+        time.sleep(0.05)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+STEPS = "trainer.max_steps=40"
+
+
+@pytest.mark.slow
+def test_sigkill_then_ckpt_path_last_resumes_exactly(tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    rc, out = _finish(_popen(full, STEPS))
+    assert rc == 0, out
+
+    proc = _popen(killed, STEPS)
+    _wait_for(killed / "checkpoints" / "last.ckpt", proc)  # the first periodic checkpoint (step 3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = load_ckpt(killed / "checkpoints" / "last.ckpt")["global_step"]
+    assert 3 <= step < 40 and step % 3 == 0  # a periodic checkpoint, intact
+
+    rc, out = _finish(_popen(killed, STEPS, "ckpt_path=last"))
+    assert rc == 0, out
+    assert_same_final(full, killed)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_nonzero(tmp_path):
+    """Pre-emption: Lightning turns SIGTERM into SIGTERMException after the current step; CheckpointOnInterrupt
+    writes last.ckpt at that step (no periodic checkpoint exists here), and the run resumes from it exactly."""
+    full, term = tmp_path / "full", tmp_path / "term"
+    no_periodic = "callbacks.checkpoint.every_n_train_steps=1000"
+    rc, out = _finish(_popen(full, STEPS, no_periodic))
+    assert rc == 0, out
+
+    proc = _popen(term, STEPS, no_periodic)
+    _wait_for(term / "metrics.csv", proc)  # training has started
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    rc, out = _finish(proc)
+    assert rc == 143, out  # 128 + SIGTERM, so SLURM / the shell see an interrupted job
+    step = load_ckpt(term / "checkpoints" / "last.ckpt")["global_step"]
+    assert 0 < step < 40
+
+    rc, out = _finish(_popen(term, STEPS, no_periodic))
+    assert rc == 0, out
+    assert_same_final(full, term)
