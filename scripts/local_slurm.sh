@@ -125,7 +125,8 @@ SchedulerType=sched/builtin
 SchedulerParameters=sched_interval=2
 JobRequeue=1
 ReturnToService=2
-KillWait=5
+# SIGTERM -> SIGKILL grace (Slurm's default 30 s): a requeued or cancelled run saves last.ckpt in it
+KillWait=30
 MinJobAge=600
 InactiveLimit=0
 SlurmdTimeout=60

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -43,10 +44,25 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     return ckpt_path
 
 
+def slurm_job() -> dict[str, str]:
+    """The SLURM job running this process ({} outside SLURM), so a run dir names its job and log (docs/slurm.md)."""
+    env = os.environ
+    if "SLURM_JOB_ID" not in env:
+        return {}
+    array = env.get("SLURM_ARRAY_JOB_ID")
+    job = {"slurm_job_id": f"{array}_{env['SLURM_ARRAY_TASK_ID']}" if array else env["SLURM_JOB_ID"]}
+    if env.get("SUBMITIT_EXECUTOR") == "slurm":  # hydra/launcher=slurm: submitit's per-task log file
+        import submitit
+
+        job["log"] = str(submitit.JobEnvironment().paths.stderr)
+    return job | {"restarts": env.get("SLURM_RESTART_COUNT", "0")}
+
+
 @rank_zero_only
 def mark_failed(run_dir: Path, err: BaseException) -> None:
     """A FAILED file lets sweeps and table rendering show this run as failed instead of dropping it."""
-    (run_dir / "FAILED").write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
+    job = "".join(f"{k}: {v}\n" for k, v in slurm_job().items() if k != "restarts")
+    (run_dir / "FAILED").write_text(f"{type(err).__name__}: {err}\n{job}\n{traceback.format_exc()}")
 
 
 def user_error(err: BaseException) -> str | None:
@@ -72,9 +88,12 @@ def main(cfg: DictConfig) -> None:
         L.seed_everything(cfg.seed, workers=True)
         datamodule = build.build_datamodule(cfg)
         module = build.build_module(cfg, datamodule)
-        trainer = build.build_trainer(cfg, run_dir)
+        # default_root_dir: Lightning's SLURM pre-emption checkpoints (hpc_ckpt_N.ckpt) go to the run dir too
+        trainer = build.build_trainer(cfg, run_dir, default_root_dir=run_dir)
         if trainer.is_global_zero:
             datamodule.write_summary(run_dir)
+            if job := slurm_job():
+                (run_dir / "job.json").write_text(json.dumps(job, indent=1))
         ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
         if ckpt_path:
             check_compatible(ckpt_path, module)  # one clear line instead of a size-mismatch listing

@@ -11,6 +11,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from slurm_runs import cancel_sweep
 
 DEFAULT_DIR = "/tmp/diffrop-slurm"
 PARTITION = "debug"
@@ -122,3 +124,87 @@ def wait_result() -> Callable[..., Any]:
     """`wait_result(job, timeout_s=60)`: the job's return value (a list, one per task, for multi-task
     jobs), or a test failure after the deadline."""
     return _wait_result
+
+
+REPO = Path(__file__).resolve().parents[2]
+# The smallest real training run: tiny UNet on the bundled digits, CPU, CSV metrics, one row per step.
+TINY_RUN = [
+    "data=digits_lt",
+    "model=tiny",
+    "logger=csv",
+    "data.batch_size=8",
+    "trainer.log_every_n_steps=1",
+    "~callbacks.sample_grid",
+    "~callbacks.progress_bar",
+    "~callbacks.model_summary",
+]
+# configs/hydra/launcher/slurm.yaml adapted to the local node: no GPUs, 2 CPUs, short time limit.
+LOCAL_LAUNCHER = [
+    "hydra/launcher=slurm",
+    f"hydra.launcher.partition={PARTITION}",
+    "hydra.launcher.gpus_per_node=null",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.timeout_min=15",
+]
+
+
+@dataclass
+class Multirun:
+    """A `python src/train.py -m hydra/launcher=slurm ...` started in the background."""
+
+    sweep_dir: Path
+    process: subprocess.Popen
+    log: Path
+
+    def wait(self, timeout_s: float) -> int:
+        """Exit code of the Hydra submitter, which returns once every job of the sweep is done."""
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            cancel_sweep(self.sweep_dir)
+            pytest.fail(
+                f"sweep {self.sweep_dir} not done after {timeout_s:.0f} s; submitter log:\n{self.output()}"
+            )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-6000:]
+
+
+@pytest.fixture(scope="module")
+def start_multirun(slurm_cluster: SlurmCluster) -> Iterator[Callable[..., Multirun]]:
+    """`start_multirun(sweep_dir, *overrides, trainer="cpu")`: a tiny training sweep through configs/hydra/launcher/slurm.yaml.
+
+    Runs from the repository root, with tests/slurm on PYTHONPATH (the job inherits it) so test-only
+    callbacks like `rank_probe.RankProbe` import inside the job. Jobs left over at teardown are cancelled.
+    """
+    started: list[Multirun] = []
+
+    def start(sweep_dir: Path, *overrides: str, trainer: str = "cpu") -> Multirun:
+        sweep_dir = Path(sweep_dir)
+        log = sweep_dir.parent / f"{sweep_dir.name}.submitter.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path, "HYDRA_FULL_ERROR": "1"}
+        command = [
+            sys.executable,
+            "src/train.py",
+            "-m",
+            *LOCAL_LAUNCHER,
+            *TINY_RUN,
+            f"trainer={trainer}",
+            f"hydra.sweep.dir={sweep_dir}",
+        ]
+        with log.open("w") as out:
+            process = subprocess.Popen(
+                [*command, *overrides], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+        started.append(Multirun(sweep_dir, process, log))
+        return started[-1]
+
+    yield start
+    for run in started:
+        if run.process.poll() is None:
+            run.process.kill()
+            run.process.wait()
+        cancel_sweep(run.sweep_dir)
