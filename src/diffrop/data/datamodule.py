@@ -71,6 +71,10 @@ class LongTailDataModule(L.LightningDataModule):
         class_balancing_weights(torch.zeros(1, dtype=torch.long), sampler)  # validates data.sampler early
         if batch_size <= 0:
             raise ValueError(f"data.batch_size must be > 0, got {batch_size}")
+        if source == "imagefolder" and not root:
+            raise ValueError(
+                "data.root is not set: pass data.root=/path/to/tree (a folder with train/<class>/*.png)"
+            )
         self.name, self.source, self.root = name, source, root
         self.imb_factor, self.image_size, self.batch_size = imb_factor, image_size, batch_size
         self.num_workers, self.seed, self.download, self.sampler = num_workers, seed, download, sampler
@@ -165,6 +169,9 @@ class LongTailDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
+            # Its own generator: each new iterator draws a base seed, which from the global RNG would shift the
+            # noise / timestep stream of a resumed run (the RNG state is restored before the iterator is made).
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def on_after_batch_transfer(
