@@ -1,0 +1,251 @@
+"""Every option of every config group composes (and resolves) with Hydra's compose API, the objects that
+should build do, and a bad choice fails with Hydra's list of valid options."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CONFIG_DIR
+from fakedata import write_image_folder
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from diffrop import build
+from diffrop.data.datamodule import LongTailDataModule
+from diffrop.diffusion.schedule import NoiseSchedule
+from diffrop.losses.cbdm import CBDM
+from diffrop.losses.ddpm import EpsMSE
+from diffrop.losses.pcl import PCL
+from diffrop.losses.tau import Constant, Cosine, ExpDecay, Linear
+from diffrop.nets.unet import ClassConditionalUNet
+
+SKIP_DIRS = {"local"}  # untracked machine config, may be empty
+NESTED = {"loss": {"term"}}  # loss/term/*.yaml are building blocks of the loss recipes, not choices
+
+
+def group_options() -> list[tuple[str, str]]:
+    """(group, option) for every yaml file on disk."""
+    out = []
+    for group in sorted(p for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name not in SKIP_DIRS):
+        out += [(group.name, f.stem) for f in sorted(group.glob("*.yaml"))]
+    return out
+
+
+def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose configs/train.yaml as `src/train.py` would, with the ${hydra:...} resolver pointing at output_dir."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        HydraConfig.instance().set_config(cfg)
+        del cfg["hydra"]  # the job's config does not carry the hydra node, as at runtime
+    return cfg
+
+
+def resolved(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+
+
+OPTIONS = group_options()
+
+
+def test_every_group_is_found():
+    groups = {g for g, _ in OPTIONS}
+    for g in (
+        "data",
+        "model",
+        "diffusion",
+        "optim",
+        "loss",
+        "tau",
+        "sampler",
+        "trainer",
+        "logger",
+        "callbacks",
+    ):
+        assert g in groups
+    assert ("loss", "pcl_exp") in OPTIONS and ("tau", "exp_decay") in OPTIONS
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_composes_and_resolves(group, option, tmp_path):
+    cfg = compose_train([f"{group}={option}"], tmp_path)
+    c = resolved(cfg)
+    if group != "experiment":  # an experiment may select other options itself
+        assert HydraConfig.get().runtime.choices[group] == option
+    assert c["paths"]["output_dir"] == str(tmp_path)
+    assert c["name"] == f"{c['data']['name']}_{HydraConfig.get().runtime.choices['loss']}"
+    assert c["data"]["max_steps"] == c["trainer"]["max_steps"]
+    assert c["model"]["net"]["image_size"] == c["data"]["image_size"]
+    for term in c["loss"]["terms"].values():
+        assert "_target_" in term
+
+
+# --- what each group builds ---------------------------------------------------------------------------------
+
+DATA = [o for g, o in OPTIONS if g == "data"]
+
+
+@pytest.mark.parametrize("option", DATA)
+def test_data_options_instantiate(option, tmp_path):
+    overrides = [f"data={option}"]
+    if option == "imagefolder_lt":
+        write_image_folder(tmp_path / "tree", {"a": 10, "b": 3}, size=4)
+        overrides.append(f"data.root={tmp_path / 'tree'}")
+    dm = build.build_datamodule(compose_train(overrides, tmp_path))
+    assert isinstance(dm, LongTailDataModule)
+    if option == "digits_lt":
+        assert dm.num_classes == 10 and dm.imb_factor == 0.1 and dm.image_size == 16 and not dm.hflip
+        assert tuple(dm.train_set.images.shape[1:]) == (3, 16, 16)
+    if option == "imagefolder_lt":
+        assert dm.train_set.class_names == ["a", "b"] and dm.class_counts == [10, 1]  # 10 * 0.1 = 1
+    if option in ("cifar10lt", "cifar100lt"):
+        assert dm.imb_factor == 0.01 and dm.batch_size == 128 and dm.image_size == 32
+    if option in ("cifar10", "cifar100"):
+        assert dm.imb_factor == 1.0
+
+
+def test_imagefolder_needs_a_root(tmp_path):
+    cfg = compose_train(["data=imagefolder_lt"], tmp_path)
+    with pytest.raises(InstantiationException, match=r"data\.root=/path/to/tree"):
+        build.build_datamodule(cfg)
+
+
+def test_default_model_config_is_the_cbdm_unet(tmp_path):
+    net = build.build_net(compose_train(["model=ddpm_unet"], tmp_path), num_classes=10)
+    assert isinstance(net, ClassConditionalUNet)
+    assert sum(p.numel() for p in net.parameters()) == 35_751_427
+
+
+@torch.no_grad()
+def test_tiny_model_config_runs_on_digits_size(tmp_path):
+    cfg = compose_train(["model=tiny", "data=digits_lt"], tmp_path)
+    net = build.build_net(cfg, num_classes=10).eval()
+    assert net.image_size == 16
+    x = torch.randn(2, 3, 16, 16)
+    out = net(x, torch.tensor([3, 900]), torch.tensor([1, 7]), torch.tensor([True, False]))
+    assert out.shape == x.shape
+    assert sum(p.numel() for p in net.parameters()) < 2_000_000
+
+
+def test_diffusion_config_is_the_ddpm_schedule(tmp_path):
+    schedule = instantiate(compose_train([], tmp_path).diffusion)
+    assert isinstance(schedule, NoiseSchedule) and schedule.num_steps == 1000
+    assert schedule.betas[0].item() == pytest.approx(1e-4) and schedule.betas[-1].item() == pytest.approx(
+        0.02
+    )
+
+
+LOSS_TERMS = {
+    "ddpm": {"ddpm": EpsMSE},
+    "reweight": {"ddpm": EpsMSE},
+    "cbdm": {"ddpm": EpsMSE, "cbdm": CBDM},
+    **{f"pcl_{phi}": {"ddpm": EpsMSE, "pcl": PCL} for phi in ("neg_l2", "hinge", "recip", "exp")},
+    **{
+        f"cbdm_pcl_{phi}": {"ddpm": EpsMSE, "cbdm": CBDM, "pcl": PCL}
+        for phi in ("neg_l2", "hinge", "recip", "exp")
+    },
+}
+
+
+@pytest.mark.parametrize("option", [o for g, o in OPTIONS if g == "loss"])
+def test_loss_options_build_their_terms(option, tmp_path):
+    objective = build.build_objective(compose_train([f"loss={option}"], tmp_path))
+    assert option in LOSS_TERMS, f"new loss option {option}: add its expected terms to LOSS_TERMS"
+    expected = LOSS_TERMS[option]
+    assert set(objective.terms) == set(expected)
+    for name, cls in expected.items():
+        assert isinstance(objective.terms[name], cls)
+    assert objective.terms["ddpm"].reweight == (option == "reweight")
+    if "pcl" in expected:
+        assert objective.terms["pcl"].phi == option.rsplit("pcl_", 1)[1]
+        assert isinstance(objective.terms["pcl"].tau, ExpDecay)  # the default tau group
+
+
+TAU_AT = {  # tau(s) at s = t / T = 0.5 with the configs' constants
+    "constant": (Constant, 1.0),
+    "exp_decay": (ExpDecay, math.exp(-0.5 / 0.5)),
+    "linear": (Linear, 0.5),
+    "cosine": (Cosine, math.cos(math.pi / 4)),
+}
+
+
+@pytest.mark.parametrize("option", [o for g, o in OPTIONS if g == "tau"])
+def test_tau_options_instantiate(option, tmp_path):
+    tau = instantiate(compose_train([f"tau={option}"], tmp_path).tau)
+    cls, at_half = TAU_AT[option]
+    assert isinstance(tau, cls)
+    assert tau(torch.tensor([0.5])).item() == pytest.approx(at_half, rel=1e-6)
+    assert tau(torch.tensor([0.0])).item() == pytest.approx(1.0)
+
+
+def test_pcl_exp_with_exp_decay_reads_as_it_sounds(tmp_path):
+    cfg = compose_train(["loss=pcl_exp", "tau=exp_decay", "tau.temperature=0.25"], tmp_path)
+    pcl = build.build_objective(cfg).terms["pcl"]
+    assert isinstance(pcl, PCL) and pcl.phi == "exp"
+    assert isinstance(pcl.tau, ExpDecay) and pcl.tau.temperature == 0.25
+    assert cfg.name == "cifar10lt_pcl_exp"
+
+
+@pytest.mark.parametrize("option", [o for g, o in OPTIONS if g == "trainer"])
+def test_trainer_options(option, tmp_path):
+    cfg = compose_train([f"trainer={option}", "logger=csv"], tmp_path)
+    t = cfg.trainer
+    assert t.use_distributed_sampler is False and t.gradient_clip_val == 1.0
+    if option in ("gpu", "ddp"):
+        assert t.accelerator == "gpu" and t.precision == "bf16-mixed"
+        return  # no GPU here: compose only
+    trainer = build.build_trainer(cfg, tmp_path)
+    assert trainer.max_steps == 300000
+    assert str(trainer.accelerator.__class__.__name__) == "CPUAccelerator"
+
+
+@pytest.mark.parametrize("option", [o for g, o in OPTIONS if g == "logger"])
+def test_logger_options_instantiate(option, tmp_path):
+    if option == "tensorboard":
+        pytest.importorskip("tensorboard", reason="logger=tensorboard needs `pip install -e .[tensorboard]`")
+    cfg = compose_train([f"logger={option}"], tmp_path)
+    loggers = {name: instantiate(c) for name, c in cfg.logger.items()}
+    assert "csv" in loggers  # metrics.csv is always written
+    assert Path(loggers["csv"].log_dir) == tmp_path
+
+
+def test_callbacks_instantiate(tmp_path):
+    cfg = compose_train(["callbacks=default"], tmp_path)
+    callbacks = {name: instantiate(c) for name, c in cfg.callbacks.items()}
+    assert Path(callbacks["checkpoint"].dirpath) == tmp_path / "checkpoints"
+    assert callbacks["sample_grid"].out_dir == tmp_path / "samples"
+
+
+def test_quickstart_experiment(tmp_path):
+    cfg = compose_train(["experiment=quickstart"], tmp_path)
+    choices = HydraConfig.get().runtime.choices
+    assert (choices.data, choices.model, choices.trainer, choices.logger) == (
+        "digits_lt",
+        "tiny",
+        "cpu",
+        "csv",
+    )
+    assert cfg.trainer.max_steps == 1500 and cfg.data.max_steps == 1500 and cfg.data.batch_size == 64
+
+
+def test_full_module_builds_from_config(tmp_path):
+    cfg = compose_train(["experiment=quickstart", "loss=cbdm_pcl_exp"], tmp_path)
+    dm = build.build_datamodule(cfg)
+    module = build.build_module(cfg, dm)
+    torch.testing.assert_close(module.class_freq, dm.class_freq)
+    assert module.run_config["loss"]["terms"]["pcl"]["phi"] == "exp"
+    assert module.run_config["paths"]["output_dir"] == str(tmp_path)  # resolved, ready for the checkpoint
+
+
+def test_bad_choice_lists_the_valid_options(run_train):
+    proc = run_train("loss=nope", timeout=120)
+    assert proc.returncode != 0
+    assert "nope" in proc.stderr
+    assert "pcl_exp" in proc.stderr and "ddpm" in proc.stderr  # Hydra's "Available options in 'loss'"
