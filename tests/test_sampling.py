@@ -72,7 +72,8 @@ def test_stacked_generator_rows_come_from_their_own_seed():
     first = gen.randn((2, 3))
     second = gen.randn((2, 3))
     g5, g7 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(7)
-    assert torch.equal(first[0], torch.randn(3, generator=g5)) and torch.equal(first[1], torch.randn(3, generator=g7))
+    assert torch.equal(first[0], torch.randn(3, generator=g5))
+    assert torch.equal(first[1], torch.randn(3, generator=g7))
     assert torch.equal(second[0], torch.randn(3, generator=g5))  # each stream continues independently
     with pytest.raises(ValueError, match="2 seeds"):
         gen.randn((3, 3))

@@ -221,8 +221,8 @@ def evaluate_spec(
     images, fake_labels, _ = merge_shards(shards, folder / "samples.npz")
     save_grid(images, fake_labels, folder / "grid.png", per_class=settings.grid_per_class)
     fake_feats, fake_logits = extractor.extract(rgb(images), settings.feature_batch_size, progress)
-    metrics = compute_all(
-        real[0], real[1], fake_feats.cpu(), None if fake_logits is None else fake_logits.cpu(), fake_labels,
+    metrics = compute_all(  # on the extractor's device: the k-NN distances of precision / recall run on a GPU
+        real[0].to(fake_feats.device), real[1], fake_feats, fake_logits, fake_labels,
         groups, num_classes, k=settings.k, is_splits=settings.is_splits,
         prd_clusters_per_class=settings.prd_clusters_per_class, prd_runs=settings.prd_runs, seed=settings.seed,
     )  # fmt: skip

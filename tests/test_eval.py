@@ -1,0 +1,349 @@
+"""Evaluation entry point: results.json content against independent computations, reference cache and shard
+reuse, guidance sweep, classifier accuracy, periodic FID callback, and every bad-input error.
+
+Fast tests swap the Inception network for a fixed random projection of the pixels (``FakeExtractor``) so that the
+orchestration can be checked on a few dozen images; the slow end-to-end test runs the real torch-fidelity network
+on a test-made weights file through ``src/eval.py`` in a subprocess.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from hydra import compose, initialize_config_dir
+from inception_weights import write_fidelity_weights
+
+from diffrop import build, evaluation
+from diffrop.data.datamodule import LongTailDataModule
+from diffrop.eval_callback import PeriodicFID
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("eval_entry", REPO / "src" / "eval.py")
+eval_entry = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(eval_entry)
+
+SMALL = [  # 30 balanced samples of 10 digits, 4 reference images per class, 3 DDIM steps
+    "eval.num_samples=30", "eval.shard_size=16", "eval.reference_per_class=4", "eval.prd_clusters_per_class=2",
+    "eval.prd_runs=2", "eval.feature_batch_size=16", "eval.progress=false", "sampler.steps=3",
+    "sampler.batch_size=16", "wandb.enabled=false", "device=cpu",
+]  # fmt: skip
+
+
+class FakeExtractor:
+    """Features = a fixed random projection of the pixels (8-d), logits = a projection of those (5 classes)."""
+
+    name, has_logits, weights_path = "fake-pixels", True, None
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.proj, self.head = torch.randn(3 * 16 * 16, 8, generator=g), torch.randn(8, 5, generator=g)
+        self.images_seen = 0
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() / 255).flatten(1) @ self.proj
+
+    def extract(self, images, batch_size=100, progress=True):
+        self.images_seen += len(images)
+        feats = self.features(images)
+        return feats, feats @ self.head
+
+
+@pytest.fixture
+def fake_extractor(monkeypatch) -> FakeExtractor:
+    fake = FakeExtractor()
+    monkeypatch.setattr(evaluation, "build_extractor", lambda kind, weights, device: fake)
+    return fake
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    """A real checkpoint of one training step (tiny UNet on digits_lt), written by Lightning in-process."""
+    run_dir = tmp_path_factory.mktemp("run")
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "data=digits_lt", "model=tiny", "trainer=cpu", "logger=csv", "name=evaltest", "~callbacks",
+            f"paths.output_dir={run_dir}", "trainer.max_steps=1", "data.batch_size=8",
+            "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
+        ])  # fmt: skip
+    datamodule = build.build_datamodule(cfg)
+    module = build.build_module(cfg, datamodule)
+    cfg.logger = None
+    trainer = build.build_trainer(cfg, run_dir, enable_checkpointing=False)
+    trainer.fit(module, datamodule=datamodule)
+    path = run_dir / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def eval_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose("eval", overrides=list(overrides))
+
+
+def run_eval(ckpt: Path, out: Path, *overrides: str) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = eval_cfg(f"ckpt_path={ckpt}", f"eval.reference_cache={out.parent / 'refs'}", *SMALL, *overrides)
+    return eval_entry.run(cfg, out)
+
+
+def _reference(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """First ``per_class`` images of each class of the full digits set, selected independently with NumPy."""
+    full = LongTailDataModule("digits_lt", "digits", image_size=16).full_train_set()
+    y = full.labels.numpy()
+    keep = np.sort(np.concatenate([np.flatnonzero(y == c)[:per_class] for c in range(10)]))
+    return full.images[keep], full.labels[keep]
+
+
+def _fid_scipy(a: np.ndarray, b: np.ndarray) -> float:
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real))
+
+
+def test_results_json_is_complete_and_scores_the_right_sets(ckpt, tmp_path, fake_extractor):
+    out = tmp_path / "eval"
+    results = run_eval(ckpt, out)
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+    m = results["metrics"]
+    assert set(m) >= {"fid", "is_mean", "is_std", "precision", "recall", "f_8", "f_1_8", "per_shot"}
+    assert set(m["per_shot"]) == {"many", "med", "few"}
+    for group in m["per_shot"].values():
+        assert set(group) >= {"fid", "recall", "precision"}
+    assert results["sampler"] == {
+        "name": "ddim",
+        "steps": 3,
+        "eta": 0.0,
+        "guidance_scale": 0.0,
+        "labels": "balanced",
+    }
+    assert results["num_samples"] == 30 and results["label_counts"] == [3] * 10
+    assert results["checkpoint"]["path"] == str(ckpt.resolve()) and results["checkpoint"]["global_step"] == 1
+    assert results["config"]["train"]["data"]["name"] == "digits_lt"
+    assert results["extractor"]["reference_size"] == 40 and "c10x4" in results["extractor"]["reference_key"]
+
+    # independent recomputation: features of the saved samples and of the reference picked with NumPy
+    folder = out / "samples" / "ddim3_eta0_w0_balanced_n30_seed0"
+    with np.load(folder / "samples.npz") as f:
+        images, labels = torch.from_numpy(f["images"]).permute(0, 3, 1, 2), f["labels"]
+        assert f["seeds"].tolist() == list(range(30))
+    assert labels.tolist() == [k % 10 for k in range(30)]
+    ref_images, ref_labels = _reference(4)
+    fake, real = (
+        fake_extractor.features(images).double().numpy(),
+        fake_extractor.features(ref_images).double().numpy(),
+    )
+    assert m["fid"] == pytest.approx(_fid_scipy(real, fake), rel=1e-4)
+    few = [7, 8, 9]  # digits_lt keeps most images of class 0, fewest of class 9
+    assert m["per_shot"]["few"]["fid"] == pytest.approx(
+        _fid_scipy(real[np.isin(ref_labels.numpy(), few)], fake[np.isin(labels, few)]), rel=1e-4
+    )
+    assert (folder / "grid.png").is_file() and len(list(folder.glob("shard_*.npz"))) == 2
+
+    # a second run reuses the cached reference features and the finished shards
+    fake_extractor.images_seen = 0
+    mtimes = [p.stat().st_mtime_ns for p in sorted(folder.glob("shard_*.npz"))]
+    again = run_eval(ckpt, out)
+    assert fake_extractor.images_seen == 30  # the generated set only
+    assert [p.stat().st_mtime_ns for p in sorted(folder.glob("shard_*.npz"))] == mtimes
+    assert again["metrics"]["fid"] == pytest.approx(m["fid"], rel=1e-9)
+
+
+def test_guidance_sweep_keeps_the_best_w(ckpt, tmp_path, fake_extractor):
+    results = run_eval(ckpt, tmp_path / "eval", "eval.guidance_sweep=[0,4]")
+    sweep = results["guidance_sweep"]
+    assert [e["w"] for e in sweep] == [0.0, 4.0]
+    assert sweep[0]["fid"] != sweep[1]["fid"]
+    best = min(sweep, key=lambda e: e["fid"])
+    assert results["best_w"] == best["w"] and results["sampler"]["guidance_scale"] == best["w"]
+    assert results["metrics"] == {k: v for k, v in best.items() if k != "w"}
+    assert len(list((tmp_path / "eval" / "samples").iterdir())) == 2
+
+
+def test_train_label_schedule_is_recorded(ckpt, tmp_path, fake_extractor):
+    results = run_eval(ckpt, tmp_path / "eval", "sampler.labels=train", "eval.k=1")
+    counts = results["label_counts"]
+    assert sum(counts) == 30 and counts[0] > counts[9] and results["sampler"]["labels"] == "train"
+
+
+class AlwaysZero(torch.nn.Module):
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(images.shape[0], 10)
+        logits[:, 0] = 1.0
+        return logits
+
+
+def test_classifier_accuracy_per_shot(ckpt, tmp_path, fake_extractor):
+    path = tmp_path / "clf.pt"
+    torch.jit.save(torch.jit.script(AlwaysZero()), str(path))
+    results = run_eval(ckpt, tmp_path / "eval", f"eval.classifier_ckpt={path}")
+    m = results["metrics"]
+    # balanced labels, every sample called class 0: right 3 times in 30; many = {0, 1, 2}
+    assert m["accuracy"] == pytest.approx(0.1)
+    assert m["per_shot"]["many"]["accuracy"] == pytest.approx(1 / 3)
+    assert m["per_shot"]["med"]["accuracy"] == 0 and m["per_shot"]["few"]["accuracy"] == 0
+
+
+def test_classify_accuracy_and_classifier_files(tmp_path):
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    images = torch.zeros(6, 3, 2, 2, dtype=torch.uint8)
+    images[1] = 1  # the classifier below calls an image class 1 when its pixels are non-zero
+
+    class Bright(torch.nn.Module):
+        def forward(self, x):
+            return torch.stack([(x == 0).all(1).all(1).all(1), (x != 0).any(1).any(1).any(1),
+                                torch.zeros(len(x), dtype=torch.bool)], 1).float()  # fmt: skip
+
+    acc = evaluation.classify_accuracy(Bright(), images, labels, {"a": [0], "b": [1, 2]})
+    assert acc["overall"] == pytest.approx(1 / 6)  # only image 0 (class 0, dark) is right
+    assert acc["per_shot"] == {"a": pytest.approx(0.5), "b": 0.0}
+    pickled = tmp_path / "whole.pt"
+    torch.save(AlwaysZero(), pickled)
+    assert isinstance(evaluation.load_classifier(pickled), torch.nn.Module)
+    bad = tmp_path / "weights.pt"
+    torch.save({"w": torch.zeros(1)}, bad)
+    with pytest.raises(ValueError, match=r"jit\.save"):
+        evaluation.load_classifier(bad)
+    with pytest.raises(FileNotFoundError, match="classifier_ckpt"):
+        evaluation.load_classifier(tmp_path / "none.pt")
+
+
+# ------------------------------------------------------------------------------------------ bad input
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run_eval(tmp_path / "nope.ckpt", tmp_path / "eval")
+
+
+def test_corrupt_checkpoint(tmp_path):
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    path.parent.mkdir()
+    path.write_bytes(b"not a checkpoint" * 10)
+    with pytest.raises(ValueError, match="corrupt"):
+        run_eval(path, tmp_path / "eval")
+
+
+def test_checkpoint_of_another_dataset(ckpt, tmp_path):
+    with pytest.raises(ValueError, match=r"'digits_lt'.*'cifar100lt'"):
+        run_eval(ckpt, tmp_path / "eval", "data=cifar100lt")
+    with pytest.raises(ValueError, match="trained on data 'digits_lt'"):
+        run_eval(ckpt, tmp_path / "eval", "data.name=cifar10lt")
+
+
+def test_checkpoint_of_another_class_count(ckpt, tmp_path):
+    from fakedata import write_image_folder
+
+    root = write_image_folder(tmp_path / "folder", {"a": 3, "b": 2, "c": 2}, size=16).parent
+    with pytest.raises(ValueError, match=r"\(3, 16, 3\).*\(10, 16, 3\)"):
+        run_eval(ckpt, tmp_path / "eval", "+data.source=imagefolder", f"data.root={root}")
+
+
+def test_missing_inception_weights(ckpt, tmp_path):
+    missing = tmp_path / "weights" / "pt_inception.pth"
+    with pytest.raises(FileNotFoundError, match="Inception weights file not found"):
+        run_eval(ckpt, tmp_path / "eval", f"eval.inception_weights={missing}")
+
+
+def test_failed_download_says_how_to_work_offline(monkeypatch):
+    def offline(kind, weights, device):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(evaluation, "make_extractor", offline)
+    with pytest.raises(RuntimeError, match=r"eval\.inception_weights="):
+        evaluation.build_extractor("torch-fidelity", None, "cpu")
+
+
+def test_too_few_samples_for_the_scores(ckpt, tmp_path, fake_extractor):
+    with pytest.raises(ValueError, match="prd_clusters_per_class"):
+        run_eval(ckpt, tmp_path / "eval", "eval.prd_clusters_per_class=20")
+    with pytest.raises(ValueError, match="shot group 'many' has 3 generated"):
+        run_eval(
+            ckpt,
+            tmp_path / "eval",
+            "eval.num_samples=10",
+            "eval.prd_clusters_per_class=1",
+            "eval.is_splits=2",
+        )
+
+
+def test_default_eval_dir_is_next_to_the_run(ckpt, tmp_path):
+    assert eval_entry.eval_dir(str(ckpt)) == str(ckpt.parent.parent / "eval")
+    assert eval_entry.eval_dir(str(tmp_path / "x.ckpt")).startswith("logs/eval/runs/")
+
+
+def test_failure_writes_failed(tmp_path):
+    out = tmp_path / "failed_eval"
+    cmd = [sys.executable, str(REPO / "src" / "eval.py"), f"ckpt_path={tmp_path / 'missing.ckpt'}",
+           f"hydra.run.dir={out}", "wandb.enabled=false"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "missing.ckpt does not exist" in done.stderr
+    assert (out / "FAILED").read_text().startswith("FileNotFoundError: checkpoint")
+
+
+# --------------------------------------------------------------------------------------- periodic FID
+def test_periodic_fid_logs_val_fid(ckpt, tmp_path, fake_extractor):
+    net, schedule, _, _ = build.net_from_checkpoint(ckpt)
+    datamodule = LongTailDataModule("digits_lt", "digits", image_size=16)
+    logged = []
+    logger = SimpleNamespace(log_metrics=lambda metrics, step: logged.append((step, metrics)))
+    trainer = SimpleNamespace(datamodule=datamodule, global_step=4, loggers=[logger], callback_metrics={})
+    module = SimpleNamespace(ema=net, schedule=schedule, device=torch.device("cpu"))
+    callback = PeriodicFID(every_n_steps=2, num_samples=20, steps=2, batch_size=10, cache_dir=str(tmp_path),
+                           reference_per_class=3)  # fmt: skip
+    callback.on_fit_start(trainer, module)
+    callback.on_train_batch_end(trainer, module, None, None, 0)
+    trainer.global_step = 5  # not a multiple of 2: nothing
+    callback.on_train_batch_end(trainer, module, None, None, 0)
+    assert len(logged) == 1 and logged[0][0] == 4
+    fid = logged[0][1]["val/fid"]
+    # independent: the same 20 samples (balanced labels, seeds 0..19) scored with scipy
+    from diffrop.diffusion.sampling import SamplerSpec
+    from diffrop.generate import sample_images
+
+    images = sample_images(
+        net, schedule, torch.arange(20) % 10, torch.arange(20), SamplerSpec("ddim", 2, 0.0)
+    )
+    real = fake_extractor.features(_reference(3)[0]).double().numpy()
+    assert fid == pytest.approx(_fid_scipy(real, fake_extractor.features(images).double().numpy()), rel=1e-4)
+    assert float(trainer.callback_metrics["val/fid"]) == pytest.approx(fid)
+
+
+# ----------------------------------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_train_then_eval_end_to_end(tmp_path, run_train, tiny_run_overrides):
+    """src/train.py (2 steps) then src/eval.py with a test-made torch-fidelity Inception file: several minutes
+    on 2 busy CPU cores, most of it Inception at 299 x 299 on 70 images."""
+    run_dir = tmp_path / "run"
+    trained = run_train(*tiny_run_overrides, "trainer.max_steps=2", f"hydra.run.dir={run_dir}", timeout=600)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    weights = write_fidelity_weights(tmp_path / "pt_inception-test.pth")
+    cmd = [
+        sys.executable, str(REPO / "src" / "eval.py"), f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        "sampler=ddim", f"eval.inception_weights={weights}", f"eval.reference_cache={tmp_path / 'refs'}",
+        "eval.num_samples=30", "eval.reference_per_class=4", "eval.prd_clusters_per_class=2", "eval.prd_runs=2",
+        "sampler.steps=3", "eval.feature_batch_size=10", "wandb.mode=offline",
+    ]  # fmt: skip
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((run_dir / "eval" / "results.json").read_text())  # the default eval dir
+    m = results["metrics"]
+    assert np.isfinite(m["fid"]) and m["fid"] >= 0 and m["is_mean"] >= 1 - 1e-6
+    assert set(m["per_shot"]) == {"many", "med", "few"} and all(
+        np.isfinite(g["fid"]) for g in m["per_shot"].values()
+    )
+    assert results["sampler"]["name"] == "ddim" and results["num_samples"] == 30
+    assert results["extractor"]["name"] == "inception-v3-compat"
+    assert not (run_dir / "eval" / "FAILED").exists() and list(
+        (run_dir / "eval" / "wandb").glob("offline-run-*")
+    )
