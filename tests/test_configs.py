@@ -3,6 +3,7 @@ should build do, and a bad choice fails with Hydra's list of valid options."""
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -26,14 +27,24 @@ from diffrop.losses.tau import Constant, Cosine, ExpDecay, Linear
 from diffrop.nets.unet import ClassConditionalUNet
 
 SKIP_DIRS = {"local"}  # untracked machine config, may be empty
-NESTED = {"loss": {"term"}}  # loss/term/*.yaml are building blocks of the loss recipes, not choices
+# Pieces that other options include (loss recipes = terms; paper experiments = recipe + method [+ preset]).
+BUILDING_BLOCKS = {"loss/term", "experiment/method", "experiment/recipe", "experiment/preset"}
 
 
 def group_options() -> list[tuple[str, str]]:
-    """(group, option) for every yaml file on disk."""
+    """(group, option) for every yaml file under configs/<group>/, nested ones as ``sub/name``
+    (``experiment=cifar10lt/ddpm``); nested folders of ``hydra`` are Hydra's own groups (``hydra/launcher``)."""
     out = []
     for group in sorted(p for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name not in SKIP_DIRS):
-        out += [(group.name, f.stem) for f in sorted(group.glob("*.yaml"))]
+        for f in sorted(group.rglob("*.yaml")):
+            rel = f.relative_to(group).with_suffix("").as_posix()
+            sub = rel.rsplit("/", 1)[0] if "/" in rel else ""
+            if f"{group.name}/{sub}" in BUILDING_BLOCKS:
+                continue
+            if group.name == "hydra" and sub:
+                out.append((f"hydra/{sub}", rel.rsplit("/", 1)[1]))
+            else:
+                out.append((group.name, rel))
     return out
 
 
@@ -46,6 +57,14 @@ def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
         HydraConfig.instance().set_config(cfg)
         del cfg["hydra"]  # the job's config does not carry the hydra node, as at runtime
     return cfg
+
+
+@functools.cache
+def default_choices() -> frozenset[str]:
+    """The groups train.yaml selects by default (``hydra.runtime.choices`` of a plain compose)."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", return_hydra_config=True)
+    return frozenset(cfg.hydra.runtime.choices)
 
 
 def resolved(cfg: DictConfig) -> dict:
@@ -75,7 +94,8 @@ def test_every_group_is_found():
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_and_resolves(group, option, tmp_path):
-    cfg = compose_train([f"{group}={option}"], tmp_path)
+    in_defaults = group in default_choices()  # else an add-on group (e.g. classifier, for classify.py)
+    cfg = compose_train([f"{'' if in_defaults else '+'}{group}={option}"], tmp_path)
     c = resolved(cfg)
     if group != "experiment":  # an experiment may select other options itself
         assert HydraConfig.get().runtime.choices[group] == option
@@ -233,6 +253,14 @@ def test_quickstart_experiment(tmp_path):
         "csv",
     )
     assert cfg.trainer.max_steps == 1500 and cfg.data.max_steps == 1500 and cfg.data.batch_size == 64
+
+
+def test_paper_experiment_with_smoke_preset(tmp_path):
+    cfg = compose_train(["experiment=cifar10lt/cbdm_pcl", "+experiment/preset@_global_=smoke"], tmp_path)
+    c = resolved(cfg)
+    assert c["data"]["name"] == "digits_lt" and c["trainer"]["max_steps"] == 20
+    assert c["run_name"] == "cifar10lt__cbdm_pcl"
+    assert set(build.build_objective(cfg).terms) == {"ddpm", "cbdm", "pcl"}
 
 
 def test_full_module_builds_from_config(tmp_path):

@@ -240,3 +240,13 @@ def test_batch_size_errors():
         StepBatchSampler(100, 30, seed=0, world_size=4)
     with pytest.raises(ValueError, match="exceeds"):
         StepBatchSampler(10, 16, seed=0)
+
+
+def test_loader_leaves_the_global_rng_alone():
+    """A resumed run restores the RNG state before its loader iterator exists: making one must not draw from it
+    (a DataLoader without its own generator draws a base seed from the global RNG)."""
+    dm = _digits_dm()
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    next(iter(dm.train_dataloader()))
+    assert torch.equal(torch.get_rng_state(), before)
