@@ -62,7 +62,8 @@ def slurm_job() -> dict[str, str]:
 def mark_failed(run_dir: Path, err: BaseException) -> None:
     """A FAILED file lets sweeps and table rendering show this run as failed instead of dropping it."""
     job = "".join(f"{k}: {v}\n" for k, v in slurm_job().items() if k != "restarts")
-    (run_dir / "FAILED").write_text(f"{type(err).__name__}: {err}\n{job}\n{traceback.format_exc()}")
+    headline = user_error(err) or f"{type(err).__name__}: {err}"  # one line a table can show
+    (run_dir / "FAILED").write_text(f"{headline}\n{job}\n{traceback.format_exc()}")
 
 
 def user_error(err: BaseException) -> str | None:
@@ -72,7 +73,7 @@ def user_error(err: BaseException) -> str | None:
         if m := re.search(r"full_key: (\S+)", str(err)):
             key = m[1]
         if isinstance(err, USER_ERRORS):
-            return f"{err}" + (f" [config key {key}]" if key and key not in str(err) else "")
+            return f"{type(err).__name__}: {err}" + (f" [config key {key}]" if key and key not in str(err) else "")
         err = err.__cause__
     return None
 
@@ -113,7 +114,7 @@ def main(cfg: DictConfig) -> None:
             print(f"error: SIGTERM at step {trainer.global_step}; resume with the same command", file=sys.stderr)
             sys.exit(128 + signal.SIGTERM)  # not 0: SLURM and shells must see an interrupted job
         if (message := user_error(err)) and not os.environ.get("HYDRA_FULL_ERROR"):
-            print(f"error: {message}", file=sys.stderr)
+            print(f"error: {message.split(': ', 1)[1]}", file=sys.stderr)
             if HydraConfig.get().mode != RunMode.MULTIRUN:
                 sys.exit(1)
         raise  # in a multirun Hydra records the failure, runs the remaining jobs, then exits non-zero
