@@ -40,3 +40,22 @@ format: install ## ruff fix + format
 
 clean: ## remove caches (keeps .venv, data and logs)
 	rm -rf .pytest_cache .ruff_cache **/__pycache__
+
+# --- SLURM: a real one-node cluster on this machine (docs/slurm.md) -------------------------------------------
+SLURM_DIR ?= $(or $(DIFFROP_SLURM_DIR),/tmp/diffrop-slurm)
+.PHONY: slurm-up slurm-down test-slurm
+
+slurm-up: ## start a local one-node SLURM cluster (needs root; apt-installs slurm + munge once)
+	DIFFROP_SLURM_DIR=$(SLURM_DIR) bash scripts/local_slurm.sh up
+
+slurm-down: ## stop exactly the daemons slurm-up started (idempotent)
+	DIFFROP_SLURM_DIR=$(SLURM_DIR) bash scripts/local_slurm.sh down
+
+test-slurm: install ## local SLURM up, run tests/slurm (sweeps, DDP, pre-emption), down even on failure
+	@if [ "$$(id -u)" -ne 0 ]; then \
+	  echo "test-slurm: SKIPPED: starting the local SLURM cluster needs root (sudo make test-slurm)"; exit 0; fi; \
+	if ! command -v apt-get >/dev/null && ! command -v slurmctld >/dev/null; then \
+	  echo "test-slurm: SKIPPED: no slurmctld and no apt-get to install it"; exit 0; fi; \
+	export DIFFROP_SLURM_DIR=$(SLURM_DIR); \
+	trap 'bash scripts/local_slurm.sh down' EXIT; \
+	bash scripts/local_slurm.sh up && . $(SLURM_DIR)/env.sh && $(PY) -m pytest -q -m slurm tests/slurm

@@ -249,3 +249,14 @@ def test_paper_numbers_file_matches_design() -> None:
         for row in spec.rows:
             assert re.fullmatch(r"[a-z0-9]+__[a-z0-9_]+", row.cell), row.cell
             assert set(row.paper) == {c.key for c in spec.columns}, row.cell  # DESIGN.md gives every value
+
+
+def test_failure_reason_stops_before_the_traceback_train_py_appends():
+    text = (
+        "ValueError: tau.tau0 must be a finite number >= 0, got -1.0\n"
+        "slurm_job_id: 12_1\nlog: /runs/.submitit/12_1_log.err\n\n"
+        'Traceback (most recent call last):\n  File "src/train.py", line 3, in main\nValueError: tau.tau0 ...\n'
+    )
+    assert rp.describe_failure(text) == (
+        "ValueError: tau.tau0 must be a finite number >= 0, got -1.0; job 12_1; log /runs/.submitit/12_1_log.err"
+    )

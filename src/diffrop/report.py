@@ -130,7 +130,11 @@ def describe_failure(text: str) -> str:
         found = {("log" if m[1] else "job"): m[2].strip() for m in map(_FAIL_FIELD.match, lines) if m}
         job, log = found.get("job"), found.get("log")
         rest = [line for line in lines if not _FAIL_FIELD.match(line)]
-        message = rest[-1] if rest and rest[0].startswith("Traceback") else " ".join(rest)
+        if rest and rest[0].startswith("Traceback"):
+            message = rest[-1]
+        else:  # "ExcType: message" first (as train.py writes it), possibly followed by a traceback
+            end = next((i for i, line in enumerate(rest) if line.startswith("Traceback")), len(rest))
+            message = " ".join(rest[:end])
     message = message if len(message) <= 300 else message[:299] + "…"
     return "; ".join(
         [message or "no reason given", *([f"job {job}"] if job else []), *([f"log {log}"] if log else [])]
