@@ -1,0 +1,354 @@
+"""One command per paper result: train the models a table needs, evaluate each cell, render the table.
+
+Layout under a runs root (default ``logs/paper``; ``logs/smoke`` for smoke runs)::
+
+    models/<dataset>__<method>/   one training run per model (configs/experiment/<dataset>/<method>.yaml),
+                                  shared by every table that uses the model (Tables 1, 2, 4, 5 share DDPM)
+    <table>/<cell>/eval/          that cell's evaluation (results.json, read by diffrop.report)
+    <table>/<cell>/FAILED         why the cell has no result (training or evaluation failed)
+
+Every stage looks at the files first: a model whose ``last.ckpt`` reached ``max_steps`` is not trained again, a
+cell with ``eval/results.json`` is not evaluated again, a failed cell is retried on the next call (training
+resumes from ``last.ckpt``) and never stops the others. The stages run ``src/train.py``, ``src/eval.py`` and
+``src/classify.py`` as subprocesses (a Hydra multirun for training, locally or on SLURM), so what the driver
+runs is exactly what a user can type; the commands are printed and their output kept in ``<root>/logs/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+PAPER = Path("experiments/paper_numbers.yaml")
+FIGURES = Path("experiments/figures.yaml")
+TABLES = ("table1", "table2", "table3", "table4", "table5", "fig4a", "fig4b")
+# Table 5 names its cells by the form of phi; the models are the DDPM + PCL runs of that form.
+CELL_MODEL = {"exp": "ddpm_pcl", "neg_l2": "ddpm_pcl_neg_l2", "recip": "ddpm_pcl_recip"}
+# Table 3 cells that train only a classifier (no diffusion model), with the classifier's data.
+CLASSIFIER_ONLY = {"lt_only": "cifar100lt", "balanced": "cifar100"}
+# Extra evaluation arguments per table (the number of samples comes from the table's protocol).
+TABLE_EVAL = {"fig4b": ["eval.guidance_sweep=[0,0.4,0.8,1.2,1.6,2.0,2.4]"]}
+
+SMOKE_SAMPLES = 60  # generated images per smoke cell: 6 per digit class, >= 18 per shot group
+SMOKE_TRAIN = ["+experiment/preset@_global_=smoke"]
+SMOKE_EVAL = [
+    "eval.reference_per_class=20",
+    "eval.k=3",
+    "eval.prd_clusters_per_class=1",
+    "eval.prd_runs=1",
+    "eval.progress=false",
+    "wandb.enabled=false",
+]
+SMOKE_CLASSIFY = ["data=digits_lt", "trainer.max_steps=30", "model=tiny", "logger=csv"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One row of a table: where its result goes, which model (experiment config) it needs, how to score it."""
+
+    table: str
+    cell: str  # `<dataset>__<method>`, the run directory name the renderer reads
+    experiment: str | None  # `<dataset>/<method>` under configs/experiment; None: no diffusion model
+    num_samples: int | None  # generated images (the table's protocol); None: none needed
+
+
+@dataclass
+class Options:
+    root: Path
+    smoke: bool = False
+    launcher: str = "local"  # local | slurm
+    devices: int = 1
+    python: str = sys.executable
+    train_overrides: list[str] = field(default_factory=list)
+    eval_overrides: list[str] = field(default_factory=list)
+    classify_overrides: list[str] = field(default_factory=list)
+    inception_weights: str | None = None
+    extractor: str | None = None
+    out: Path = Path("experiments/results")
+    dry_run: bool = False
+
+
+def load_cells(table: str, paper: Path = PAPER, figures: Path = FIGURES, smoke: bool = False) -> list[Cell]:
+    """The cells of a table (paper_numbers.yaml) or figure (figures.yaml), with the model each one needs."""
+    specs = {**yaml.safe_load(Path(paper).read_text()), **yaml.safe_load(Path(figures).read_text())}
+    if table not in specs:
+        raise ValueError(f"unknown table {table!r}; choose one of {', '.join(specs)}")
+    spec = specs[table]
+    cells = []
+    for row in spec["rows"]:
+        dataset, method = row["cell"].split("__", 1)
+        n = row.get("num_samples", spec.get("num_samples"))
+        if table == "table3" and method in CLASSIFIER_ONLY:
+            experiment, n = None, None
+        else:
+            experiment = f"{dataset}/{CELL_MODEL.get(method, method)}"
+        cells.append(Cell(table, row["cell"], experiment, (SMOKE_SAMPLES if n else None) if smoke else n))
+    return cells
+
+
+def model_dir(root: Path, experiment: str) -> Path:
+    return root / "models" / experiment.replace("/", "__")
+
+
+def override_value(overrides: Sequence[str], key: str) -> str | None:
+    """The value of the last ``key=value`` in a Hydra override list (None if absent)."""
+    values = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == key and "=" in o]
+    return values[-1] if values else None
+
+
+def read_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The checkpoint's step and stored config without reading its tensors (memory-mapped), None if unreadable."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # a truncated file counts as no checkpoint; training resumes or restarts
+        return None
+    return {"global_step": ckpt.get("global_step", 0), "config": ckpt.get("diffrop_config") or {}}
+
+
+def training_state(run: Path, max_steps: int | None = None) -> tuple[str, str]:
+    """('done' | 'partial' | 'failed' | 'missing', detail) of a model run directory.
+
+    'done' needs ``checkpoints/last.ckpt`` at ``max_steps`` (default: the max_steps stored in the checkpoint)
+    and no FAILED file; a FAILED run is retried (resuming from its last checkpoint).
+    """
+    failed, last = run / "FAILED", run / "checkpoints" / "last.ckpt"
+    if failed.is_file():
+        return "failed", first_error(failed.read_text(errors="replace"))
+    if not last.is_file():
+        return "missing", "no checkpoint"
+    info = read_checkpoint(last)
+    if info is None:
+        return "partial", f"{last} is unreadable"
+    target = max_steps or int(info["config"].get("trainer", {}).get("max_steps", 0))
+    step = int(info["global_step"])
+    return ("done" if step >= target else "partial"), f"step {step} of {target}"
+
+
+@dataclass
+class Driver:
+    """Runs the stages of one table; ``run`` returns the rendered diffrop.report Table."""
+
+    table: str
+    opts: Options
+    log: list[str] = field(default_factory=list)
+
+    # --- commands --------------------------------------------------------------------------------------
+    def train_commands(self, experiments: list[str]) -> list[list[str]]:
+        o, root = self.opts, self.opts.root.resolve()
+        common = [f"runs_root={root}", f"name={self.table}", *(SMOKE_TRAIN if o.smoke else []), *o.train_overrides]
+        if o.devices > 1 and o.launcher == "local":  # one torchrun per model: DDP and multirun do not mix
+            torchrun = [o.python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={o.devices}"]
+            ddp = ["trainer=ddp", f"trainer.devices={o.devices}"]
+            return [[*torchrun, "src/train.py", f"experiment={e}", *ddp, *common] for e in experiments]
+        sweep = [
+            "-m",
+            f"experiment={','.join(experiments)}",
+            f"hydra.sweep.dir={root / 'models'}",
+            "hydra.sweep.subdir=${run_name}",
+        ]
+        if o.launcher == "slurm":
+            sweep += ["hydra/launcher=slurm"]
+            sweep += ["trainer=ddp", f"trainer.devices={o.devices}"] if o.devices > 1 else []
+        return [[o.python, "src/train.py", *sweep, *common]]
+
+    def eval_command(self, cell: Cell, out_dir: Path, num_samples: int) -> list[str]:
+        o = self.opts
+        ckpt = model_dir(o.root, cell.experiment) / "checkpoints" / "last.ckpt"
+        info = read_checkpoint(ckpt) or {"config": {}}
+        sampler = info["config"].get("sampler") or {}
+        args = [f"ckpt_path={ckpt.resolve()}", f"hydra.run.dir={out_dir.resolve()}", f"eval.num_samples={num_samples}"]
+        if sampler:  # the model's own evaluation recipe (sampler, steps, guidance w), stored at training time
+            args += [f"sampler={sampler['name']}", f"sampler.steps={sampler['steps']}"]
+            args += [f"sampler.eta={sampler['eta']}", f"sampler.guidance={sampler['guidance']}"]
+        args += TABLE_EVAL.get(self.table, [])
+        if o.smoke:
+            args += [*SMOKE_EVAL, "eval.extractor=fid-helper", f"eval.inception_weights={self.smoke_weights()}"]
+            args += [f"eval.reference_cache={(o.root / 'fid_refs').resolve()}"]
+        else:
+            args += [f"eval.extractor={o.extractor}"] if o.extractor else []
+            args += [f"eval.inception_weights={o.inception_weights}"] if o.inception_weights else []
+        args += o.eval_overrides
+        if o.devices > 1 and o.launcher == "local":
+            return [o.python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={o.devices}",
+                    "src/eval.py", *args]  # fmt: skip
+        if o.launcher == "slurm":  # a one-job multirun: the evaluation runs on a SLURM node
+            args = ["-m", "hydra/launcher=slurm", f"hydra.sweep.dir={out_dir.parent.resolve()}",
+                    f"hydra.sweep.subdir={out_dir.name}", *[a for a in args if not a.startswith("hydra.run.dir=")]]  # fmt: skip
+        return [o.python, "src/eval.py", *args]
+
+    def classify_command(self, cell: Cell, generated: Path | None) -> list[str]:
+        o = self.opts
+        dataset = CLASSIFIER_ONLY.get(cell.cell.split("__", 1)[1], cell.cell.split("__", 1)[0])
+        args = [f"data={dataset}", f"hydra.run.dir={(o.root / cell.table / cell.cell / 'eval').resolve()}"]
+        args += [f"name={self.table}"]
+        args += [f"generated={generated.resolve()}"] if generated else []
+        args += SMOKE_CLASSIFY if o.smoke else []
+        args += [a for a in o.classify_overrides]
+        if o.launcher == "slurm":
+            out = (o.root / cell.table / cell.cell).resolve()
+            args = ["-m", "hydra/launcher=slurm", f"hydra.sweep.dir={out}", "hydra.sweep.subdir=eval",
+                    *[a for a in args if not a.startswith("hydra.run.dir=")]]  # fmt: skip
+        return [o.python, "src/classify.py", *args]
+
+    # --- helpers -----------------------------------------------------------------------------------------
+    def smoke_weights(self) -> Path:
+        path = (self.opts.root / "smoke_inception.pt").resolve()
+        if not path.is_file():
+            write_smoke_extractor(path)
+        return path
+
+    def say(self, message: str) -> None:
+        self.log.append(message)
+        print(f"[reproduce {self.table}] {message}", flush=True)
+
+    def execute(self, cmd: list[str], log_name: str) -> int:
+        """Run one stage command, output to <root>/logs/<log_name>.log; the tail is printed on failure."""
+        self.say("$ " + shlex.join(cmd))
+        if self.opts.dry_run:
+            return 0
+        log = self.opts.root / "logs" / f"{log_name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        start = time.monotonic()
+        env = dict(os.environ)
+        if self.opts.smoke:  # tiny tensors: one thread is as fast, and far faster on a busy machine
+            env.setdefault("OMP_NUM_THREADS", "1")
+        with log.open("w") as f:
+            rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+        self.say(f"  exit {rc} after {time.monotonic() - start:.0f} s (log {log})")
+        if rc:
+            print("".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:]), file=sys.stderr)
+        return rc
+
+    def mark_failed(self, cell: Cell, reason: str, log: Path | None = None) -> None:
+        path = self.opts.root / cell.table / cell.cell / "FAILED"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{reason}\n" + (f"log: {log}\n" if log else ""))
+        self.say(f"  {cell.cell}: FAILED ({reason})")
+
+    # --- stages ------------------------------------------------------------------------------------------
+    def train(self, cells: list[Cell]) -> dict[str, tuple[str, str]]:
+        """Train the models that are not finished; returns experiment -> (state, detail) afterwards."""
+        o = self.opts
+        max_steps = override_value(o.train_overrides, "trainer.max_steps")
+        limit = int(max_steps) if max_steps else None
+        experiments = sorted({c.experiment for c in cells if c.experiment})
+        states = {e: training_state(model_dir(o.root, e), limit) for e in experiments}
+        for e, (state, detail) in states.items():
+            self.say(f"model {e}: {state} ({detail})")
+        todo = [e for e, (state, _) in states.items() if state != "done"]
+        for i, cmd in enumerate(self.train_commands(todo) if todo else []):
+            self.execute(cmd, f"{self.table}-train-{i}")
+        return {e: training_state(model_dir(o.root, e), limit) for e in experiments}
+
+    def evaluate(self, cell: Cell, models: dict[str, tuple[str, str]]) -> None:
+        o = self.opts
+        cell_dir = o.root / cell.table / cell.cell
+        results = cell_dir / "eval" / "results.json"
+        if results.is_file() and not (cell_dir / "FAILED").is_file():
+            self.say(f"{cell.cell}: evaluated already ({results})")
+            return
+        (cell_dir / "FAILED").unlink(missing_ok=True)  # retried now
+        if cell.experiment:
+            state, detail = models[cell.experiment]
+            if state != "done" and not o.dry_run:
+                run = model_dir(o.root, cell.experiment)
+                self.mark_failed(cell, f"training {cell.experiment} {state}: {detail}", run / "FAILED")
+                return
+        if self.table == "table3":
+            self.classify(cell)
+            return
+        log = o.root / "logs" / f"{self.table}-eval-{cell.cell}.log"
+        if self.execute(self.eval_command(cell, cell_dir / "eval", cell.num_samples), log.stem):
+            self.mark_failed(cell, failure_reason(cell_dir / "eval" / "FAILED", log), log)
+
+    def classify(self, cell: Cell) -> None:
+        """Table 3: generate the cell's images with its model (unless it has none), then train the classifier."""
+        o, cell_dir = self.opts, self.opts.root / self.table / cell.cell
+        generated = None
+        if cell.experiment:
+            gen = cell_dir / "generated"
+            gen_results = gen / "results.json"
+            if not gen_results.is_file():
+                log = o.root / "logs" / f"{self.table}-generate-{cell.cell}.log"
+                if self.execute(self.eval_command(cell, gen, cell.num_samples), log.stem):
+                    self.mark_failed(cell, failure_reason(gen / "FAILED", log), log)
+                    return
+            if o.dry_run:
+                generated = gen / "samples.npz"
+            else:
+                generated = Path(json.loads(gen_results.read_text())["samples"])
+        log = o.root / "logs" / f"{self.table}-classify-{cell.cell}.log"
+        if self.execute(self.classify_command(cell, generated), log.stem):
+            self.mark_failed(cell, failure_reason(cell_dir / "eval" / "FAILED", log), log)
+
+    def render(self) -> Any:
+        from diffrop.report import render_markdown, report
+
+        paper = FIGURES if self.table.startswith("fig") else PAPER
+        out = self.opts.out / "smoke" if self.opts.smoke else self.opts.out
+        table = report(self.table, self.opts.root, out, paper)
+        if self.table == "fig4a":
+            from diffrop.plots import plot_bars
+
+            plot_bars(table, out / "fig4a_bars.png")
+        print(render_markdown(table))
+        self.say(f"wrote {out / self.table}.md and .tex")
+        return table
+
+    def run(self) -> Any:
+        cells = load_cells(self.table, smoke=self.opts.smoke)
+        self.opts.root.mkdir(parents=True, exist_ok=True)
+        models = self.train(cells)
+        for cell in cells:
+            self.evaluate(cell, models)
+        return self.render()
+
+
+def failure_reason(failed: Path, log: Path) -> str:
+    """First line of a stage's own FAILED file, else the last line of its log."""
+    for path in (failed, log):
+        if path.is_file():
+            lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+            if lines:
+                return first_error("\n".join(lines)) if path == failed else lines[-1]
+    return "exited with an error and left no message"
+
+
+def first_error(text: str) -> str:
+    """The error line of a FAILED file (its first line, joined with the next when it ends in a colon)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return "no reason given"
+    return " ".join(lines[:2]) if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+
+
+class _SmokeExtractor(torch.nn.Module):
+    """Stands in for the Inception network in smoke runs: a fixed random conv + pooling, 32-d features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, kernel_size=13, stride=13)
+        self.pool = torch.nn.AdaptiveAvgPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(torch.relu(self.conv(x))).flatten(1)
+
+
+def write_smoke_extractor(path: Path, seed: int = 0) -> Path:
+    """A random TorchScript feature network in fid-helper's file format (``eval.extractor=fid-helper``):
+    the real Inception takes seconds per image on a CPU and cannot be downloaded here. Smoke only."""
+    torch.manual_seed(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(torch.jit.script(_SmokeExtractor().eval()), str(path))
+    return path
