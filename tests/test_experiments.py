@@ -102,6 +102,7 @@ FAKE = textwrap.dedent(
             if exp in fail.split(","):
                 (run / "FAILED").write_text("RuntimeError: boom")
                 continue
+            (run / "FAILED").unlink(missing_ok=True)  # as src/train.py does on success
             (run / "checkpoints").mkdir(exist_ok=True)
             cfg = {"trainer": {"max_steps": 10}, "sampler": {"name": "ddim", "steps": 5, "eta": 0.0, "guidance": 0.8}}
             torch.save({"global_step": 10, "diffrop_config": cfg}, run / "checkpoints" / "last.ckpt")
