@@ -20,8 +20,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install the package with dev extras (idempotent)
 
-train: install ## train the default experiment (CIFAR10LT, DDPM); extra overrides: make train ARGS="loss=pcl_exp tau=exp_decay"
-	$(PY) src/train.py $(ARGS)
+train: install ## train the default experiment (CIFAR10LT, DDPM; downloads CIFAR once); overrides: make train ARGS="loss=pcl_exp"
+	$(PY) src/train.py data.download=true $(ARGS)
 
 quickstart: install ## CPU, no download, a few minutes: tiny model on digits_lt, samples + data summary
 	$(PY) src/train.py experiment=quickstart $(ARGS)

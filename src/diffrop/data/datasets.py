@@ -36,9 +36,9 @@ def load_cifar(root: str | Path, num_classes: int, train: bool = True, download:
     root = Path(root).expanduser()
     try:
         ds = cls(str(root), train=train, download=download)
-    except RuntimeError as err:
+    except (RuntimeError, OSError) as err:  # not found / md5 mismatch, or no network for the download
         raise FileNotFoundError(
-            f"CIFAR-{num_classes} not found (or corrupt) in {root / cls.base_folder}. Fix: run once with "
+            f"CIFAR-{num_classes} not found (or corrupt, or the download failed) in {root / cls.base_folder}. Fix: run once with "
             f"data.download=true where the network allows, or copy the extracted '{cls.base_folder}' folder into "
             f"data.root={root} (torchvision layout). ({err})"
         ) from err
@@ -49,7 +49,9 @@ def load_cifar(root: str | Path, num_classes: int, train: bool = True, download:
 def _resize_uint8(images: Tensor, size: int) -> Tensor:
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
-    out = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    out = F.interpolate(
+        images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
@@ -69,7 +71,9 @@ def load_image_folder(root: str | Path, image_size: int) -> ImageSet:
     for c, class_dir in enumerate(class_dirs):
         files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise FileNotFoundError(f"class folder {class_dir} has no .png/.jpg images; remove it or add images")
+            raise FileNotFoundError(
+                f"class folder {class_dir} has no .png/.jpg images; remove it or add images"
+            )
         for f in files:
             with Image.open(f) as im:
                 im = im.convert("RGB").resize((image_size, image_size), Image.BICUBIC)

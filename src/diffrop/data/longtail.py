@@ -38,4 +38,8 @@ def shot_groups(class_counts: list[int]) -> dict[str, list[int]]:
     """
     order = sorted(range(len(class_counts)), key=lambda c: (-class_counts[c], c))
     k = len(order) // 3
-    return {"many": sorted(order[:k]), "med": sorted(order[k : len(order) - k]), "few": sorted(order[len(order) - k :])}
+    return {
+        "many": sorted(order[:k]),
+        "med": sorted(order[k : len(order) - k]),
+        "few": sorted(order[len(order) - k :]),
+    }

@@ -59,7 +59,9 @@ class StepBatchSampler(Sampler[list[int]]):
         epoch, i = divmod(step, self.steps_per_epoch)
         if getattr(self, "_epoch", None) != epoch:
             self._epoch = epoch
-            self._perm = torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed + epoch))
+            self._perm = torch.randperm(
+                self.num_items, generator=torch.Generator().manual_seed(self.seed + epoch)
+            )
         return self._perm[i * self.global_batch_size : (i + 1) * self.global_batch_size]
 
     def __iter__(self) -> Iterator[list[int]]:
