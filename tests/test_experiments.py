@@ -87,7 +87,7 @@ def test_override_value_takes_the_last():
 # --- the driver against a fake python ---------------------------------------------------------------------
 FAKE = textwrap.dedent(
     """
-    import json, os, sys, torch
+    import json, os, sys
     from pathlib import Path
     args = sys.argv[1:]
     with open(os.environ["FAKE_CALLS"], "a") as f:
@@ -95,6 +95,7 @@ FAKE = textwrap.dedent(
     kv = dict(a.split("=", 1) for a in args if "=" in a)
     fail = os.environ.get("FAKE_FAIL", "")
     if args[0] == "src/train.py":
+        import torch  # only here: an import costs seconds on a busy machine
         root = Path(kv["runs_root"])
         for exp in kv["experiment"].split(","):
             run = root / "models" / exp.replace("/", "__")

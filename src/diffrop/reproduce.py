@@ -50,7 +50,8 @@ SMOKE_EVAL = [
     "eval.progress=false",
     "wandb.enabled=false",
 ]
-SMOKE_CLASSIFY = ["data=digits_lt", "trainer.max_steps=30", "model=tiny", "logger=csv"]
+SMOKE_CLASSIFY = ["classifier.depth=8", "trainer.max_epochs=3", "trainer.accelerator=cpu", "batch_size=64",
+                  "optim.warmup_epochs=1", "optim.milestones=[2]", "optim.gamma=0.1"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -146,9 +147,20 @@ class Driver:
     # --- commands --------------------------------------------------------------------------------------
     def train_commands(self, experiments: list[str]) -> list[list[str]]:
         o, root = self.opts, self.opts.root.resolve()
-        common = [f"runs_root={root}", f"name={self.table}", *(SMOKE_TRAIN if o.smoke else []), *o.train_overrides]
+        common = [
+            f"runs_root={root}",
+            f"name={self.table}",
+            *(SMOKE_TRAIN if o.smoke else []),
+            *o.train_overrides,
+        ]
         if o.devices > 1 and o.launcher == "local":  # one torchrun per model: DDP and multirun do not mix
-            torchrun = [o.python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={o.devices}"]
+            torchrun = [
+                o.python,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={o.devices}",
+            ]
             ddp = ["trainer=ddp", f"trainer.devices={o.devices}"]
             return [[*torchrun, "src/train.py", f"experiment={e}", *ddp, *common] for e in experiments]
         sweep = [
@@ -167,13 +179,21 @@ class Driver:
         ckpt = model_dir(o.root, cell.experiment) / "checkpoints" / "last.ckpt"
         info = read_checkpoint(ckpt) or {"config": {}}
         sampler = info["config"].get("sampler") or {}
-        args = [f"ckpt_path={ckpt.resolve()}", f"hydra.run.dir={out_dir.resolve()}", f"eval.num_samples={num_samples}"]
+        args = [
+            f"ckpt_path={ckpt.resolve()}",
+            f"hydra.run.dir={out_dir.resolve()}",
+            f"eval.num_samples={num_samples}",
+        ]
         if sampler:  # the model's own evaluation recipe (sampler, steps, guidance w), stored at training time
             args += [f"sampler={sampler['name']}", f"sampler.steps={sampler['steps']}"]
             args += [f"sampler.eta={sampler['eta']}", f"sampler.guidance={sampler['guidance']}"]
         args += TABLE_EVAL.get(self.table, [])
         if o.smoke:
-            args += [*SMOKE_EVAL, "eval.extractor=fid-helper", f"eval.inception_weights={self.smoke_weights()}"]
+            args += [
+                *SMOKE_EVAL,
+                "eval.extractor=fid-helper",
+                f"eval.inception_weights={self.smoke_weights()}",
+            ]
             args += [f"eval.reference_cache={(o.root / 'fid_refs').resolve()}"]
         else:
             args += [f"eval.extractor={o.extractor}"] if o.extractor else []
@@ -190,7 +210,12 @@ class Driver:
     def classify_command(self, cell: Cell, generated: Path | None) -> list[str]:
         o = self.opts
         dataset = CLASSIFIER_ONLY.get(cell.cell.split("__", 1)[1], cell.cell.split("__", 1)[0])
-        args = [f"data={dataset}", f"hydra.run.dir={(o.root / cell.table / cell.cell / 'eval').resolve()}"]
+        if o.smoke:  # digits stand in for CIFAR100 (LT) and its balanced form
+            dataset = "digits_lt" + (" data.imb_factor=1.0" if dataset == "cifar100" else "")
+        args = [
+            *f"data={dataset}".split(),
+            f"hydra.run.dir={(o.root / cell.table / cell.cell / 'eval').resolve()}",
+        ]
         args += [f"name={self.table}"]
         args += [f"generated={generated.resolve()}"] if generated else []
         args += SMOKE_CLASSIFY if o.smoke else []
