@@ -66,6 +66,20 @@ class CheckpointOnInterrupt(L.Callback):
 
     Other exceptions (e.g. a NaN loss) deliberately write nothing: the last periodic checkpoint stays the last good one.
     Unlike Lightning's ``OnExceptionCheckpoint``, the file is kept after teardown.
+
+    What each way of stopping a run leaves behind (tests/test_resume.py checks the first two on CPU):
+
+    - SIGTERM (``scancel``, SLURM time limit or pre-emption, which send SIGTERM and SIGKILL ``KillWait`` s later):
+      Lightning 2.6 only sets a flag in its handler and raises ``SIGTERMException`` after the current step; this
+      callback then writes ``last.ckpt`` at that step and src/train.py exits with 143. Running the same command
+      again (same ``hydra.run.dir``) resumes exactly (``ckpt_path=auto``).
+    - SIGKILL / power loss: nothing can be written; the last periodic checkpoint is the resume point, and it is
+      intact because checkpoints are written atomically (``diffrop.checkpoint_io``).
+    - SLURM auto-requeue: under SLURM, Lightning's ``SLURMEnvironment(auto_requeue=True)`` (the default) handles
+      the requeue signal (SIGUSR1; ask for it with ``#SBATCH --signal=USR1@90``): it writes ``hpc_ckpt_N.ckpt`` in
+      ``trainer.default_root_dir`` (the run dir) and calls ``scontrol requeue``. The requeued job reruns the same
+      command; ``ckpt_path=auto`` takes the newest of ``last.ckpt`` and ``hpc_ckpt_*.ckpt``. The run dir must not
+      depend on the start time for this (set ``hydra.run.dir``, as the paper recipes do).
     """
 
     def __init__(self, path: str) -> None:
