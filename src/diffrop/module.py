@@ -126,7 +126,7 @@ class DiffusionModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Flag a non-finite loss/gradient on the device; fused Adam skips the update when the flag is 1."""
         grads = [p.grad for p in self.net.parameters() if p.grad is not None]
-        found = self.guard.observe_grads(grads, self.global_step)
+        found = self.guard.observe_grads(grads, self.global_step, distributed=self.trainer.world_size > 1)
         self.log("train/nonfinite_steps", self.guard.count.float())
         if getattr(optimizer, "defaults", {}).get("fused"):
             optimizer.found_inf = found  # read by Adam's fused kernel (as with GradScaler)

@@ -49,14 +49,22 @@ class NonFiniteGuard:
     def observe_loss(self, total: Tensor, parts: dict[str, Tensor]) -> None:
         self._values = torch.stack([total.detach().float(), *(p.detach().float() for p in parts.values())])
 
-    def observe_grads(self, grads: list[Tensor], step: int) -> Tensor:
-        """Fold this step into the record; returns the 0-dim float flag (1.0 = skip) for Adam's ``found_inf``."""
+    def observe_grads(self, grads: list[Tensor], step: int, distributed: bool = False) -> Tensor:
+        """Fold this step into the record; returns the 0-dim float flag (1.0 = skip) for Adam's ``found_inf``.
+
+        ``distributed``: OR the flag over DDP ranks (an async all-reduce, no host sync), so that a NaN loss on one
+        rank with finite all-reduced gradients still makes every rank skip the same step.
+        """
         values = self._values
         if self.count is None or self.count.device != values.device:
             self._init(values.device)
         norms = torch._foreach_norm(grads) if grads else [values.new_zeros(())]
         grad_norm = torch.linalg.vector_norm(torch.stack(norms).float())
         bad = ~torch.isfinite(values).all() | ~torch.isfinite(grad_norm)
+        if distributed:
+            flag = bad.to(torch.int32)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            bad = flag.bool()
         first = bad & (self.first_step < 0)
         self.first_step = torch.where(first, step, self.first_step)
         self.first_values = torch.where(first, values, self.first_values)
