@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY
 from PIL import Image
-from train_utils import train_in_process
+from train_utils import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY, train_in_process
 
 TINY = [*TINY_RUN_OVERRIDES, "trainer.max_steps=1"]
 

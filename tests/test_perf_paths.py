@@ -6,9 +6,9 @@ import warnings
 
 import pytest
 import torch
-from conftest import REPO, TINY_RUN_OVERRIDES
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from train_utils import REPO, TINY_RUN_OVERRIDES
 
 from diffrop import build
 from diffrop.data.device_batches import DeviceBatches, use_device_batches

@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY
-from train_utils import load_ckpt, state_diff, train_in_process
+from train_utils import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY, load_ckpt, state_diff, train_in_process
 
 from diffrop.nonfinite import NonFiniteLossError
 

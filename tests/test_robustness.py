@@ -9,8 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY
-from train_utils import load_ckpt, state_diff, train_in_process
+from train_utils import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY, load_ckpt, state_diff, train_in_process
 
 from diffrop.checkpoint_io import AtomicCheckpointIO, atomic_save
 from diffrop.nonfinite import NonFiniteGuard, NonFiniteLossError

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,21 @@ import torch
 from omegaconf import open_dict
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_tests_conftest():
+    """tests/conftest.py by path: ``import conftest`` may give tests/slurm/conftest.py in a whole-suite run."""
+    spec = importlib.util.spec_from_file_location("diffrop_tests_conftest", REPO / "tests" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+_conftest = _load_tests_conftest()
+THREADS: int = _conftest.THREADS
+TINY_RUN_OVERRIDES: list[str] = _conftest.TINY_RUN_OVERRIDES
+TRAIN_PY: Path = _conftest.TRAIN_PY
 
 
 def _train_module():
