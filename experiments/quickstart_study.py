@@ -29,6 +29,7 @@ from diffrop.data.datasets import load_digits
 from diffrop.data.longtail import longtail_counts, shot_groups
 from diffrop.diffusion.sampling import ddim_sample, to_uint8
 from diffrop.metrics.scores import fid_from_features, precision_recall
+from diffrop.reproduce import training_state
 
 METHODS = {  # name -> src/train.py overrides on top of experiment=quickstart
     "DDPM": ["loss=ddpm"],
@@ -67,8 +68,8 @@ def features(module: ClassifierModule, images: torch.Tensor) -> torch.Tensor:
 
 def train_model(name: str, overrides: list[str], run: Path, steps: int, seed: int) -> Path:
     ckpt = run / "checkpoints" / "last.ckpt"
-    if ckpt.is_file():
-        return ckpt
+    if training_state(run, steps)[0] == "done":
+        return ckpt  # an unfinished run resumes from its last checkpoint (ckpt_path=auto)
     cmd = [sys.executable, "src/train.py", "experiment=quickstart", *overrides, f"trainer.max_steps={steps}",
            f"seed={seed}", f"hydra.run.dir={run}", "callbacks.sample_grid.every_n_steps=0", "logger=csv"]  # fmt: skip
     start = time.monotonic()
