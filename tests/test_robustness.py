@@ -160,3 +160,11 @@ def test_multirun_with_a_failing_job_finishes_the_others_and_the_table_shows_it(
     assert "non-finite loss at global step 0" in table.runs["cell0"].reason
     assert table.runs["cell1"].status == "missing"  # trained, not evaluated
     assert "FAILED" in (tmp_path / "out" / "t.md").read_text()
+
+
+def test_guard_count_survives_a_restore():
+    guard = NonFiniteGuard("skip", ["ddpm"])
+    guard.load_state_dict({"count": 3}, torch.device("cpu"))
+    guard.observe_loss(torch.tensor(float("inf")), {"ddpm": torch.tensor(float("inf"))})
+    guard.observe_grads([torch.ones(2)], 7)
+    assert guard.state_dict() == {"count": 4}

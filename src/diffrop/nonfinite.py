@@ -56,8 +56,11 @@ class NonFiniteGuard:
         rank with finite all-reduced gradients still makes every rank skip the same step.
         """
         values = self._values
-        if self.count is None or self.count.device != values.device:
+        if self.count is None:
             self._init(values.device)
+        elif self.count.device != values.device:  # restored from a checkpoint before the model moved
+            for name in ("count", "first_step", "first_values", "first_grad_norm"):
+                setattr(self, name, getattr(self, name).to(values.device))
         norms = torch._foreach_norm(grads) if grads else [values.new_zeros(())]
         grad_norm = torch.linalg.vector_norm(torch.stack(norms).float())
         bad = ~torch.isfinite(values).all() | ~torch.isfinite(grad_norm)
