@@ -30,6 +30,8 @@ from typing import Any
 import torch
 import yaml
 
+from diffrop.smoke import SMOKE_CLASSIFY, SMOKE_EVAL, SMOKE_SAMPLES, SMOKE_TRAIN, write_smoke_extractor
+
 PAPER = Path("experiments/paper_numbers.yaml")
 FIGURES = Path("experiments/figures.yaml")
 TABLES = ("table1", "table2", "table3", "table4", "table5", "fig4a", "fig4b")
@@ -39,19 +41,6 @@ CELL_MODEL = {"exp": "ddpm_pcl", "neg_l2": "ddpm_pcl_neg_l2", "recip": "ddpm_pcl
 CLASSIFIER_ONLY = {"lt_only": "cifar100lt", "balanced": "cifar100"}
 # Extra evaluation arguments per table (the number of samples comes from the table's protocol).
 TABLE_EVAL = {"fig4b": ["eval.guidance_sweep=[0,0.4,0.8,1.2,1.6,2.0,2.4]"]}
-
-SMOKE_SAMPLES = 60  # generated images per smoke cell: 6 per digit class, >= 18 per shot group
-SMOKE_TRAIN = ["+experiment/preset@_global_=smoke"]
-SMOKE_EVAL = [
-    "eval.reference_per_class=20",
-    "eval.k=3",
-    "eval.prd_clusters_per_class=1",
-    "eval.prd_runs=1",
-    "eval.progress=false",
-    "wandb.enabled=false",
-]
-SMOKE_CLASSIFY = ["classifier.depth=8", "trainer.max_epochs=3", "trainer.accelerator=cpu", "batch_size=64",
-                  "optim.warmup_epochs=1", "optim.milestones=[2]", "optim.gamma=0.1"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -356,24 +345,3 @@ def first_error(text: str) -> str:
     if not lines:
         return "no reason given"
     return " ".join(lines[:2]) if lines[0].endswith(":") and len(lines) > 1 else lines[0]
-
-
-class _SmokeExtractor(torch.nn.Module):
-    """Stands in for the Inception network in smoke runs: a fixed random conv + pooling, 32-d features."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 8, kernel_size=13, stride=13)
-        self.pool = torch.nn.AdaptiveAvgPool2d(2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(torch.relu(self.conv(x))).flatten(1)
-
-
-def write_smoke_extractor(path: Path, seed: int = 0) -> Path:
-    """A random TorchScript feature network in fid-helper's file format (``eval.extractor=fid-helper``):
-    the real Inception takes seconds per image on a CPU and cannot be downloaded here. Smoke only."""
-    torch.manual_seed(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(torch.jit.script(_SmokeExtractor().eval()), str(path))
-    return path
