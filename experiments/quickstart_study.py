@@ -1,6 +1,6 @@
 """CPU mini-study on digits_lt: DDPM vs DDPM + PCL (exp) vs CBDM, scored per shot like paper Table 2.
 
-    python experiments/quickstart_study.py [--steps 1000] [--seeds 0] [--per-class 100]
+    python experiments/quickstart_study.py [--steps 4000] [--seeds 0] [--per-class 100]
 
 Same tiny UNet, seed, steps and batch order for every method (only the loss differs). Metrics live in the feature
 space of a small digits classifier (CIFAR ResNet-20 trained on the balanced digits; its pooled penultimate
@@ -129,7 +129,7 @@ def render(results: dict, seeds: list[int], args, clf_acc: float, groups: dict, 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--per-class", type=int, default=100)
     p.add_argument("--classifier-epochs", type=int, default=15)
