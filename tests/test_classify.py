@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
 
 from diffrop.classifier import (
     CifarResNet,
@@ -20,6 +20,8 @@ from diffrop.classifier import (
     split_per_class,
 )
 from diffrop.data.datasets import ImageSet
+
+REPO = Path(__file__).resolve().parents[1]  # not from conftest: tests/slurm has its own conftest
 
 
 def test_metrics_by_hand():

@@ -16,7 +16,6 @@ import textwrap
 import pytest
 import torch
 import yaml
-from conftest import CONFIG_DIR, REPO
 from hydra import compose, initialize_config_dir
 
 from diffrop.reproduce import Driver, Options, load_cells, model_dir, override_value, training_state
@@ -26,6 +25,9 @@ PAPER_RUNS = sorted(
     for d in ("cifar10lt", "cifar100lt")
     for p in (CONFIG_DIR / "experiment" / d).glob("*.yaml")
 )
+
+REPO = Path(__file__).resolve().parents[1]  # not from conftest: tests/slurm has its own conftest
+CONFIG_DIR = REPO / "configs"
 
 
 def compose_train(*overrides: str):
@@ -44,7 +46,9 @@ def test_paper_run_composes_with_its_recipe(experiment, smoke):
     w = 1.6 if method.startswith("cbdm") else 0.8  # CBDM's README
     assert cfg.sampler.guidance == w
     if smoke:
-        assert cfg.data.name == "digits_lt" and cfg.trainer.max_steps <= 50 and cfg.runs_root.endswith("smoke")
+        assert (
+            cfg.data.name == "digits_lt" and cfg.trainer.max_steps <= 50 and cfg.runs_root.endswith("smoke")
+        )
         assert cfg.model.net.base_channels <= 32
         return
     batch = {"cifar10lt": 128, "cifar100lt": 48 if method.startswith("cbdm") else 64}[dataset]
@@ -73,7 +77,10 @@ def test_every_cell_has_an_experiment_config(table):
 
 def test_cells_map_table5_forms_and_table3_classifier_only_rows():
     t5 = {c.cell: c.experiment for c in load_cells("table5")}
-    assert t5["cifar10lt__exp"] == "cifar10lt/ddpm_pcl" and t5["cifar100lt__neg_l2"] == "cifar100lt/ddpm_pcl_neg_l2"
+    assert (
+        t5["cifar10lt__exp"] == "cifar10lt/ddpm_pcl"
+        and t5["cifar100lt__neg_l2"] == "cifar100lt/ddpm_pcl_neg_l2"
+    )
     t3 = {c.cell: c for c in load_cells("table3", smoke=True)}
     assert t3["cifar100lt__lt_only"].experiment is None and t3["cifar100__balanced"].num_samples is None
     assert t3["cifar100lt__cbdm"].experiment == "cifar100lt/cbdm" and t3["cifar100lt__cbdm"].num_samples == 60
@@ -124,7 +131,7 @@ def fake(tmp_path, monkeypatch):
     script = tmp_path / "fake_python.py"
     script.write_text(FAKE)
     wrapper = tmp_path / "python"
-    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {script} \"$@\"\n")
+    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {script} "$@"\n')
     wrapper.chmod(0o755)
     calls = tmp_path / "calls.jsonl"
     monkeypatch.setenv("FAKE_CALLS", str(calls))
@@ -175,7 +182,9 @@ def test_failed_training_marks_its_cells_failed_and_is_retried(fake, tmp_path):
 def test_unfinished_checkpoint_is_trained_further(tmp_path):
     run = tmp_path / "m"
     (run / "checkpoints").mkdir(parents=True)
-    torch.save({"global_step": 4, "diffrop_config": {"trainer": {"max_steps": 10}}}, run / "checkpoints/last.ckpt")
+    torch.save(
+        {"global_step": 4, "diffrop_config": {"trainer": {"max_steps": 10}}}, run / "checkpoints/last.ckpt"
+    )
     assert training_state(run) == ("partial", "step 4 of 10")
     assert training_state(run, max_steps=4)[0] == "done"
     assert training_state(tmp_path / "none")[0] == "missing"
@@ -200,10 +209,20 @@ def test_smoke_table2_end_to_end(tmp_path):
     """`make reproduce-table2 SMOKE=1`: real training, evaluation and rendering of all 8 cells on the CPU."""
     env = {**os.environ, "SMOKE": "1", "OMP_NUM_THREADS": "1"}
     out = tmp_path / "results"
-    cmd = [sys.executable, "experiments/reproduce.py", "table2", "--runs", str(tmp_path / "runs"), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "experiments/reproduce.py",
+        "table2",
+        "--runs",
+        str(tmp_path / "runs"),
+        "--out",
+        str(out),
+    ]
     subprocess.run(cmd, cwd=REPO, env=env, check=True, timeout=900)
     md = (out / "smoke" / "table2.md").read_text()
     assert "SMOKE" in md and "Cells: 8 done, 0 missing, 0 FAILED" in md
     results = json.loads((tmp_path / "runs/table2/cifar100lt__cbdm_pcl/eval/results.json").read_text())
     assert results["num_samples"] == 60 and {"many", "med", "few"} <= set(results["metrics"]["per_shot"])
-    assert yaml.safe_load((tmp_path / "runs/models/multirun.yaml").read_text())  # a Hydra multirun trained them
+    assert yaml.safe_load(
+        (tmp_path / "runs/models/multirun.yaml").read_text()
+    )  # a Hydra multirun trained them
