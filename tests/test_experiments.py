@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,14 +21,13 @@ from hydra import compose, initialize_config_dir
 
 from diffrop.reproduce import Driver, Options, load_cells, model_dir, override_value, training_state
 
+REPO = Path(__file__).resolve().parents[1]  # not from conftest: tests/slurm has its own conftest
+CONFIG_DIR = REPO / "configs"
 PAPER_RUNS = sorted(
     p.relative_to(CONFIG_DIR / "experiment").with_suffix("").as_posix()
     for d in ("cifar10lt", "cifar100lt")
     for p in (CONFIG_DIR / "experiment" / d).glob("*.yaml")
 )
-
-REPO = Path(__file__).resolve().parents[1]  # not from conftest: tests/slurm has its own conftest
-CONFIG_DIR = REPO / "configs"
 
 
 def compose_train(*overrides: str):
