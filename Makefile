@@ -27,10 +27,10 @@ quickstart: install ## CPU, no download, a few minutes: tiny model on digits_lt,
 	$(PY) src/train.py experiment=quickstart $(ARGS)
 
 test: install ## the full test suite (what CI runs)
-	$(PY) -m pytest -q -m "not slurm" $(ARGS)
+	$(PY) -m pytest -q -m "not slurm" --ignore=tests/slurm tests $(ARGS)
 
 test-fast: install ## the suite without slow tests
-	$(PY) -m pytest -q -m "not slow and not slurm" $(ARGS)
+	$(PY) -m pytest -q -m "not slow and not slurm" --ignore=tests/slurm tests $(ARGS)
 
 lint: install ## ruff lint + format check
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
@@ -59,3 +59,20 @@ test-slurm: install ## local SLURM up, run tests/slurm (sweeps, DDP, pre-emption
 	export DIFFROP_SLURM_DIR=$(SLURM_DIR); \
 	trap 'bash scripts/local_slurm.sh down' EXIT; \
 	bash scripts/local_slurm.sh up && . $(SLURM_DIR)/env.sh && $(PY) -m pytest -q -m slurm tests/slurm
+
+# --- paper results, evaluation, benchmarks ------------------------------------------------------------------------
+SMOKE ?= 0
+REPRO = SMOKE=$(SMOKE) $(PY) experiments/reproduce.py
+.PHONY: eval bench reproduce-fig2 reproduce-samples quickstart-study
+reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 reproduce-fig4a reproduce-fig4b: install ## train what is missing, evaluate, render the table (SMOKE=1: CPU smoke)
+	$(REPRO) $(subst reproduce-,,$@) $(ARGS)
+reproduce-fig2: install ## the exact 1-D toy of paper Fig. 2
+	$(PY) experiments/fig2_toy.py $(ARGS)
+reproduce-samples: install ## Figs. 5-8 style grids of tail and random classes
+	SMOKE=$(SMOKE) $(PY) experiments/sample_grids.py $(ARGS)
+quickstart-study: install ## CPU mini-study on digits_lt: DDPM vs DDPM+PCL vs CBDM, per-shot metrics
+	$(PY) experiments/quickstart_study.py $(ARGS)
+eval: install ## evaluate a checkpoint: make eval ARGS="ckpt_path=<run>/checkpoints/last.ckpt"
+	$(PY) src/eval.py $(ARGS)
+bench: install ## benchmarks: Lightning vs plain step, loss ratios, samplers, eval; JSON in benchmarks/results/
+	$(PY) benchmarks/bench.py $(ARGS)
