@@ -119,9 +119,8 @@ def main(cfg: DictConfig) -> None:
                 sys.exit(1)
         raise  # in a multirun Hydra records the failure, runs the remaining jobs, then exits non-zero
     finally:
-        import wandb
-
-        wandb.finish()
+        if wandb := sys.modules.get("wandb"):  # only if a W&B logger imported it
+            wandb.finish()
 
 
 if __name__ == "__main__":

@@ -143,3 +143,35 @@ def test_on_device_auto():
     )
     with pytest.raises(ValueError, match=r"data\.on_device"):
         use_device_batches("gpu", small, 0)
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "grad", "expected"),
+    [("norm", 3.0, None), ("value", 3.0, 0.5)],  # None: every entry 0.5 / sqrt(#entries), global norm 0.5
+)
+def test_gradient_clipping_is_done_by_the_module(algorithm, grad, expected):
+    """Lightning's bf16/fp16 plugin refuses to clip for fused Adam; the module's hook clips by itself."""
+    module = _module()
+    params = list(module.net.parameters())
+    for p in params:
+        p.grad = torch.full_like(p, grad)
+    module.configure_gradient_clipping(None, gradient_clip_val=0.5, gradient_clip_algorithm=algorithm)
+    n = sum(p.numel() for p in params)
+    want = expected if expected is not None else 0.5 / n**0.5
+    for p in params:
+        torch.testing.assert_close(p.grad, torch.full_like(p, want))
+
+
+def test_bf16_mixed_with_fused_adam_trains(tmp_path):
+    """The GPU config's precision (bf16-mixed) with fused Adam and clipping: the step Lightning used to refuse."""
+    from train_utils import load_ckpt, train_in_process
+
+    train_in_process(
+        [*TINY_RUN_OVERRIDES, "trainer.precision=bf16-mixed", "trainer.max_steps=2", "optim.fused_adam=true"],
+        tmp_path,
+    )
+    ckpt = load_ckpt(tmp_path / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 2
+    opt = ckpt["optimizer_states"][0]
+    assert opt["param_groups"][0]["fused"] is True
+    assert all(s["exp_avg"].abs().sum() > 0 for s in opt["state"].values())

@@ -170,10 +170,27 @@ class DiffusionModule(L.LightningModule):
         if self.compile_net and self._denoiser is None:
             self._denoiser = _Compiled(self.net, self.device)
 
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """Clip here, not through the precision plugin: Lightning's mixed-precision plugin refuses to clip for a
+        fused optimizer (it assumes a GradScaler unscales inside ``step``), even under bf16, which has no scaler.
+        With fp16 (a scaler) Adam is not fused, so Lightning has unscaled the gradients before this hook."""
+        if not gradient_clip_val:
+            return
+        params = [p for p in self.net.parameters() if p.grad is not None]
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val, foreach=True)
+        else:  # "norm", Lightning's default
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val, foreach=True)
+
     def configure_optimizers(self):
         from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
-        fused = self.fused_adam and self.device.type in _get_fused_kernels_supported_devices()
+        has_scaler = getattr(self.trainer.precision_plugin, "scaler", None) is not None  # fp16: unscale first
+        fused = (
+            self.fused_adam and not has_scaler and self.device.type in _get_fused_kernels_supported_devices()
+        )
         opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, fused=fused or None)
         warmup = (
             self.warmup_steps
