@@ -21,7 +21,9 @@ from diffrop.reproduce import TABLES, Driver, Options
 
 
 def parse(argv: list[str] | None = None) -> tuple[str, Options]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
     p.add_argument("table", choices=TABLES)
     p.add_argument("--smoke", action="store_true", default=os.environ.get("SMOKE", "0") not in ("", "0"),
                    help="tiny network, few steps, digits for CIFAR, few samples, fake Inception (env SMOKE=1)")  # fmt: skip
@@ -30,7 +32,9 @@ def parse(argv: list[str] | None = None) -> tuple[str, Options]:
     p.add_argument("--devices", type=int, default=1, help="GPUs per run (DDP); >1 locally uses torchrun")
     p.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
                    help="extra src/train.py override, repeatable (e.g. data.root=/data trainer.max_steps=1000)")  # fmt: skip
-    p.add_argument("--eval", action="append", default=[], metavar="KEY=VALUE", help="extra src/eval.py override")
+    p.add_argument(
+        "--eval", action="append", default=[], metavar="KEY=VALUE", help="extra src/eval.py override"
+    )
     p.add_argument("--classify", action="append", default=[], metavar="KEY=VALUE",
                    help="extra src/classify.py override (table3)")  # fmt: skip
     p.add_argument("--inception-weights", help="local Inception weights file (eval.inception_weights)")

@@ -73,7 +73,8 @@ def user_error(err: BaseException) -> str | None:
         if m := re.search(r"full_key: (\S+)", str(err)):
             key = m[1]
         if isinstance(err, USER_ERRORS):
-            return f"{type(err).__name__}: {err}" + (f" [config key {key}]" if key and key not in str(err) else "")
+            where = f" [config key {key}]" if key and key not in str(err) else ""
+            return f"{type(err).__name__}: {err}{where}"
         err = err.__cause__
     return None
 
@@ -110,8 +111,9 @@ def main(cfg: DictConfig) -> None:
         )
     except BaseException as err:
         mark_failed(run_dir, err)
-        if isinstance(err, SIGTERMException):  # pre-empted; CheckpointOnInterrupt saved last.ckpt at this step
-            print(f"error: SIGTERM at step {trainer.global_step}; resume with the same command", file=sys.stderr)
+        if isinstance(err, SIGTERMException):  # pre-empted; CheckpointOnInterrupt saved last.ckpt
+            step = trainer.global_step
+            print(f"error: SIGTERM at step {step}; resume with the same command", file=sys.stderr)
             sys.exit(128 + signal.SIGTERM)  # not 0: SLURM and shells must see an interrupted job
         if (message := user_error(err)) and not os.environ.get("HYDRA_FULL_ERROR"):
             print(f"error: {message.split(': ', 1)[1]}", file=sys.stderr)

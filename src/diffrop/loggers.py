@@ -14,7 +14,8 @@ class _AppendingWriter(ExperimentWriter):
 
     def __init__(self, log_dir: str) -> None:
         super().__init__(log_dir)
-        if self._fs.isfile(self.metrics_file_path):  # columns of the earlier run, else rewriting the header fails
+        # keep the columns of the earlier run, else rewriting the header fails
+        if self._fs.isfile(self.metrics_file_path):
             with self._fs.open(self.metrics_file_path, "r", newline="") as f:
                 self.metrics_keys = next(csv.reader(f), [])
 

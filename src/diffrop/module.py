@@ -171,7 +171,10 @@ class DiffusionModule(L.LightningModule):
             self._denoiser = _Compiled(self.net, self.device)
 
     def configure_gradient_clipping(
-        self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+        self,
+        optimizer: Any,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
     ) -> None:
         """Clip here, not through the precision plugin: Lightning's mixed-precision plugin refuses to clip for a
         fused optimizer (it assumes a GradScaler unscales inside ``step``), even under bf16, which has no scaler.
