@@ -26,8 +26,10 @@ train: install ## train the default experiment (CIFAR10LT, DDPM; downloads CIFAR
 quickstart: install ## CPU, no download, a few minutes: tiny model on digits_lt, samples + data summary
 	$(PY) src/train.py experiment=quickstart $(ARGS)
 
-test: install ## the full test suite (what CI runs)
+test: install ## everything CI runs: lint, the pytest suite (slow tests and the SMOKE table 2 included), test-slurm
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q -m "not slurm" --ignore=tests/slurm tests $(ARGS)
+	@$(MAKE) --no-print-directory test-slurm
 
 test-fast: install ## the suite without slow tests
 	$(PY) -m pytest -q -m "not slow and not slurm" --ignore=tests/slurm tests $(ARGS)

@@ -100,7 +100,8 @@ def test_every_option_composes_and_resolves(group, option, tmp_path):
     if group != "experiment":  # an experiment may select other options itself
         assert HydraConfig.get().runtime.choices[group] == option
     assert c["paths"]["output_dir"] == str(tmp_path)
-    assert c["name"] == f"{c['data']['name']}_{HydraConfig.get().runtime.choices['loss']}"
+    if group != "experiment":  # experiments name their runs themselves (test_experiments_set_name_and_seed)
+        assert c["name"] == f"{c['data']['name']}_{HydraConfig.get().runtime.choices['loss']}"
     assert c["data"]["max_steps"] == c["trainer"]["max_steps"]
     assert c["model"]["net"]["image_size"] == c["data"]["image_size"]
     for term in c["loss"]["terms"].values():
@@ -252,7 +253,15 @@ def test_quickstart_experiment(tmp_path):
         "cpu",
         "csv",
     )
-    assert cfg.trainer.max_steps == 1500 and cfg.data.max_steps == 1500 and cfg.data.batch_size == 64
+    assert cfg.data.max_steps == cfg.trainer.max_steps and cfg.data.batch_size == 64
+
+
+def test_experiments_set_name_and_seed(tmp_path):
+    """train.yaml's own keys come before the experiment, so the experiment's name wins; the command line wins last."""
+    assert resolved(compose_train(["experiment=quickstart"], tmp_path))["name"] == "quickstart"
+    assert resolved(compose_train(["experiment=cifar10lt/ddpm_pcl"], tmp_path))["name"] == "paper"
+    c = resolved(compose_train(["experiment=quickstart", "name=mine", "seed=3"], tmp_path))
+    assert (c["name"], c["seed"]) == ("mine", 3)
 
 
 def test_paper_experiment_with_smoke_preset(tmp_path):

@@ -206,18 +206,13 @@ def test_local_ddp_uses_torchrun_per_model(tmp_path):
 
 @pytest.mark.slow
 def test_smoke_table2_end_to_end(tmp_path):
-    """`make reproduce-table2 SMOKE=1`: real training, evaluation and rendering of all 8 cells on the CPU."""
-    env = {**os.environ, "SMOKE": "1", "OMP_NUM_THREADS": "1"}
+    """`make reproduce-table2 SMOKE=1` itself: real training, evaluation and rendering of all 8 cells on the CPU.
+
+    `-o install` and PY: the make target runs with this interpreter and never creates a .venv of its own."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "results"
-    cmd = [
-        sys.executable,
-        "experiments/reproduce.py",
-        "table2",
-        "--runs",
-        str(tmp_path / "runs"),
-        "--out",
-        str(out),
-    ]
+    args = f"ARGS=--runs {tmp_path / 'runs'} --out {out}"
+    cmd = ["make", "-s", "-o", "install", "reproduce-table2", "SMOKE=1", f"PY={sys.executable}", args]
     subprocess.run(cmd, cwd=REPO, env=env, check=True, timeout=900)
     md = (out / "smoke" / "table2.md").read_text()
     assert "SMOKE" in md and "Cells: 8 done, 0 missing, 0 FAILED" in md

@@ -172,6 +172,10 @@ def test_unreadable_results_is_failed_and_failed_wins(tmp_path: Path) -> None:
     write_results(tmp_path / "both", {"fid": 1.0})
     (tmp_path / "both" / "FAILED").write_text("preempted")
     assert rp.load_run(tmp_path / "both") == rp.Run("failed", reason="preempted")
+    # an evaluation re-run that failed after an older success
+    write_results(tmp_path / "re_eval", {"fid": 1.0})
+    (tmp_path / "re_eval" / "eval" / "FAILED").write_text("OutOfMemoryError: CUDA out of memory")
+    assert rp.load_run(tmp_path / "re_eval").status == "failed"
     assert rp.load_run(tmp_path / "nothing").status == "missing"
 
 

@@ -142,10 +142,11 @@ def describe_failure(text: str) -> str:
 
 
 def load_run(run_dir: Path) -> Run:
-    """Outcome of one run directory; a FAILED file wins over a (stale) results.json."""
-    failed, results = run_dir / "FAILED", run_dir / "eval" / "results.json"
-    if failed.is_file():
-        return Run("failed", reason=describe_failure(failed.read_text(errors="replace")))
+    """Outcome of one run directory; a FAILED file (the run's or its evaluation's) wins over a stale results.json."""
+    results = run_dir / "eval" / "results.json"
+    for failed in (run_dir / "FAILED", run_dir / "eval" / "FAILED"):
+        if failed.is_file():
+            return Run("failed", reason=describe_failure(failed.read_text(errors="replace")))
     if not results.is_file():
         return Run("missing")
     try:

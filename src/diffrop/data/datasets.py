@@ -46,7 +46,7 @@ def load_cifar(root: str | Path, num_classes: int, train: bool = True, download:
     return ImageSet(images, torch.as_tensor(ds.targets, dtype=torch.long), list(ds.classes))
 
 
-def _resize_uint8(images: Tensor, size: int) -> Tensor:
+def resize_uint8(images: Tensor, size: int) -> Tensor:
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
     out = F.interpolate(
@@ -88,5 +88,5 @@ def load_digits(image_size: int = 16) -> ImageSet:
 
     bunch = sk_digits()
     images = torch.from_numpy(bunch.images * (255.0 / 16.0)).round().to(torch.uint8)[:, None]  # [N, 1, 8, 8]
-    images = _resize_uint8(images, image_size).expand(-1, 3, -1, -1).contiguous()
+    images = resize_uint8(images, image_size).expand(-1, 3, -1, -1).contiguous()
     return ImageSet(images, torch.as_tensor(bunch.target, dtype=torch.long), [str(d) for d in range(10)])
