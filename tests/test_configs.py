@@ -286,3 +286,12 @@ def test_bad_choice_lists_the_valid_options(run_train):
     assert proc.returncode != 0
     assert "nope" in proc.stderr
     assert "pcl_exp" in proc.stderr and "ddpm" in proc.stderr  # Hydra's "Available options in 'loss'"
+
+
+def test_null_callback_or_logger_is_switched_off(tmp_path):
+    """`callbacks.sample_grid=null` / `logger.wandb=null` on the command line remove that piece, not crash."""
+    cfg = compose_train(["callbacks.sample_grid=null", "logger=wandb", "logger.wandb=null"], tmp_path)
+    trainer = build.build_trainer(cfg, tmp_path)
+    names = {type(c).__name__ for c in trainer.callbacks}
+    assert "SampleGrid" not in names and "ModelCheckpoint" in names
+    assert [type(lg).__name__ for lg in trainer.loggers] == ["ResumableCSVLogger"]

@@ -58,9 +58,11 @@ def run_id(run_dir: str | Path) -> str:
 def build_trainer(cfg: DictConfig, run_dir: str | Path, **overrides: Any) -> L.Trainer:
     loggers = []
     for name, logger_cfg in (cfg.get("logger") or {}).items():
+        if logger_cfg is None:  # `logger.wandb=null` switches one off
+            continue
         extra = {"id": run_id(run_dir), "name": Path(run_dir).name} if name == "wandb" else {}
         loggers.append(instantiate(logger_cfg, **extra))
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]  # x=null: off
     return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **overrides)
 
 
