@@ -65,9 +65,16 @@ test-slurm: install ## local SLURM up, run tests/slurm (sweeps, DDP, pre-emption
 # --- paper results, evaluation, benchmarks ------------------------------------------------------------------------
 SMOKE ?= 0
 REPRO = SMOKE=$(SMOKE) $(PY) experiments/reproduce.py
-.PHONY: eval bench reproduce-fig2 reproduce-samples quickstart-study
+.PHONY: eval bench smoke reproduce-fig2 reproduce-samples quickstart-study
 reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 reproduce-fig4a reproduce-fig4b: install ## train what is missing, evaluate, render the table (SMOKE=1: CPU smoke)
 	$(REPRO) $(subst reproduce-,,$@) $(ARGS)
+SMOKE_RUNS ?= logs/smoke
+SMOKE_TARGETS := table1 table2 table3 table4 table5 fig4a fig4b
+smoke: install ## every reproduce-* target with SMOKE=1 on CPU, sharing one runs root (SMOKE_RUNS): all paper pipelines in minutes
+	@for t in $(SMOKE_TARGETS); do \
+	  $(MAKE) --no-print-directory -o install reproduce-$$t SMOKE=1 PY=$(PY) ARGS="--runs $(SMOKE_RUNS) $(ARGS)" || exit 1; \
+	done
+	@$(MAKE) --no-print-directory -o install reproduce-samples SMOKE=1 PY=$(PY) ARGS="--runs $(SMOKE_RUNS) $(ARGS)"
 reproduce-fig2: install ## the exact 1-D toy of paper Fig. 2
 	$(PY) experiments/fig2_toy.py $(ARGS)
 reproduce-samples: install ## Figs. 5-8 style grids of tail and random classes

@@ -205,19 +205,28 @@ def test_local_ddp_uses_torchrun_per_model(tmp_path):
 
 
 @pytest.mark.slow
-def test_smoke_table2_end_to_end(tmp_path):
-    """`make reproduce-table2 SMOKE=1` itself: real training, evaluation and rendering of all 8 cells on the CPU.
+def test_smoke_every_result_end_to_end(tmp_path):
+    """`make smoke`: every `make reproduce-* SMOKE=1` target for real (train, evaluate, classify, render) on CPU.
 
-    `-o install` and PY: the make target runs with this interpreter and never creates a .venv of its own."""
+    `-o install` and PY: the make targets run with this interpreter and never create a .venv of their own."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = tmp_path / "results"
-    args = f"ARGS=--runs {tmp_path / 'runs'} --out {out}"
-    cmd = ["make", "-s", "-o", "install", "reproduce-table2", "SMOKE=1", f"PY={sys.executable}", args]
-    subprocess.run(cmd, cwd=REPO, env=env, check=True, timeout=900)
-    md = (out / "smoke" / "table2.md").read_text()
-    assert "SMOKE" in md and "Cells: 8 done, 0 missing, 0 FAILED" in md
-    results = json.loads((tmp_path / "runs/table2/cifar100lt__cbdm_pcl/eval/results.json").read_text())
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    cmd = [
+        "make",
+        "-s",
+        "-o",
+        "install",
+        "smoke",
+        f"SMOKE_RUNS={runs}",
+        f"PY={sys.executable}",
+        f"ARGS=--out {out}",
+    ]
+    subprocess.run(cmd, cwd=REPO, env=env, check=True, timeout=1500)
+    tables = {"table1": 11, "table2": 8, "table3": 6, "table4": 3, "table5": 8, "fig4a": 4, "fig4b": 4}
+    for table, cells in tables.items():
+        md = (out / "smoke" / f"{table}.md").read_text()
+        assert "SMOKE" in md and f"0 missing, 0 FAILED (of {cells})" in md, (table, md[-300:])
+    results = json.loads((runs / "table2/cifar100lt__cbdm_pcl/eval/results.json").read_text())
     assert results["num_samples"] == 60 and {"many", "med", "few"} <= set(results["metrics"]["per_shot"])
-    assert yaml.safe_load(
-        (tmp_path / "runs/models/multirun.yaml").read_text()
-    )  # a Hydra multirun trained them
+    assert yaml.safe_load((runs / "models/multirun.yaml").read_text())  # a Hydra multirun trained them
+    assert list((out / "smoke").glob("fig4b*.png")) and list((out / "smoke").glob("samples_*.png"))
