@@ -62,7 +62,7 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path, **overrides: Any) -> L.T
             continue
         extra = {"id": run_id(run_dir), "name": Path(run_dir).name} if name == "wandb" else {}
         loggers.append(instantiate(logger_cfg, **extra))
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]  # x=null: off
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]  # null: off
     return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **overrides)
 
 
