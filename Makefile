@@ -26,7 +26,7 @@ train: install ## train the default experiment (CIFAR10LT, DDPM; downloads CIFAR
 quickstart: install ## CPU, no download, a few minutes: tiny model on digits_lt, samples + data summary
 	$(PY) src/train.py experiment=quickstart $(ARGS)
 
-test: install ## everything CI runs: lint, the pytest suite (slow tests and the SMOKE table 2 included), test-slurm
+test: install ## everything CI runs: lint, the pytest suite (slow tests and `make smoke` included), test-slurm
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q -m "not slurm" --ignore=tests/slurm tests $(ARGS)
 	@$(MAKE) --no-print-directory test-slurm
@@ -69,12 +69,11 @@ REPRO = SMOKE=$(SMOKE) $(PY) experiments/reproduce.py
 reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 reproduce-fig4a reproduce-fig4b: install ## train what is missing, evaluate, render the table (SMOKE=1: CPU smoke)
 	$(REPRO) $(subst reproduce-,,$@) $(ARGS)
 SMOKE_RUNS ?= logs/smoke
-SMOKE_TARGETS := table1 table2 table3 table4 table5 fig4a fig4b
+SMOKE_TARGETS := table1 table2 table3 table4 table5 fig4a fig4b samples
 smoke: install ## every reproduce-* target with SMOKE=1 on CPU, sharing one runs root (SMOKE_RUNS): all paper pipelines in minutes
 	@for t in $(SMOKE_TARGETS); do \
 	  $(MAKE) --no-print-directory -o install reproduce-$$t SMOKE=1 PY=$(PY) ARGS="--runs $(SMOKE_RUNS) $(ARGS)" || exit 1; \
 	done
-	@$(MAKE) --no-print-directory -o install reproduce-samples SMOKE=1 PY=$(PY) ARGS="--runs $(SMOKE_RUNS) $(ARGS)"
 reproduce-fig2: install ## the exact 1-D toy of paper Fig. 2
 	$(PY) experiments/fig2_toy.py $(ARGS)
 reproduce-samples: install ## Figs. 5-8 style grids of tail and random classes

@@ -181,11 +181,10 @@ class DiffusionModule(L.LightningModule):
         With fp16 (a scaler) Adam is not fused, so Lightning has unscaled the gradients before this hook."""
         if not gradient_clip_val:
             return
-        params = [p for p in self.net.parameters() if p.grad is not None]
-        if gradient_clip_algorithm == "value":
-            torch.nn.utils.clip_grad_value_(params, gradient_clip_val, foreach=True)
+        if gradient_clip_algorithm == "value":  # both skip parameters without a gradient
+            torch.nn.utils.clip_grad_value_(self.net.parameters(), gradient_clip_val, foreach=True)
         else:  # "norm", Lightning's default
-            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val, foreach=True)
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), gradient_clip_val, foreach=True)
 
     def configure_optimizers(self):
         from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
