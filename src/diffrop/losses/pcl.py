@@ -86,7 +86,6 @@ class PCL:
         value = torch.where(pair, tau * PHI[self.phi](d, self.margin), 0.0)
         num_pairs = pair.sum()
         step.diagnostics["pcl/pairs"] = num_pairs.float()
-        step.diagnostics["pcl/mean_d"] = torch.where(pair, d, 0.0).sum().detach() / num_pairs.clamp_min(1)
         if self.reduction == "pairs_mean":
             loss = value.sum() / num_pairs.clamp_min(1)
         else:

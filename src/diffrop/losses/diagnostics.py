@@ -1,0 +1,54 @@
+"""Is PCL active in this run? Two readings, taken on logging steps only (nothing runs on other steps).
+
+- ``pcl/grad_ratio``: |dL_pcl / d eps_hat| / |dL_ddpm / d eps_hat|, the strength of the PCL pull on the network's
+  output relative to the denoising loss. Through DiffROP Eq. 9 the PCL gradient reaching eps_hat is scaled by
+  (1 - alpha_t) / sqrt(alpha_t (1 - abar_t)) <= ~0.02, so at equal weights PCL can be negligible; ~0.01 means
+  negligible, ~1 balanced, >> 1 dominant. Both gradients come from ``torch.autograd.grad`` through the loss
+  computation only: the network is neither re-run nor back-propagated.
+- ``pcl/d_between`` and ``pcl/d_within``: the mean distance (the PCL term's own d_ij, mean over pixels) between
+  posterior means mu (Eq. 9) of samples with different labels and with the same label. PCL pushes the first up;
+  the within-class value is the yardstick (both include the x_t noise, so only their gap is class signal).
+
+Logged for every loss (DDPM runs too), so a baseline and a PCL run can be compared on the same dashboard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from diffrop.losses.pcl import pairwise_sq_dist
+from diffrop.losses.step import Step
+
+
+def grad_norm(term: Tensor, wrt: Tensor) -> Tensor:
+    """|d term / d wrt| (Frobenius norm over the batch), keeping the graph for the training backward."""
+    if not term.requires_grad:
+        return wrt.new_zeros((), dtype=torch.float32)
+    (grad,) = torch.autograd.grad(term, wrt, retain_graph=True, allow_unused=True)
+    return wrt.new_zeros((), dtype=torch.float32) if grad is None else grad.float().norm()
+
+
+def class_distances(step: Step) -> dict[str, Tensor]:
+    """Mean d_ij over different-label pairs and over same-label pairs (i != j) of conditioned samples."""
+    with torch.no_grad():
+        mu = step.mu.detach().flatten(1)
+        d = pairwise_sq_dist(mu) / mu.shape[1]
+        ok = step.cond[:, None] & step.cond[None, :]
+        same = step.y[:, None] == step.y[None, :]
+        off_diagonal = ~torch.eye(len(step.y), dtype=torch.bool, device=d.device)
+        out = {}
+        for name, mask in (("d_between", ok & ~same), ("d_within", ok & same & off_diagonal)):
+            out[f"pcl/{name}"] = torch.where(mask, d, 0.0).sum() / mask.sum().clamp_min(1)
+        return out
+
+
+def pcl_diagnostics(step: Step, parts: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The values above (grad_ratio only when the objective has both a ``pcl`` and a ``ddpm`` term)."""
+    out = class_distances(step)
+    if "pcl" in parts and "ddpm" in parts:
+        pcl, ddpm = grad_norm(parts["pcl"], step.eps_hat), grad_norm(parts["ddpm"], step.eps_hat)
+        out["pcl/grad_ratio"] = pcl / ddpm.clamp_min(torch.finfo(torch.float32).tiny)
+    return out

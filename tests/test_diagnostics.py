@@ -1,0 +1,109 @@
+"""PCL diagnostics against hand computations: the PCL / DDPM gradient ratio on eps_hat and the class distances."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+from train_utils import TINY_RUN_OVERRIDES, train_in_process
+
+from diffrop.diffusion.schedule import NoiseSchedule
+from diffrop.losses.ddpm import EpsMSE
+from diffrop.losses.diagnostics import class_distances, pcl_diagnostics
+from diffrop.losses.objective import Objective
+from diffrop.losses.pcl import PCL
+from diffrop.losses.step import Step
+from diffrop.losses.tau import Constant
+
+T = 1000
+
+
+def _alpha(t: int) -> tuple[float, float]:
+    """(alpha_t, abar_t) of the linear schedule 1e-4 .. 0.02 over T steps, written out independently."""
+    betas = [1e-4 + (0.02 - 1e-4) * i / (T - 1) for i in range(T)]
+    return 1 - betas[t], math.prod(1 - b for b in betas[: t + 1])
+
+
+def _two_sample_step(seed: int = 0) -> Step:
+    g = torch.Generator().manual_seed(seed)
+    xt, eps, eps_hat = (torch.randn(2, 1, 2, 2, generator=g, dtype=torch.float64) for _ in range(3))
+    eps_hat.requires_grad_()
+    y, t = torch.tensor([0, 1]), torch.tensor([30, 400])
+    return Step(xt, xt, t, eps, eps_hat, y, torch.ones(2, dtype=torch.bool), False,
+                NoiseSchedule(T).double(), torch.full((2,), 0.5), net=None)  # fmt: skip
+
+
+def _hand_ratio(step: Step, tau0: float) -> float:
+    """Two samples, labels 0 / 1, phi = exp, constant tau0, d = |mu_0 - mu_1|^2 / D, per-anchor sum (Algorithm 1):
+    L_pcl = (tau0 e^-d + tau0 e^-d) / 2 anchors = tau0 e^-d.  mu_i = (x_i - k_i eps_hat_i) / sqrt(alpha_i) with
+    k_i = (1 - alpha_i) / sqrt(1 - abar_i) (Eq. 9), so dL/d eps_hat_i = tau0 e^-d (2 / D) (mu_i - mu_j) c_i,
+    c_i = k_i / sqrt(alpha_i): the norm is tau0 e^-d (2 / D) |mu_0 - mu_1| sqrt(c_0^2 + c_1^2).
+    L_ddpm = mean over B D of (eps_hat - eps)^2: the gradient norm is 2 |eps_hat - eps| / (B D)."""
+    x, e, eh = (v.detach().flatten(1).double() for v in (step.xt, step.eps, step.eps_hat))
+    b, dim = x.shape
+    mu, c = [], []
+    for i, t in enumerate(step.t.tolist()):
+        alpha, abar = _alpha(t)
+        k = (1 - alpha) / math.sqrt(1 - abar)
+        mu.append((x[i] - k * eh[i]) / math.sqrt(alpha))
+        c.append(k / math.sqrt(alpha))
+    gap = float((mu[0] - mu[1]).norm())
+    d = gap**2 / dim
+    pcl = tau0 * math.exp(-d) * 2 / dim * gap * math.hypot(*c)
+    ddpm = 2 * float((eh - e).norm()) / (b * dim)
+    return pcl / ddpm
+
+
+@pytest.mark.parametrize("tau0", [0.5, 3.0])
+def test_grad_ratio_matches_hand_computation(tau0: float) -> None:
+    step = _two_sample_step()
+    pcl = PCL("exp", Constant(tau0), distance="mean", reduction="algorithm1_sum")
+    _, parts = Objective({"ddpm": EpsMSE(), "pcl": pcl})(step)
+    got = pcl_diagnostics(step, parts)["pcl/grad_ratio"].item()
+    assert got == pytest.approx(_hand_ratio(step, tau0), rel=1e-4)  # the schedule keeps float32 buffers
+
+
+def test_grad_ratio_scales_linearly_with_tau0_and_keeps_the_graph() -> None:
+    ratios = []
+    for tau0 in (0.1, 1.0, 10.0):
+        step = _two_sample_step(seed=3)
+        total, parts = Objective({"ddpm": EpsMSE(), "pcl": PCL("exp", Constant(tau0))})(step)
+        ratios.append(pcl_diagnostics(step, parts)["pcl/grad_ratio"].item())
+        total.backward()  # the training backward still works after the diagnostic's autograd.grad
+        assert step.eps_hat.grad is not None
+    assert ratios[1] == pytest.approx(10 * ratios[0], rel=1e-6)
+    assert ratios[2] == pytest.approx(10 * ratios[1], rel=1e-6)
+
+
+def test_no_grad_ratio_without_a_pcl_term() -> None:
+    step = _two_sample_step()
+    _, parts = Objective({"ddpm": EpsMSE()})(step)
+    assert set(pcl_diagnostics(step, parts)) == {"pcl/d_between", "pcl/d_within"}
+
+
+def test_class_distances_by_hand() -> None:
+    # mu rows (0,0), (1,1), (2,0), (2,2); labels 0, 1, 1, 0; sample 3 label-dropped (takes no part).
+    # mean-over-D squared distances: d01 = 1, d02 = 2, d12 = 1. Different labels: (0,1), (0,2) -> 1.5;
+    # same label: (1,2) -> 1 (sample 0's partner 3 is dropped).
+    mu = torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 0.0], [2.0, 2.0]])
+    x = torch.zeros(4, 2)
+    step = Step(x, x, torch.zeros(4, dtype=torch.long), x, x, torch.tensor([0, 1, 1, 0]),
+                torch.tensor([True, True, True, False]), False, NoiseSchedule(T), torch.ones(2) / 2, net=None)  # fmt: skip
+    step.__dict__["mu"] = mu  # cached_property storage
+    got = class_distances(step)
+    assert got["pcl/d_between"].item() == pytest.approx(1.5)
+    assert got["pcl/d_within"].item() == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_training_logs_the_diagnostics_to_metrics_csv(tmp_path) -> None:
+    run = tmp_path / "run"
+    train_in_process([*TINY_RUN_OVERRIDES, "loss=pcl_exp", "trainer.max_steps=3"], run)
+    with open(run / "metrics.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/pcl/grad_ratio")]
+    assert len(rows) == 3  # log_every_n_steps=1: every step is a logging step
+    for r in rows:
+        assert float(r["train/pcl/grad_ratio"]) > 0
+        assert float(r["train/pcl/d_between"]) > 0 and float(r["train/pcl/d_within"]) >= 0
