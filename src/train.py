@@ -83,8 +83,20 @@ def user_error(err: BaseException) -> str | None:
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", module="lightning")
 
 
+def optimized_value(trainer: L.Trainer, name: str | None) -> float | None:
+    """The final value of ``optimized_metric`` (what a sweeper such as Optuna minimises), None when unset."""
+    if not name:
+        return None
+    if name not in trainer.callback_metrics:
+        raise ValueError(
+            f"optimized_metric={name} was never logged by this run; for val/fid add callbacks=periodic_fid with "
+            f"callbacks.periodic_fid.every_n_steps dividing trainer.max_steps (logged: {sorted(trainer.callback_metrics)})"
+        )
+    return float(trainer.callback_metrics[name])
+
+
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         L.seed_everything(cfg.seed, workers=True)
@@ -103,12 +115,19 @@ def main(cfg: DictConfig) -> None:
         trainer.save_checkpoint(
             run_dir / "checkpoints" / "last.ckpt"
         )  # the final step, whatever the interval
+        value = optimized_value(trainer, cfg.get("optimized_metric"))
         (run_dir / "FAILED").unlink(missing_ok=True)
         rank_zero_info(
             f"Done: step {trainer.global_step}. Run directory: {run_dir}\n"
             f"  checkpoint   {run_dir / 'checkpoints/last.ckpt'}\n  metrics      {run_dir / 'metrics.csv'}\n"
             f"  samples      {run_dir / 'samples'}\n  data summary {run_dir / 'data_summary.json'}"
+            + (
+                f"\n  {cfg.optimized_metric} = {value:.4f} (returned to the sweeper)"
+                if value is not None
+                else ""
+            )
         )
+        return value
     except BaseException as err:
         mark_failed(run_dir, err)
         if isinstance(err, SIGTERMException):  # pre-empted; CheckpointOnInterrupt saved last.ckpt
