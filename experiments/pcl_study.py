@@ -43,14 +43,7 @@ from diffrop.reproduce import training_state
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE_W = {"ddpm": 0.8, "cbdm": 1.6}  # CBDM's README: DDPM 0.8, CBDM 1.6
-ALG1_TAU0 = (
-    0.1,
-    0.3,
-    1,
-    3,
-    10,
-    30,
-)  # per-anchor sum: grad ratio ~0.05 .. ~15 on the trained model at batch 64
+ALG1_TAU0 = (0.1, 1, 3, 10, 30)  # per-anchor sum: grad ratio ~0.05 .. ~15 on a trained model, batch 64
 PAIRS_MEAN_TAU0 = (100,)  # mean over pairs: ~56 partners per anchor at batch 64, so ~ alg1 at tau0 / 56
 SAMPLE_STEPS = 50
 PCL = ["loss.terms.pcl.phi=exp", "tau=exp_decay", "tau.temperature=0.5"]
