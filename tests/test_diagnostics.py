@@ -11,7 +11,7 @@ from train_utils import TINY_RUN_OVERRIDES, train_in_process
 
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.losses.ddpm import EpsMSE
-from diffrop.losses.diagnostics import class_distances, pcl_diagnostics
+from diffrop.losses.diagnostics import class_distances, loss_diagnostics
 from diffrop.losses.objective import Objective
 from diffrop.losses.pcl import PCL
 from diffrop.losses.step import Step
@@ -61,7 +61,7 @@ def test_grad_ratio_matches_hand_computation(tau0: float) -> None:
     step = _two_sample_step()
     pcl = PCL("exp", Constant(tau0), distance="mean", reduction="algorithm1_sum")
     _, parts = Objective({"ddpm": EpsMSE(), "pcl": pcl})(step)
-    got = pcl_diagnostics(step, parts)["pcl/grad_ratio"].item()
+    got = loss_diagnostics(step, parts)["pcl/grad_ratio"].item()
     assert got == pytest.approx(_hand_ratio(step, tau0), rel=1e-4)  # the schedule keeps float32 buffers
 
 
@@ -70,17 +70,19 @@ def test_grad_ratio_scales_linearly_with_tau0_and_keeps_the_graph() -> None:
     for tau0 in (0.1, 1.0, 10.0):
         step = _two_sample_step(seed=3)
         total, parts = Objective({"ddpm": EpsMSE(), "pcl": PCL("exp", Constant(tau0))})(step)
-        ratios.append(pcl_diagnostics(step, parts)["pcl/grad_ratio"].item())
+        ratios.append(loss_diagnostics(step, parts)["pcl/grad_ratio"].item())
         total.backward()  # the training backward still works after the diagnostic's autograd.grad
         assert step.eps_hat.grad is not None
     assert ratios[1] == pytest.approx(10 * ratios[0], rel=1e-6)
     assert ratios[2] == pytest.approx(10 * ratios[1], rel=1e-6)
 
 
-def test_no_grad_ratio_without_a_pcl_term() -> None:
+def test_grad_ratio_only_for_terms_beside_ddpm() -> None:
     step = _two_sample_step()
     _, parts = Objective({"ddpm": EpsMSE()})(step)
-    assert set(pcl_diagnostics(step, parts)) == {"pcl/d_between", "pcl/d_within"}
+    assert set(loss_diagnostics(step, parts)) == {"pcl/d_between", "pcl/d_within"}
+    _, parts = Objective({"ddpm": EpsMSE(), "extra": EpsMSE(weight=3.0)})(step)
+    assert loss_diagnostics(step, parts)["extra/grad_ratio"].item() == pytest.approx(3.0)  # same term, 3x
 
 
 def test_class_distances_by_hand() -> None:

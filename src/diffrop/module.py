@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from diffrop.diffusion.schedule import NoiseSchedule
-from diffrop.losses.diagnostics import pcl_diagnostics
+from diffrop.losses.diagnostics import loss_diagnostics
 from diffrop.losses.objective import Objective
 from diffrop.losses.step import Step
 from diffrop.nonfinite import NonFiniteGuard
@@ -110,7 +110,7 @@ class DiffusionModule(L.LightningModule):
         self.log_dict({f"train/loss_{name}": value for name, value in parts.items()})
         self.log_dict({f"train/{name}": value for name, value in step.diagnostics.items()})
         if self.trainer._logger_connector.should_update_logs:  # Lightning writes logs at this step
-            self.log_dict({f"train/{k}": v for k, v in pcl_diagnostics(step, parts).items()})
+            self.log_dict({f"train/{k}": v for k, v in loss_diagnostics(step, parts).items()})
         self._log_throughput(x0.shape[0])
         return total
 

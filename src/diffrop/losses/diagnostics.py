@@ -1,7 +1,7 @@
 """Is PCL active in this run? Two readings, taken on logging steps only (nothing runs on other steps).
 
 - ``pcl/grad_ratio``: |dL_pcl / d eps_hat| / |dL_ddpm / d eps_hat|, the strength of the PCL pull on the network's
-  output relative to the denoising loss. Through DiffROP Eq. 9 the PCL gradient reaching eps_hat is scaled by
+  output relative to the denoising loss (every other term gets its own ``<term>/grad_ratio``, e.g. CBDM's). Through DiffROP Eq. 9 the PCL gradient reaching eps_hat is scaled by
   (1 - alpha_t) / sqrt(alpha_t (1 - abar_t)) <= ~0.02, so at equal weights PCL can be negligible; ~0.01 means
   negligible, ~1 balanced, >> 1 dominant. Both gradients come from ``torch.autograd.grad`` through the loss
   computation only: the network is neither re-run nor back-propagated.
@@ -45,10 +45,13 @@ def class_distances(step: Step) -> dict[str, Tensor]:
         return out
 
 
-def pcl_diagnostics(step: Step, parts: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The values above (grad_ratio only when the objective has both a ``pcl`` and a ``ddpm`` term)."""
+def loss_diagnostics(step: Step, parts: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The values above: class distances always, ``<term>/grad_ratio`` for every term beside a ``ddpm`` one."""
     out = class_distances(step)
-    if "pcl" in parts and "ddpm" in parts:
-        pcl, ddpm = grad_norm(parts["pcl"], step.eps_hat), grad_norm(parts["ddpm"], step.eps_hat)
-        out["pcl/grad_ratio"] = pcl / ddpm.clamp_min(torch.finfo(torch.float32).tiny)
+    if "ddpm" not in parts:
+        return out
+    ddpm = grad_norm(parts["ddpm"], step.eps_hat).clamp_min(torch.finfo(torch.float32).tiny)
+    for name, value in parts.items():
+        if name != "ddpm":
+            out[f"{name}/grad_ratio"] = grad_norm(value, step.eps_hat) / ddpm
     return out
