@@ -78,6 +78,9 @@ ARMS = [
     *(pcl_arm("pairs_mean", t) for t in PAIRS_MEAN_TAU0),
     Arm("cbdm", "CBDM", "cbdm", ("loss=cbdm",)),
     pcl_arm("algorithm1_sum", 1, base="cbdm"),
+    # why does CBDM trail DDPM here? its regulariser's weight and where y' comes from
+    Arm("cbdm_weight0.1", "CBDM, weight 0.1", "cbdm", ("loss=cbdm", "loss.terms.cbdm.weight=0.1")),
+    Arm("cbdm_uniform", "CBDM, y' uniform", "cbdm", ("loss=cbdm", "loss.terms.cbdm.y_prime=uniform")),
 ]
 
 
