@@ -313,6 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--per-class", type=int, default=100)
     p.add_argument("--jobs", type=int, default=2, help="trainings in parallel (one thread each on 2 cores)")
+    p.add_argument("--probe-epochs", type=int, default=15, help="training epochs of the digits classifier")
     p.add_argument("--runs", type=Path, default=Path("logs/pcl_study"))
     p.add_argument("--out", type=Path, default=Path("experiments/results/pcl_study"))
     args = p.parse_args(argv)
@@ -323,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, children.kill_all)
     signal.signal(signal.SIGINT, children.kill_all)
     start, trained = time.monotonic(), 0
-    probe, probe_acc = load_or_train_probe(args.runs / "probe.pt")
+    probe, probe_acc = load_or_train_probe(args.runs / "probe.pt", args.probe_epochs)
     full = load_digits(PROBE_SIZE)
     real = (probe_outputs(probe, full.images)[0], full.labels)
     counts = longtail_counts(int(torch.bincount(full.labels).max()), 10, 0.1)
