@@ -172,7 +172,7 @@ def classify_accuracy(
 
 
 def sample_dir(root: Path, spec: SamplerSpec, num_samples: int, seed: int) -> Path:
-    eta = "" if spec.name == "ddpm" else f"_eta{spec.eta:g}"
+    eta = f"_eta{spec.eta:g}" if spec.name == "ddim" else ""
     return root / f"{spec.name}{spec.steps}{eta}_w{spec.guidance:g}_{spec.labels}_n{num_samples}_seed{seed}"
 
 
