@@ -25,6 +25,7 @@ from diffrop.diffusion.schedule import NoiseSchedule
 Net = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 SAMPLERS = ("ddpm", "ddim", "dpmpp2m")
 LABEL_MODES = ("balanced", "train")
+PRECISIONS = ("fp32", "bf16")
 
 
 class StackedGenerator:
@@ -212,6 +213,26 @@ def dpmpp2m_sample(
     return x0
 
 
+def autocast_net(net: Net, precision: str, device: torch.device) -> Net:
+    """``net`` itself for fp32; for bf16, ``net`` under ``torch.autocast(bfloat16)`` on ``device`` with its
+    output cast back to float32, so that only the network runs in bf16 and the sampler's state and update
+    arithmetic stay fp32. bf16 needs a CUDA device that supports it, or the CPU (slow there: for tests)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"sampler.precision={precision!r} is not one of {list(PRECISIONS)}")
+    if precision == "fp32":
+        return net
+    if device.type not in ("cuda", "cpu") or (device.type == "cuda" and not torch.cuda.is_bf16_supported()):
+        raise ValueError(
+            f"sampler.precision=bf16 needs a bf16-capable CUDA device (or the CPU), got {device}"
+        )
+
+    def bf16_net(x: Tensor, t: Tensor, y: Tensor, cond: Tensor) -> Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return net(x, t, y, cond).float()
+
+    return bf16_net
+
+
 def to_uint8(x: Tensor) -> Tensor:
     """[-1, 1] float -> [0, 255] uint8."""
     return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
@@ -228,12 +249,15 @@ class SamplerSpec:
     guidance: float = 0.0
     labels: str = "balanced"
     batch_size: int = 256
+    precision: str = "fp32"  # fp32 | bf16 (the network under bf16 autocast, the sampler in fp32)
 
     def __post_init__(self) -> None:
         if self.name not in SAMPLERS:
             raise ValueError(f"sampler.name={self.name!r} is not one of {list(SAMPLERS)}")
         if self.labels not in LABEL_MODES:
             raise ValueError(f"sampler.labels={self.labels!r} is not one of {list(LABEL_MODES)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"sampler.precision={self.precision!r} is not one of {list(PRECISIONS)}")
         if self.batch_size <= 0:
             raise ValueError(f"sampler.batch_size must be > 0, got {self.batch_size}")
         if self.name == "ddim" and (self.eta is None or self.eta < 0):
@@ -244,14 +268,19 @@ class SamplerSpec:
             )
 
     def describe(self) -> dict:
-        """The results.json ``sampler`` entry (``guidance_scale`` is w, the key the table renderer reads)."""
-        return {
+        """The results.json ``sampler`` entry (``guidance_scale`` is w, the key the table renderer reads).
+
+        ``precision`` appears only when it is not fp32, so that shards drawn before the option existed keep
+        their manifest (and resume) while bf16 shards can never be mixed with fp32 ones.
+        """
+        out = {
             "name": self.name,
             "steps": self.steps,
             "eta": self.eta,
             "guidance_scale": self.guidance,
             "labels": self.labels,
         }
+        return out if self.precision == "fp32" else out | {"precision": self.precision}
 
 
 def sample(
@@ -263,7 +292,8 @@ def sample(
     generator: Generator | None = None,
     progress: Callable | None = None,
 ) -> Tensor:
-    """Run the sampler ``spec`` names; float images in [-1, 1]."""
+    """Run the sampler ``spec`` names, the network in ``spec.precision``; float images in [-1, 1]."""
+    net = autocast_net(net, spec.precision, y.device)
     if spec.name == "ddpm":
         if spec.steps != schedule.num_steps:
             raise ValueError(
