@@ -111,7 +111,7 @@ def test_pathwise_second_order_convergence_to_the_exact_flow():
 
 @pytest.mark.parametrize("guidance", [0.0, 2.0])
 def test_two_steps_are_ddim(guidance):
-    """With no history the update is first order, which is DDIM (Lu et al. 2022b, Sec. 4.1): on the shared grid
+    """With no history the update is first order, which is DDIM (as Lu et al. 2022b note): on the shared grid
     [T - 1, 0] both take the same step and end with x0 at t = 0."""
     net = GaussianOptimalEps(SCHEDULE, m=0.7, s=0.6)  # x0 predictions beyond 1: the clipping is shared too
     y = torch.zeros(16, dtype=torch.long)

@@ -156,7 +156,7 @@ def logsnr_grid(schedule: NoiseSchedule, steps: int) -> list[int]:
 
 def _alpha_sigma_lambda(schedule: NoiseSchedule, t: int) -> tuple[float, float, float]:
     """VP coefficients of timestep t in float64: alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t) and the
-    half log-SNR lambda_t = log(alpha_t / sigma_t) (Lu et al. 2022a, Sec. 2)."""
+    half log-SNR lambda_t = log(alpha_t / sigma_t) (Lu et al. 2022a's time variable)."""
     abar = float(schedule.alpha_bars[t].double())
     alpha, sigma = math.sqrt(abar), math.sqrt(1.0 - abar)
     return alpha, sigma, math.log(alpha / sigma)

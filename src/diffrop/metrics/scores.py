@@ -72,18 +72,20 @@ def fid_from_features(features1: Features, features2: Features) -> float:
 
 # ----------------------------------------------------------------------------------------------- KID
 def polynomial_kernel(x: Tensor, y: Tensor, degree: int = 3, coef0: float = 1.0) -> Tensor:
-    """k(x, y) = (x . y / d + coef0)^degree, [N, M]: KID's kernel (Binkowski et al. 2018, Sec. 4; d = feature dim)."""
+    """k(x, y) = (x . y / d + coef0)^degree, [N, M] (d = feature dim): KID's kernel (Binkowski et al. 2018)."""
     return (x @ y.T / x.shape[1] + coef0) ** degree
 
 
 def mmd2_unbiased(real: Features, fake: Features) -> float:
-    """Unbiased estimate of the squared MMD with the cubic polynomial kernel (Binkowski et al. 2018, Eq. 5):
+    """Unbiased estimate of the squared MMD with the cubic polynomial kernel (Binkowski et al. 2018,
+    "Demystifying MMD GANs"; Gretton et al. 2012's unbiased estimator):
     the within-set means leave out the diagonal k(x_i, x_i), the cross term averages all pairs; its
     expectation is 0 when both sets come from the same distribution, at any set size. float64 on the
     features' device.
     """
     x, y = _matrix(real, torch.float64), _matrix(fake, torch.float64)
-    x, y = x.to(y.device if y.is_cuda else x.device), y.to(y.device if y.is_cuda else x.device)
+    device = y.device if y.is_cuda else x.device
+    x, y = x.to(device), y.to(device)
     m, n = x.shape[0], y.shape[0]
     if m < 2 or n < 2 or x.shape[1] != y.shape[1]:
         raise ValueError(
