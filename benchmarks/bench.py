@@ -3,17 +3,22 @@
     python benchmarks/bench.py                       # every section, on the GPU if there is one
     python benchmarks/bench.py --only train,losses --reps 10
 
-Prints rich tables and writes ``benchmarks/results/<device>.json``. Every time is the median of ``--reps``
-measurements after ``--warmup`` untimed ones; on a GPU each measurement ends with ``torch.cuda.synchronize()``.
+Prints rich tables and writes ``benchmarks/results/<device>.json``. A training-step time is the median of
+``--reps`` steps after ``--warmup`` untimed ones of one short run; on a GPU each measurement ends with
+``torch.cuda.synchronize()``. Everything that is compared is measured interleaved: ``--rounds`` rounds of
+A B C A B C ..., and a ratio is the median over rounds of the paired per-round ratios, so that the drift of a
+shared machine (another job starting, thermal limits) hits both sides of a pair alike and cancels.
 
 1. train: one training step of our LightningModule under the Trainer (CSV logger, LR monitor, checkpoint
    callback, NaN guard, EMA; no progress bar or sample grid) vs a minimal plain-PyTorch loop of the same network,
    loss (eps-MSE), fused Adam, clipping and foreach EMA on the same device-resident batches. Target: < 5 %.
 2. losses: step time of ddpm, pcl_* and cbdm relative to ddpm (PCL target: < 3 % over DDPM).
-3. samplers: images/s of DDPM (ancestral, all T steps) and DDIM-100, unguided and guided (one batched forward of
-   2B images, so guided should cost < 2x).
-4. eval: Inception feature extraction images/s (random weights in torch-fidelity's format: the real ones may be
-   absent) and time / peak memory of improved precision-recall on N x N features (chunked).
+3. compile: the Lightning step eager vs ``model.compile=true`` (each round compiles afresh: give it warm-up).
+4. samplers: images/s of ``--samplers`` (default DDIM-100, DPM-Solver++(2M)-10 / 20; ``ddpm-1000`` on request),
+   unguided and guided (one batched forward of 2B images, so guided should cost < 2x), fp32 and (CUDA) bf16;
+   speed-ups vs DDIM-100 and the minutes 50k samples take.
+5. eval: Inception feature extraction images/s (random weights in torch-fidelity's format: the real ones may be
+   absent), time / peak memory of improved precision-recall on N x N features (chunked), and KID on them.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from unittest import mock
@@ -47,7 +52,7 @@ from rich.console import Console
 from rich.table import Table
 
 from diffrop import build
-from diffrop.diffusion.sampling import ddim_sample, ddpm_sample
+from diffrop.diffusion.sampling import SamplerSpec, sample
 
 REPO = Path(__file__).resolve().parents[1]
 CUDA = torch.cuda.is_available()
@@ -74,6 +79,35 @@ def median_time(fn: Callable[[], object], warmup: int, reps: int) -> float:
         sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds one call of ``fn`` takes (device work included)."""
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t0
+
+
+def interleaved(measures: Mapping[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Run ``rounds`` rounds of every measurement in order (A B C A B C ...); each returns seconds.
+
+    Returns {name: [seconds of round 0, 1, ...]}: compare two entries with ``paired_ratio``, not with a ratio
+    of medians, so that a load change between rounds cancels.
+    """
+    if rounds < 1:
+        raise ValueError(f"--rounds must be >= 1, got {rounds}")
+    secs: dict[str, list[float]] = {name: [] for name in measures}
+    for _ in range(rounds):
+        for name, measure in measures.items():
+            secs[name].append(measure())
+    return secs
+
+
+def paired_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    """Median over rounds of a_i / b_i (the same round's two measurements)."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
 def device_name() -> str:
@@ -177,80 +211,150 @@ def plain_step(cfg, warmup: int, reps: int) -> float:
     return median_time(step, warmup, reps)
 
 
+def train_cases(args) -> list[tuple[str, int, int]]:
+    cases = TRAIN_CASES["cuda" if CUDA else "cpu"]
+    return [c for c in cases if c[0] == args.model] if args.model else cases
+
+
+def run_steps(args, model: str, size: int, batch: int, *extra: str, warmup: int | None = None) -> float:
+    """Median Lightning step of one fresh short run (a new config, run directory and module every call)."""
+    warmup = args.warmup if warmup is None else warmup
+    cfg = config(model, size, batch, f"trainer.max_steps={warmup + args.reps + 1}", *extra)
+    return lightning_step(cfg, warmup, args.reps)
+
+
 def bench_train(args) -> list[dict]:
     rows = []
-    for model, size, batch in TRAIN_CASES["cuda" if CUDA else "cpu"]:
-        n = args.warmup + args.reps
-        cfg = config(model, size, batch, f"trainer.max_steps={n + 1}")
-        ours = lightning_step(cfg, args.warmup, args.reps)
-        plain = plain_step(cfg, args.warmup, args.reps)
+    for model, size, batch in train_cases(args):
+        plain_cfg = config(model, size, batch)
+        secs = interleaved(
+            {
+                "plain": lambda c=plain_cfg: plain_step(c, args.warmup, args.reps),
+                "lightning": lambda m=model, s=size, b=batch: run_steps(args, m, s, b),
+            },
+            args.rounds,
+        )
+        ratio = paired_ratio(secs["lightning"], secs["plain"])
         rows.append(
             {
                 "model": model,
                 "image_size": size,
                 "batch": batch,
-                "lightning_ms": 1e3 * ours,
-                "plain_ms": 1e3 * plain,
-                "overhead_pct": 100 * (ours / plain - 1),
+                "lightning_ms": 1e3 * statistics.median(secs["lightning"]),
+                "plain_ms": 1e3 * statistics.median(secs["plain"]),
+                "overhead_pct": 100 * (ratio - 1),
                 "target_pct": 5.0,
+                "rounds": args.rounds,
             }
         )
     return rows
 
 
 def bench_losses(args) -> list[dict]:
-    model, size, batch = TRAIN_CASES["cuda" if CUDA else "cpu"][0]
-    n = args.warmup + args.reps
-    times = {}
-    for loss in LOSSES:
-        cfg = config(model, size, batch, f"loss={loss}", f"trainer.max_steps={n + 1}")
-        times[loss] = lightning_step(cfg, args.warmup, args.reps)
-    base = times["ddpm"]
+    model, size, batch = train_cases(args)[0]
+    secs = interleaved(
+        {loss: lambda x=loss: run_steps(args, model, size, batch, f"loss={x}") for loss in LOSSES},
+        args.rounds,
+    )
     return [
         {
             "loss": k,
             "model": model,
             "batch": batch,
-            "ms": 1e3 * v,
-            "ratio_vs_ddpm": v / base,
+            "ms": 1e3 * statistics.median(v),
+            "ratio_vs_ddpm": paired_ratio(v, secs["ddpm"]),
             "target_ratio": 1.03 if k.startswith("pcl") else None,
+            "rounds": args.rounds,
         }
-        for k, v in times.items()
+        for k, v in secs.items()
     ]
 
 
-# --- 3: samplers --------------------------------------------------------------------------------------------------
+def bench_compile(args) -> list[dict]:
+    """Eager vs ``model.compile=true`` Lightning steps; compilation (and any recompile) falls in the warm-up."""
+    model, size, batch = train_cases(args)[0]
+    warmup = max(args.warmup, args.compile_warmup)
+    secs = interleaved(
+        {
+            mode: lambda m=mode: run_steps(args, model, size, batch, f"model.compile={m}", warmup=warmup)
+            for mode in ("false", "true")
+        },
+        args.rounds,
+    )
+    ratio = paired_ratio(secs["true"], secs["false"])
+    return [
+        {
+            "model": model,
+            "batch": batch,
+            "eager_ms": 1e3 * statistics.median(secs["false"]),
+            "compiled_ms": 1e3 * statistics.median(secs["true"]),
+            "compiled_vs_eager": ratio,
+            "images_per_s_compiled": batch / statistics.median(secs["true"]),
+            "rounds": args.rounds,
+        }
+    ]
+
+
+# --- 4: samplers --------------------------------------------------------------------------------------------------
+def parse_samplers(text: str) -> list[tuple[str, int]]:
+    """ "ddim-100,dpmpp2m-10" -> [("ddim", 100), ("dpmpp2m", 10)]."""
+    out = []
+    for item in text.split(","):
+        name, _, steps = item.strip().partition("-")
+        out.append((name, int(steps)))
+    return out
+
+
 def bench_samplers(args) -> list[dict]:
     model, size, _ = TRAIN_CASES["cuda" if CUDA else "cpu"][0]
     cfg = config(model, size, 8)
     device = torch.device("cuda" if CUDA else "cpu")
     net = build.build_net(cfg, 10).to(device).eval()
-    schedule = instantiate(cfg.diffusion).to(device)  # T = 1000, which DDIM subsamples
-    short = instantiate(cfg.diffusion, num_steps=args.ddpm_steps).to(
-        device
-    )  # DDPM visits every step of its T
+    if CUDA:
+        net = net.to(memory_format=torch.channels_last)
     b = args.sample_batch
     y = torch.arange(b, device=device) % 10
     shape = (b, 3, size, size)
-    rows = []
+    precisions = args.precisions.split(",") if args.precisions else (["fp32", "bf16"] if CUDA else ["fp32"])
+    specs = {}
     for guidance in (0.0, 1.0):
-        for name, fn in [
-            (f"DDPM-{args.ddpm_steps}", lambda g=guidance: ddpm_sample(net, short, y, shape, guidance=g)),
-            ("DDIM-100", lambda g=guidance: ddim_sample(net, schedule, y, shape, steps=100, guidance=g)),
-        ]:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=CUDA):
-                sec = median_time(fn, 1, max(1, args.reps // 3))
-            rows.append(
-                {"sampler": name, "guidance": guidance, "model": model, "batch": b, "images_per_s": b / sec}
-            )
-    for row in rows:
-        if row["guidance"]:
-            base = next(r for r in rows if r["sampler"] == row["sampler"] and not r["guidance"])
-            row["guided_cost_x"] = base["images_per_s"] / row["images_per_s"]
+        for precision in precisions:
+            for name, steps in parse_samplers(args.samplers):
+                eta = 0.0 if name == "ddim" else None
+                spec = SamplerSpec(name, steps, eta, guidance, batch_size=b, precision=precision)
+                specs[(name, steps, guidance, precision)] = spec
+    schedules = {n: instantiate(cfg.diffusion, num_steps=n).to(device) for n in {1000, args.ddpm_steps}}
+
+    def call(key) -> float:
+        schedule = schedules[key[1] if key[0] == "ddpm" else 1000]  # DDPM visits every step of its T
+        return timed(lambda: sample(net, schedule, y, shape, specs[key]))
+
+    for key in specs:  # warm-up: cuDNN autotuning, allocator
+        call(key)
+    secs = interleaved({key: lambda k=key: call(k) for key in specs}, args.rounds)
+    rows = []
+    base_name, base_steps = parse_samplers(args.samplers)[0]
+    for (name, steps, guidance, precision), v in secs.items():
+        base = secs[(base_name, base_steps, guidance, precision)]
+        row = {
+            "sampler": f"{name}-{steps}",
+            "guidance": guidance,
+            "precision": precision,
+            "model": model,
+            "batch": b,
+            "images_per_s": b / statistics.median(v),
+            f"speedup_vs_{base_name}{base_steps}": paired_ratio(base, v),
+            "minutes_per_50k": 50000 * statistics.median(v) / b / 60,
+        }
+        if guidance:
+            row["guided_cost_x"] = paired_ratio(v, secs[(name, steps, 0.0, precision)])
+        if precision != "fp32":
+            row["speedup_vs_fp32"] = paired_ratio(secs[(name, steps, guidance, "fp32")], v)
+        rows.append(row)
     return rows
 
 
-# --- 4: evaluation ------------------------------------------------------------------------------------------------
+# --- 5: evaluation ------------------------------------------------------------------------------------------------
 def random_inception(path: Path) -> Path:
     """torch-fidelity's Inception-V3 with random (He) weights, saved in its on-disk format."""
     import torch_fidelity.feature_extractor_inceptionv3 as tfi
@@ -292,6 +396,16 @@ print(json.dumps({"seconds": sec, "peak_extra_bytes": peak}))
 """
 
 
+def kid_row(n: int) -> dict:
+    """KID on N x 2048 features with the default 100 subsets of 1000 (float64, on the GPU if there is one)."""
+    from diffrop.metrics.scores import kernel_inception_distance
+
+    g = torch.Generator().manual_seed(0)
+    real, fake = (torch.randn(n, 2048, generator=g).to("cuda" if CUDA else "cpu") for _ in range(2))
+    sec = timed(lambda: kernel_inception_distance(real, fake, subsets=100, subset_size=min(1000, n)))
+    return {"what": f"KID {n} x {n} (100 subsets of {min(1000, n)}, float64)", "n": n, "seconds": sec}
+
+
 def bench_eval(args) -> list[dict]:
     from diffrop.metrics.features import make_extractor
 
@@ -313,6 +427,7 @@ def bench_eval(args) -> list[dict]:
     if out.returncode:
         raise RuntimeError(out.stderr)
     pr = json.loads(out.stdout.strip().splitlines()[-1])
+    rows.append(kid_row(args.pr_n))
     dense = 2 * args.pr_n * args.pr_n * 4  # what two dense float32 N x N distance matrices would take
     rows.append(
         {
@@ -328,7 +443,14 @@ def bench_eval(args) -> list[dict]:
 
 
 # --- main ---------------------------------------------------------------------------------------------------------
-SECTIONS = {"train": bench_train, "losses": bench_losses, "samplers": bench_samplers, "eval": bench_eval}
+SECTIONS = {
+    "train": bench_train,
+    "losses": bench_losses,
+    "compile": bench_compile,
+    "samplers": bench_samplers,
+    "eval": bench_eval,
+}
+DEFAULT_SECTIONS = "train,losses,samplers,eval"  # compile: on request (minutes of compilation per round)
 
 
 def show(name: str, rows: list[dict]) -> None:
@@ -349,10 +471,19 @@ def show(name: str, rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
-        "--only", default=",".join(SECTIONS), help="comma-separated sections: " + ", ".join(SECTIONS)
+        "--only", default=DEFAULT_SECTIONS, help="comma-separated sections: " + ", ".join(SECTIONS)
     )
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--reps", type=int, default=20 if CUDA else 7)
+    p.add_argument("--reps", type=int, default=20 if CUDA else 7, help="timed steps per training run")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (A B A B ...) per comparison")
+    p.add_argument(
+        "--model", default=None, help="train/losses/compile: only this model of the device's cases"
+    )
+    p.add_argument("--compile-warmup", type=int, default=10, help="untimed steps of a compiled run")
+    p.add_argument(
+        "--samplers", default="ddim-100,dpmpp2m-10,dpmpp2m-20", help="name-steps, first = baseline"
+    )
+    p.add_argument("--precisions", default=None, help="fp32,bf16 (default: both on CUDA, fp32 on CPU)")
     p.add_argument("--ddpm-steps", type=int, default=1000 if CUDA else 250, help="T of the DDPM chain")
     p.add_argument("--sample-batch", type=int, default=256 if CUDA else 8)
     p.add_argument("--fe-images", type=int, default=5000 if CUDA else 64)

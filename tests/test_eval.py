@@ -116,10 +116,21 @@ def test_results_json_is_complete_and_scores_the_right_sets(ckpt, tmp_path, fake
     results = run_eval(ckpt, out)
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
     m = results["metrics"]
-    assert set(m) >= {"fid", "is_mean", "is_std", "precision", "recall", "f_8", "f_1_8", "per_shot"}
+    assert set(m) >= {
+        "fid",
+        "kid",
+        "kid_std",
+        "is_mean",
+        "is_std",
+        "precision",
+        "recall",
+        "f_8",
+        "f_1_8",
+        "per_shot",
+    }
     assert set(m["per_shot"]) == {"many", "med", "few"}
     for group in m["per_shot"].values():
-        assert set(group) >= {"fid", "recall", "precision"}
+        assert set(group) >= {"fid", "kid", "recall", "precision"}
     assert results["sampler"] == {
         "name": "ddim",
         "steps": 3,

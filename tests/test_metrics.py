@@ -20,12 +20,66 @@ from diffrop.metrics.scores import (
     fid_from_features,
     frechet_distance,
     inception_score,
+    kernel_inception_distance,
     knn_radii,
+    mmd2_unbiased,
     per_group,
     prd_curve,
     prd_f_beta,
     precision_recall,
 )
+
+
+# ------------------------------------------------------------------------------------------------ KID
+def test_mmd2_unbiased_by_hand():
+    """1-D features (d = 1), so k(a, b) = (a b + 1)^3; X = {0, 1, 2}, Y = {1, -1}, every term written out."""
+    x, y = torch.tensor([[0.0], [1.0], [2.0]]), torch.tensor([[1.0], [-1.0]])
+    # within X, i != j: k(0,1) = 1, k(0,2) = 1, k(1,2) = 27, each twice: 2 * 29 / (3 * 2)
+    # within Y, i != j: k(1,-1) = 0, twice: 0
+    # across: k(0,1) = 1, k(0,-1) = 1, k(1,1) = 8, k(1,-1) = 0, k(2,1) = 27, k(2,-1) = -1 -> 36 / 6 = 6
+    assert mmd2_unbiased(x, y) == pytest.approx(58 / 6 + 0 - 2 * 6)
+    assert mmd2_unbiased(y, x) == pytest.approx(mmd2_unbiased(x, y))  # symmetric
+
+
+def test_kid_matches_torch_fidelity():
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    rng = np.random.default_rng(3)
+    real = torch.as_tensor(rng.normal(size=(60, 16)))
+    fake = torch.as_tensor(rng.normal(size=(50, 16)) * 1.3 + 0.2)
+    theirs = kid_features_to_metric(real, fake, kid_subsets=7, kid_subset_size=20, verbose=False, rng_seed=11,
+                                    kid_kernel="poly", kid_kernel_poly_degree=3, kid_kernel_poly_gamma=None,
+                                    kid_kernel_poly_coef0=1)  # fmt: skip
+    mean, std = kernel_inception_distance(real, fake, subsets=7, subset_size=20, seed=11)
+    assert mean == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-9)
+    assert std == pytest.approx(theirs["kernel_inception_distance_std"], rel=1e-9)
+    assert mean > 0.05  # the sets differ, visibly
+
+
+def test_kid_is_unbiased_at_small_sizes_where_fid_is_not():
+    """Both sets from N(0, I_8), 10 rows each (a few-shot group's scale): KID averages to 0 within its standard
+    error over 400 draws, while FID (whose true value is 0 too) is biased far upwards at this size."""
+    rng = np.random.default_rng(0)
+    kids, fids = [], []
+    for _ in range(400):
+        real, fake = rng.normal(size=(10, 8)), rng.normal(size=(10, 8))
+        kids.append(mmd2_unbiased(real, fake))
+        fids.append(fid_from_features(real, fake))
+    se = np.std(kids) / np.sqrt(len(kids))
+    assert abs(np.mean(kids)) < 4 * se
+    assert np.mean(fids) > 10 * np.std(fids) / np.sqrt(len(fids))
+
+
+def test_kid_caps_the_subset_at_the_smaller_set():
+    rng = np.random.default_rng(1)
+    real, fake = rng.normal(size=(12, 4)), rng.normal(size=(9, 4)) + 1
+    mean, std = kernel_inception_distance(real, fake, subsets=3, subset_size=1000, seed=0)
+    # fake is used whole (9 rows) in every subset; real is subsampled to 9 rows
+    assert mean > 0 and std >= 0
+    one, spread = kernel_inception_distance(real[:9], fake, subsets=5, subset_size=1000, seed=0)
+    assert one == pytest.approx(mmd2_unbiased(real[:9], fake)) and spread < 1e-12  # whole sets, reordered
+    with pytest.raises(ValueError, match="subsets"):
+        kernel_inception_distance(real, fake, subsets=0)
 
 
 # ------------------------------------------------------------------------------------------------ FID
@@ -237,13 +291,18 @@ def test_compute_all_keys_and_consistency():
     real_y, fake_y = torch.arange(120) % 3, torch.arange(120) % 3
     groups = {"many": [0], "few": [1, 2]}
     out = compute_all(real, real_y, fake, None, fake_y, groups, num_classes=3, prd_runs=1)
-    assert set(out) == {"fid", "is_mean", "is_std", "precision", "recall", "f_8", "f_1_8", "per_shot"}
+    assert set(out) == {"fid", "kid", "kid_std", "is_mean", "is_std", "precision", "recall", "f_8", "f_1_8",
+                        "per_shot"}  # fmt: skip
     assert out["is_mean"] is None and out["is_std"] is None
     assert out["fid"] == pytest.approx(_fid_scipy(real.double().numpy(), fake.double().numpy()), rel=1e-6)
     many_real, many_fake = real[real_y == 0].double().numpy(), fake[fake_y == 0].double().numpy()
     assert out["per_shot"]["many"]["fid"] == pytest.approx(_fid_scipy(many_real, many_fake), rel=1e-6)
     _, recall = _precision_recall_dense(many_real, many_fake, k=5)
     assert out["per_shot"]["many"]["recall"] == pytest.approx(recall)
+    assert out["kid"] == pytest.approx(kernel_inception_distance(real, fake, 100, 1000, seed=0)[0])
+    assert out["per_shot"]["many"]["kid"] == pytest.approx(  # 40 + 40 rows: every subset is the whole group
+        mmd2_unbiased(real[real_y == 0], fake[fake_y == 0])
+    )
     assert 0.0 <= out["f_8"] <= 1.0 and 0.0 <= out["f_1_8"] <= 1.0
     logits = torch.zeros(120, 1008)
     assert compute_all(real, real_y, fake, logits, fake_y, groups, 3, prd_runs=1)["is_mean"] == pytest.approx(

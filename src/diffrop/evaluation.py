@@ -39,6 +39,8 @@ class EvalSettings:
     is_splits: int = 10
     prd_clusters_per_class: int = 20  # F_8 / F_1/8 k-means clusters = this x C
     prd_runs: int = 10
+    kid_subsets: int = 100  # KID: mean over this many random subset pairs ...
+    kid_subset_size: int = 1000  # ... of this many rows each (capped at a per-shot group's size)
     grid_per_class: int = 10
     overwrite: bool = False  # delete samples drawn with other settings instead of refusing
 
@@ -172,8 +174,11 @@ def classify_accuracy(
 
 
 def sample_dir(root: Path, spec: SamplerSpec, num_samples: int, seed: int) -> Path:
-    eta = "" if spec.name == "ddpm" else f"_eta{spec.eta:g}"
-    return root / f"{spec.name}{spec.steps}{eta}_w{spec.guidance:g}_{spec.labels}_n{num_samples}_seed{seed}"
+    eta = f"_eta{spec.eta:g}" if spec.name == "ddim" else ""
+    precision = "" if spec.precision == "fp32" else f"_{spec.precision}"
+    return root / (
+        f"{spec.name}{spec.steps}{eta}_w{spec.guidance:g}_{spec.labels}{precision}_n{num_samples}_seed{seed}"
+    )
 
 
 def evaluate_spec(
@@ -225,6 +230,7 @@ def evaluate_spec(
         real[0].to(fake_feats.device), real[1], fake_feats, fake_logits, fake_labels,
         groups, num_classes, k=settings.k, is_splits=settings.is_splits,
         prd_clusters_per_class=settings.prd_clusters_per_class, prd_runs=settings.prd_runs, seed=settings.seed,
+        kid_subsets=settings.kid_subsets, kid_subset_size=settings.kid_subset_size,
     )  # fmt: skip
     if classifier is not None:
         acc = classify_accuracy(classifier, images, fake_labels, groups)

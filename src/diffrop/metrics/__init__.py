@@ -1,4 +1,4 @@
-"""Evaluation metrics (DESIGN.md section 3): Inception features, FID / IS / precision-recall / PRD scores,
+"""Evaluation metrics (DESIGN.md section 3): Inception features, FID / KID / IS / precision-recall / PRD scores,
 and the reference-feature cache."""
 
 from diffrop.metrics.features import FidHelperFeatures, InceptionFeatures, make_extractor
@@ -9,7 +9,9 @@ from diffrop.metrics.scores import (
     fid_from_features,
     frechet_distance,
     inception_score,
+    kernel_inception_distance,
     knn_radii,
+    mmd2_unbiased,
     per_group,
     prd_f_beta,
     precision_recall,
@@ -24,9 +26,11 @@ __all__ = [
     "fid_from_features",
     "frechet_distance",
     "inception_score",
+    "kernel_inception_distance",
     "knn_radii",
     "make_extractor",
     "make_key",
+    "mmd2_unbiased",
     "per_group",
     "prd_f_beta",
     "precision_recall",

@@ -70,6 +70,54 @@ def fid_from_features(features1: Features, features2: Features) -> float:
     return frechet_distance(*feature_stats(features1), *feature_stats(features2))
 
 
+# ----------------------------------------------------------------------------------------------- KID
+def polynomial_kernel(x: Tensor, y: Tensor, degree: int = 3, coef0: float = 1.0) -> Tensor:
+    """k(x, y) = (x . y / d + coef0)^degree, [N, M] (d = feature dim): KID's kernel (Binkowski et al. 2018)."""
+    return (x @ y.T / x.shape[1] + coef0) ** degree
+
+
+def mmd2_unbiased(real: Features, fake: Features) -> float:
+    """Unbiased estimate of the squared MMD with the cubic polynomial kernel (Binkowski et al. 2018,
+    "Demystifying MMD GANs"; Gretton et al. 2012's unbiased estimator):
+    the within-set means leave out the diagonal k(x_i, x_i), the cross term averages all pairs; its
+    expectation is 0 when both sets come from the same distribution, at any set size. float64 on the
+    features' device.
+    """
+    x, y = _matrix(real, torch.float64), _matrix(fake, torch.float64)
+    device = y.device if y.is_cuda else x.device
+    x, y = x.to(device), y.to(device)
+    m, n = x.shape[0], y.shape[0]
+    if m < 2 or n < 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(
+            f"need two [N >= 2, D] feature sets of the same D, got {tuple(x.shape)}, {tuple(y.shape)}"
+        )
+    k_xx, k_yy = polynomial_kernel(x, x), polynomial_kernel(y, y)
+    within_x = (k_xx.sum() - k_xx.diagonal().sum()) / (m * (m - 1))
+    within_y = (k_yy.sum() - k_yy.diagonal().sum()) / (n * (n - 1))
+    return float(within_x + within_y - 2 * polynomial_kernel(x, y).mean())
+
+
+def kernel_inception_distance(
+    real: Features, fake: Features, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """KID (Binkowski et al. 2018): mean and (population) std of ``mmd2_unbiased`` over ``subsets`` pairs of
+    random subsets of ``subset_size`` rows, drawn without replacement from each set. torch-fidelity's protocol
+    and numbers (``kid_features_to_metric``: NumPy ``RandomState(seed)``, the first set's subset drawn first),
+    except that the subset size is capped at the smaller set instead of refused, for per-shot groups.
+    """
+    real_t, fake_t = _matrix(real), _matrix(fake)
+    size = min(subset_size, real_t.shape[0], fake_t.shape[0])
+    if subsets < 1 or size < 2:
+        raise ValueError(f"need subsets >= 1 and at least 2 rows per set, got {subsets=} and {size} rows")
+    rng = np.random.RandomState(seed)
+    values = []
+    for _ in range(subsets):
+        pick_real = torch.as_tensor(rng.choice(real_t.shape[0], size, replace=False), device=real_t.device)
+        pick_fake = torch.as_tensor(rng.choice(fake_t.shape[0], size, replace=False), device=fake_t.device)
+        values.append(mmd2_unbiased(real_t[pick_real], fake_t[pick_fake]))
+    return float(np.mean(values)), float(np.std(values))
+
+
 # ------------------------------------------------------------------------------------------------ IS
 def inception_score(
     logits: Features, splits: int = 10, shuffle: bool = True, seed: int = 2020
@@ -256,11 +304,14 @@ def compute_all(
     prd_clusters_per_class: int = 20,
     prd_runs: int = 10,
     seed: int = 0,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
 ) -> dict[str, Any]:
-    """Every score of DESIGN.md section 3 for one generated set.
+    """Every score of DESIGN.md section 3 for one generated set, plus KID from the same features.
 
-    Returns ``{fid, is_mean, is_std, precision, recall, f_8, f_1_8, per_shot: {group: {fid, precision,
-    recall}}}``; ``is_mean`` / ``is_std`` are None when ``fake_logits`` is None (an extractor without logits).
+    Returns ``{fid, kid, kid_std, is_mean, is_std, precision, recall, f_8, f_1_8, per_shot: {group: {fid, kid,
+    precision, recall}}}``; ``is_mean`` / ``is_std`` are None when ``fake_logits`` is None (an extractor
+    without logits). KID is unbiased, so unlike FID it can be compared across the groups' unequal sizes.
     """
     is_mean, is_std = (None, None) if fake_logits is None else inception_score(fake_logits, is_splits)
     pr = precision_recall(real_feats, fake_feats, k=k, chunk=chunk)
@@ -272,14 +323,21 @@ def compute_all(
         seed=seed,
     )
 
+    def kid(real_g: Features, fake_g: Features) -> tuple[float, float]:
+        return kernel_inception_distance(real_g, fake_g, kid_subsets, kid_subset_size, seed)
+
     def shot_scores(real_g: Tensor, fake_g: Tensor) -> dict[str, float]:
         return {
             "fid": fid_from_features(real_g, fake_g),
+            "kid": kid(real_g, fake_g)[0],
             **precision_recall(real_g, fake_g, k=k, chunk=chunk),
         }
 
+    kid_mean, kid_std = kid(real_feats, fake_feats)
     return {
         "fid": fid_from_features(real_feats, fake_feats),
+        "kid": kid_mean,
+        "kid_std": kid_std,
         "is_mean": is_mean,
         "is_std": is_std,
         "precision": pr["precision"],
