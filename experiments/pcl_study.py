@@ -46,7 +46,7 @@ RECIPE_W = {"ddpm": 0.8, "cbdm": 1.6}  # CBDM's README: DDPM 0.8, CBDM 1.6
 ALG1_TAU0 = (0.01, 0.03, 0.1, 1, 3, 10, 30)  # per-anchor sum, batch 64: from negligible to dominant
 PAIRS_MEAN_TAU0 = (100,)  # mean over pairs: ~56 partners per anchor at batch 64, so ~ alg1 at tau0 / 56
 SAMPLE_STEPS = 50
-PCL = ["loss.terms.pcl.phi=exp", "tau=exp_decay", "tau.temperature=0.5"]
+PCL = ["loss.terms.pcl.phi=exp", "tau=exp_decay"]
 
 
 @dataclass(frozen=True)
@@ -57,18 +57,27 @@ class Arm:
     overrides: tuple[str, ...]
     reduction: str | None = None
     tau0: float | None = None
+    temperature: float | None = None
 
 
-def pcl_arm(reduction: str, tau0: float, base: str = "ddpm") -> Arm:
+def pcl_arm(reduction: str, tau0: float, base: str = "ddpm", temperature: float = 0.5) -> Arm:
     short = {"algorithm1_sum": "alg1", "pairs_mean": "pmean"}[reduction]
     loss = "pcl_exp" if base == "ddpm" else "cbdm_pcl_exp"
+    temp = "" if temperature == 0.5 else f"_temp{temperature:g}"
     return Arm(
-        f"{'' if base == 'ddpm' else 'cbdm_'}pcl_{short}_tau{tau0:g}",
-        f"{base.upper()} + PCL {short} tau0={tau0:g}",
+        f"{'' if base == 'ddpm' else 'cbdm_'}pcl_{short}_tau{tau0:g}{temp}",
+        f"{base.upper()} + PCL {short} tau0={tau0:g}" + (f", temperature {temperature:g}" if temp else ""),
         base,
-        (f"loss={loss}", *PCL, f"tau.tau0={tau0}", f"loss.terms.pcl.reduction={reduction}"),
+        (
+            f"loss={loss}",
+            *PCL,
+            f"tau.temperature={temperature}",
+            f"tau.tau0={tau0}",
+            f"loss.terms.pcl.reduction={reduction}",
+        ),
         reduction,
         tau0,
+        temperature,
     )
 
 
@@ -76,6 +85,7 @@ ARMS = [
     Arm("ddpm", "DDPM", "ddpm", ("loss=ddpm",)),
     *(pcl_arm("algorithm1_sum", t) for t in ALG1_TAU0),
     *(pcl_arm("pairs_mean", t) for t in PAIRS_MEAN_TAU0),
+    pcl_arm("algorithm1_sum", 1, temperature=0.1),  # PCL on low-noise steps only (tau(T) = e^-10 tau0)
     Arm("cbdm", "CBDM", "cbdm", ("loss=cbdm",)),
     pcl_arm("algorithm1_sum", 1, base="cbdm"),
     # why does CBDM trail DDPM here? the regulariser's weight
@@ -194,7 +204,7 @@ def summarise(results: dict) -> dict:
     for arm in ARMS:
         if arm.slug not in results:
             continue
-        entry = {"label": arm.label, "seeds": sorted(results[arm.slug]), "reduction": arm.reduction,
+        entry = {"label": arm.label, "seeds": sorted(results[arm.slug]), "reduction": arm.reduction, "temperature": arm.temperature,
                  "tau0": arm.tau0, "family": arm.family}  # fmt: skip
         ratios = [e["train"].get("grad_ratio") for e in results[arm.slug].values()]
         if ratios and None not in ratios:
@@ -287,7 +297,7 @@ def plot(summary: dict, path: Path) -> None:
                 )
                 ax.axhline(base["mean"], color="0.5", lw=1)
             for reduction, marker in (("algorithm1_sum", "o"), ("pairs_mean", "s")):
-                arms = sorted((e for e in summary.values() if e["reduction"] == reduction and e["family"] == "ddpm"),
+                arms = sorted((e for e in summary.values() if e["reduction"] == reduction and e["family"] == "ddpm" and e["temperature"] == 0.5),
                               key=lambda e: e["tau0"])  # fmt: skip
                 if arms:
                     ax.errorbar([e["tau0"] for e in arms], [e[setting][metric]["mean"] for e in arms],
