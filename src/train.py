@@ -91,7 +91,8 @@ def main(cfg: DictConfig) -> None:
         datamodule = build.build_datamodule(cfg)
         module = build.build_module(cfg, datamodule)
         # default_root_dir: Lightning's SLURM pre-emption checkpoints (hpc_ckpt_N.ckpt) go to the run dir too
-        trainer = build.build_trainer(cfg, run_dir, default_root_dir=run_dir)
+        hparams = build.run_hparams(cfg, HydraConfig.get().runtime.choices)
+        trainer = build.build_trainer(cfg, run_dir, hparams=hparams, default_root_dir=run_dir)
         if trainer.is_global_zero:
             datamodule.write_summary(run_dir)
             if job := slurm_job():

@@ -1,0 +1,84 @@
+"""What a training run tells a dashboard and a log file: the W&B record of an offline run, read back from the
+files wandb writes (config with the chosen options, tags, job type, group, a stable id across a resume)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY
+from wandb_records import offline_runs, read_run
+
+# the tiny run of conftest, but with W&B on
+OVERRIDES = [o for o in TINY_RUN_OVERRIDES if o not in ("logger=csv", "~callbacks.progress_bar")]
+OVERRIDES += [
+    "logger=wandb",
+    "loss=pcl_exp",
+    "tau=exp_decay",
+    "tau.tau0=0.7",
+    "loss.terms.pcl.phi=hinge",
+    "seed=3",
+]
+
+
+def train_to_file(run_dir: Path, steps: int, *extra: str, env: dict[str, str] | None = None) -> str:
+    """``src/train.py`` with stdout and stderr going to a file (as under SLURM or nohup); returns the file's text."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_dir.parent / f"{run_dir.name}_{steps}.log"
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": str(THREADS), **(env or {})}
+    with open(log, "w") as out:
+        proc = subprocess.run(
+            [sys.executable, str(TRAIN_PY), *OVERRIDES, f"trainer.max_steps={steps}", f"hydra.run.dir={run_dir}", *extra],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=300,
+        )  # fmt: skip
+    text = log.read_text()
+    assert proc.returncode == 0, text[-4000:]
+    return text
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A 3-step run, then the same command with max_steps=5 (a resume in the same run directory)."""
+    run_dir = tmp_path_factory.mktemp("tracked") / "run"
+    first = train_to_file(run_dir, 3)
+    second = train_to_file(run_dir, 5)
+    return {"dir": run_dir, "first_log": first, "second_log": second}
+
+
+@pytest.mark.slow
+def test_wandb_run_carries_the_resolved_config_and_chosen_options(run):
+    record = read_run(offline_runs(run["dir"])[0])
+    config = record.config
+    assert config["loss"]["terms"]["pcl"]["phi"] == "hinge"  # the command line's value, resolved
+    assert config["tau"]["tau0"] == 0.7
+    assert config["seed"] == 3 and config["data"]["name"] == "digits_lt"
+    assert config["choices"]["loss"] == "pcl_exp" and config["choices"]["tau"] == "exp_decay"
+    assert config["choices"]["model"] == "tiny"
+    assert not any(group.startswith("hydra") for group in config["choices"])
+
+
+@pytest.mark.slow
+def test_wandb_run_is_typed_tagged_named_and_grouped(run):
+    record = read_run(offline_runs(run["dir"])[0])
+    assert record.job_type == "train"
+    assert set(record.tags) == {"data:digits_lt", "loss:pcl_exp", "tau:exp_decay"}
+    assert record.name == "digits_lt-pcl_exp-exp_decay-s3"
+    assert record.group == "digits_lt_pcl_exp"  # train.yaml's name: <data>_<loss choice>
+
+
+@pytest.mark.slow
+def test_resumed_run_continues_the_same_wandb_run(run):
+    first, second = (read_run(path) for path in offline_runs(run["dir"]))
+    assert first.run_id == second.run_id != ""
+    assert second.name == first.name and second.config["tau"]["tau0"] == 0.7
+
+
+@pytest.mark.slow
+def test_csv_logger_gets_the_config_too(run):
+    import yaml
+
+    hparams = yaml.safe_load((run["dir"] / "hparams.yaml").read_text())
+    assert hparams["loss"]["terms"]["pcl"]["phi"] == "hinge" and hparams["choices"]["tau"] == "exp_decay"
