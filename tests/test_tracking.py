@@ -1,9 +1,11 @@
 """What a training run tells a dashboard and a log file: the W&B record of an offline run, read back from the
-files wandb writes (config with the chosen options, tags, job type, group, a stable id across a resume)."""
+files wandb writes (config with the chosen options, tags, job type, group, a stable id across a resume), and the
+progress lines a run writes when its output goes to a file."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +23,7 @@ OVERRIDES += [
     "tau.tau0=0.7",
     "loss.terms.pcl.phi=hinge",
     "seed=3",
+    "callbacks.progress_bar.every_n_steps=1",  # kind=auto: stdout is a file, so plain progress lines
 ]
 
 
@@ -82,3 +85,18 @@ def test_csv_logger_gets_the_config_too(run):
 
     hparams = yaml.safe_load((run["dir"] / "hparams.yaml").read_text())
     assert hparams["loss"]["terms"]["pcl"]["phi"] == "hinge" and hparams["choices"]["tau"] == "exp_decay"
+
+
+def _progress(text: str) -> list[tuple[int, int]]:
+    return [
+        (int(a), int(b))
+        for a, b in re.findall(r"step (\d+)/(\d+) \([\d.]+%\) \| train/loss [\d.e+-]+ \|", text)
+    ]
+
+
+@pytest.mark.slow
+def test_output_to_a_file_gets_progress_lines(run):
+    assert _progress(run["first_log"]) == [(1, 3), (2, 3), (3, 3)]
+    assert _progress(run["second_log"]) == [(4, 5), (5, 5)]  # the resumed run counts on from its checkpoint
+    assert re.search(r"img/s \| elapsed \d+:\d\d:\d\d \| ETA \d+:\d\d:\d\d", run["first_log"])
+    assert _progress((run["dir"] / "train.log").read_text()) == [(1, 3), (2, 3), (3, 3), (4, 5), (5, 5)]
