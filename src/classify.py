@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
 from diffrop.classifier import ClassifierModule, classification_metrics, load_generated, split_per_class
+from diffrop.console import quiet_third_party_noise
 from diffrop.data.datasets import ImageSet, load_cifar
 from diffrop.data.longtail import longtail_counts, select_longtail, shot_groups
 
@@ -44,6 +45,9 @@ def train_and_test_sets(cfg: DictConfig) -> tuple[ImageSet, ImageSet, ImageSet]:
     else:
         gen = ImageSet(train.images[:0], train.labels[:0], train.class_names)
     return train, gen, test
+
+
+quiet_third_party_noise()
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="classify")

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from diffrop import build
 from diffrop.checkpoint_io import check_compatible
+from diffrop.console import quiet_third_party_noise
 from diffrop.nonfinite import NonFiniteLossError
 
 # Expected user errors (bad config values, missing data, wrong/corrupt checkpoint, a NaN loss): one line on stderr
@@ -81,6 +82,7 @@ def user_error(err: BaseException) -> str | None:
 
 # The EMA copy is in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", module="lightning")
+quiet_third_party_noise()
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")

@@ -27,11 +27,12 @@ OVERRIDES += [
 ]
 
 
-def train_to_file(run_dir: Path, steps: int, *extra: str, env: dict[str, str] | None = None) -> str:
+def train_to_file(run_dir: Path, steps: int, *extra: str, env_extra: dict[str, str] | None = None) -> str:
     """``src/train.py`` with stdout and stderr going to a file (as under SLURM or nohup); returns the file's text."""
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir.parent / f"{run_dir.name}_{steps}.log"
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": str(THREADS), **(env or {})}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PYTHONWARNINGS"))}
+    env |= {"WANDB_MODE": "offline", "OMP_NUM_THREADS": str(THREADS), **(env_extra or {})}
     with open(log, "w") as out:
         proc = subprocess.run(
             [sys.executable, str(TRAIN_PY), *OVERRIDES, f"trainer.max_steps={steps}", f"hydra.run.dir={run_dir}", *extra],
@@ -45,9 +46,13 @@ def train_to_file(run_dir: Path, steps: int, *extra: str, env: dict[str, str] | 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A 3-step run, then the same command with max_steps=5 (a resume in the same run directory)."""
-    run_dir = tmp_path_factory.mktemp("tracked") / "run"
-    first = train_to_file(run_dir, 3)
-    second = train_to_file(run_dir, 5)
+    base = tmp_path_factory.mktemp("tracked")
+    (base / "bin").mkdir()
+    (base / "bin" / "srun").write_text("#!/bin/sh\nexit 0\n")  # a login node of a cluster, outside any job
+    (base / "bin" / "srun").chmod(0o755)
+    run_dir, path = base / "run", {"PATH": f"{base / 'bin'}:{os.environ['PATH']}"}
+    first = train_to_file(run_dir, 3, env_extra=path)
+    second = train_to_file(run_dir, 5, env_extra=path)
     return {"dir": run_dir, "first_log": first, "second_log": second}
 
 
@@ -100,3 +105,12 @@ def test_output_to_a_file_gets_progress_lines(run):
     assert _progress(run["second_log"]) == [(4, 5), (5, 5)]  # the resumed run counts on from its checkpoint
     assert re.search(r"img/s \| elapsed \d+:\d\d:\d\d \| ETA \d+:\d\d:\d\d", run["first_log"])
     assert _progress((run["dir"] / "train.log").read_text()) == [(1, 3), (2, 3), (3, 3), (4, 5), (5, 5)]
+
+
+@pytest.mark.slow
+def test_console_has_no_third_party_noise(run):
+    log = run["first_log"]
+    assert "Done: step 3" in log and "wandb" in log  # the run and W&B did print
+    assert "litlogger" not in log  # Lightning's advertisement
+    assert "srun" not in log  # Lightning's SLURM hint, with srun on PATH but no SLURM job
+    assert "anonymous setting" not in log  # W&B's deprecation warning
