@@ -11,8 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY
 from wandb_records import offline_runs, read_run
+
+from diffrop.eval_wandb import checkpoint_artifact
 
 # the tiny run of conftest, but with W&B on
 OVERRIDES = [o for o in TINY_RUN_OVERRIDES if o not in ("logger=csv", "~callbacks.progress_bar")]
@@ -24,6 +27,8 @@ OVERRIDES += [
     "loss.terms.pcl.phi=hinge",
     "seed=3",
     "callbacks.progress_bar.every_n_steps=1",  # kind=auto: stdout is a file, so plain progress lines
+    "logger.wandb.offline=false",  # Lightning refuses log_model offline; WANDB_MODE=offline keeps it local
+    "logger.wandb.log_model=true",
 ]
 
 
@@ -114,3 +119,12 @@ def test_console_has_no_third_party_noise(run):
     assert "litlogger" not in log  # Lightning's advertisement
     assert "srun" not in log  # Lightning's SLURM hint, with srun on PATH but no SLURM job
     assert "anonymous setting" not in log  # W&B's deprecation warning
+
+
+@pytest.mark.slow
+def test_log_model_records_the_checkpoint_artifact_that_eval_links_to(run):
+    record = read_run(offline_runs(run["dir"])[0])
+    (artifact,) = [a for a in record.artifacts if a.type == "model"]
+    assert artifact.name == f"model-{record.run_id}"
+    ckpt = torch.load(run["dir"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint_artifact(ckpt["diffrop_config"]) == f"{artifact.name}:latest"  # src/eval.py's input

@@ -43,8 +43,15 @@ def records(path: Path) -> Iterator[pb.Record]:
             yield record
 
 
-def _key(item) -> str:
-    return "/".join(item.nested_key) if item.nested_key else item.key
+def _update(into: dict[str, Any], items) -> dict[str, Any]:
+    """Apply wandb's (key or nested_key path, value_json) items; a media value arrives as several nested items."""
+    for item in items:
+        *parents, leaf = list(item.nested_key) or [item.key]
+        node = into
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = json.loads(item.value_json)
+    return into
 
 
 @dataclass
@@ -69,13 +76,13 @@ def read_run(wandb_file: Path) -> OfflineRun:
         if kind == "run":
             run.run_id, run.name, run.group = r.run.run_id, r.run.display_name, r.run.run_group
             run.job_type, run.tags = r.run.job_type, list(r.run.tags)
-            run.config |= {u.key: json.loads(u.value_json) for u in r.run.config.update}
+            _update(run.config, r.run.config.update)
         elif kind == "config":
-            run.config |= {_key(u): json.loads(u.value_json) for u in r.config.update}
+            _update(run.config, r.config.update)
         elif kind == "history":
-            run.history.append({_key(i): json.loads(i.value_json) for i in r.history.item})
+            run.history.append(_update({}, r.history.item))
         elif kind == "summary":
-            run.summary |= {_key(u): json.loads(u.value_json) for u in r.summary.update}
+            _update(run.summary, r.summary.update)
         elif kind == "metric":
             run.metrics[r.metric.name or r.metric.glob_name] = r.metric
         elif kind == "artifact":
