@@ -23,7 +23,7 @@ from omegaconf.errors import InterpolationResolutionError
 from rich.console import Console
 from rich.table import Table
 
-from diffrop import build, eval_wandb, evaluation
+from diffrop import build, eval_wandb, evaluation, plots
 from diffrop.data.datamodule import LongTailDataModule
 from diffrop.diffusion.sampling import SamplerSpec
 from diffrop.metrics import ReferenceCache, weights_fingerprint
@@ -147,6 +147,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
         "settings": asdict(settings),
         "data": datamodule.summary(),
     }
+    s = results["sampler"]
+    plot = plots.plot_per_class(
+        results["per_class"], results["data"]["class_counts"], run_dir / "per_class.png",
+        class_names=results["data"]["class_names"],
+        title=f"{ckpt_cfg.get('name')}: {s['name']} {s['steps']} steps, w={s['guidance_scale']:g}",
+    )  # fmt: skip
+    results["per_class_plot"] = str(plot) if plot else None  # None: no class had enough samples for a score
     tmp = run_dir / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2))
     os.replace(tmp, run_dir / "results.json")

@@ -15,7 +15,13 @@ from omegaconf import OmegaConf
 from PIL import Image
 from wandb_records import offline_runs, read_run
 
-from diffrop.eval_wandb import TABLE_COLUMNS, checkpoint_artifact, link_checkpoint, results_rows
+from diffrop.eval_wandb import (
+    TABLE_COLUMNS,
+    checkpoint_artifact,
+    link_checkpoint,
+    per_class_rows,
+    results_rows,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("eval_entry_wandb", REPO / "src" / "eval.py")
@@ -33,6 +39,7 @@ def fake_results(tmp_path: Path, sweep: bool = True) -> dict:
     folder = tmp_path / "samples" / "ddim3_w1"
     folder.mkdir(parents=True)
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(folder / "grid.png")
+    Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(tmp_path / "per_class.png")
     metrics = {
         **_scores(12.0, 0.8), "is_mean": 3.0, "is_std": 0.1, "f_8": 0.9, "f_1_8": 0.7,
         "per_shot": {"many": _scores(10.0, 0.9), "med": _scores(14.0, 0.8), "few": _scores(20.0, 0.5)},
@@ -44,7 +51,9 @@ def fake_results(tmp_path: Path, sweep: bool = True) -> dict:
         "samples": str(folder / "samples.npz"),
         "checkpoint": {"path": "/x/last.ckpt", "global_step": 2, "name": "evaltest", "artifact": None},
         "config": {"eval": {"k": 5}, "train": {"choices": {"loss": "pcl_exp", "tau": "exp_decay"}}},
-        "data": {"dataset": "digits_lt"},
+        "data": {"dataset": "digits_lt", "class_names": ["zero", "one", "two"], "class_counts": [90, 30, 9]},
+        "per_class": {"recall": [0.9, 0.5, None], "fid": [3.0, None, None], "num_fake": [10, 10, 10]},
+        "per_class_plot": str(tmp_path / "per_class.png"),
     }
     if sweep:
         results["guidance_sweep"] = [
@@ -135,3 +144,22 @@ def test_guidance_sweep_is_logged_against_w(logged):
     assert run.metrics["sweep/*"].step_metric == "sweep/w"
     points = [(row["sweep/w"], row["sweep/fid"]) for row in run.history if "sweep/fid" in row]
     assert points == [(0.0, 15.0), (1.0, 12.0), (2.0, 13.0)]
+
+
+def test_per_class_rows(tmp_path):
+    columns, rows = per_class_rows(fake_results(tmp_path))
+    assert columns == ["class", "name", "train_images", "recall", "fid", "num_fake"]
+    assert rows == [
+        [0, "zero", 90, 0.9, 3.0, 10],
+        [1, "one", 30, 0.5, None, 10],
+        [2, "two", 9, None, None, 10],
+    ]
+
+
+def test_offline_eval_run_holds_the_per_class_table_and_plot(logged):
+    wandb_file, run = logged
+    (table_ref,) = [row["eval/per_class"] for row in run.history if "eval/per_class" in row]
+    table = json.loads(_media(wandb_file, table_ref).read_text())
+    assert [row[1] for row in table["data"]] == ["zero", "one", "two"]
+    (plot_ref,) = [row["eval/per_class_plot"] for row in run.history if "eval/per_class_plot" in row]
+    assert plot_ref["_type"] == "image-file" and (plot_ref["width"], plot_ref["height"]) == (16, 8)

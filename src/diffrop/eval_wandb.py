@@ -1,5 +1,5 @@
 """What an evaluation shows on W&B: the results as a table (one row per shot group, one for all), the sample grid,
-the guidance sweep plotted against w, and the lineage checkpoint -> results.
+the per-class scores (table and plot), the guidance sweep plotted against w, and the lineage checkpoint -> results.
 
 Kept apart from src/eval.py so that tests can log a hand-made results.json to an offline run and read it back.
 """
@@ -37,8 +37,20 @@ def checkpoint_artifact(train_config: Mapping[str, Any]) -> str | None:
     return f"{name}:latest"
 
 
-def log_results(run: Any, results: Mapping[str, Any], extra_images: Mapping[str, Path] | None = None) -> None:
-    """Log ``results`` (results.json's content) to the W&B ``run``; ``extra_images``: key -> PNG (e.g. plots)."""
+def per_class_rows(results: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """Columns and rows of the per-class table: class, name, training images, then each per-class score."""
+    scores = results["per_class"]
+    data = results["data"]
+    keys = [k for k in ("recall", "precision", "accuracy", "fid", "num_fake") if k in scores]
+    rows = [
+        [c, name, count, *(scores[k][c] for k in keys)]
+        for c, (name, count) in enumerate(zip(data["class_names"], data["class_counts"], strict=True))
+    ]
+    return ["class", "name", "train_images", *keys], rows
+
+
+def log_results(run: Any, results: Mapping[str, Any]) -> None:
+    """Log ``results`` (results.json's content) to the W&B ``run``."""
     import wandb
 
     sampler = results["sampler"]
@@ -53,8 +65,13 @@ def log_results(run: Any, results: Mapping[str, Any], extra_images: Mapping[str,
     )  # written beside the samples by evaluation.evaluate_spec
     if grid.is_file():
         media["eval/samples"] = wandb.Image(str(grid), caption=f"{caption}: one row per class")
-    for key, png in (extra_images or {}).items():
-        media[key] = wandb.Image(str(png))
+    if "per_class" in results:
+        columns, rows = per_class_rows(results)
+        media["eval/per_class"] = wandb.Table(columns=columns, data=rows, allow_mixed_types=True)
+    if results.get("per_class_plot"):
+        media["eval/per_class_plot"] = wandb.Image(
+            results["per_class_plot"], caption="per class vs training count"
+        )
     run.log(media)
     if sweep := results.get("guidance_sweep"):
         run.define_metric("sweep/w")
