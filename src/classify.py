@@ -68,6 +68,8 @@ def main(cfg: DictConfig) -> None:
         module = ClassifierModule(net, **OmegaConf.to_container(cfg.optim, resolve=True))
         loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
         trainer = instantiate(cfg.trainer, logger=loggers or False, default_root_dir=str(run_dir))
+        for logger in trainer.loggers:  # the config on every dashboard, as for training runs
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         trainer.fit(module, loader)
         preds = module.predict_all(test.images)
         metrics = classification_metrics(preds, test.labels, classes)
