@@ -173,12 +173,8 @@ def log_wandb(cfg: DictConfig, results: dict[str, Any], run_dir: Path) -> None:
     of the same name, tagged like them, the checkpoint's artifact as input when its training run logged one."""
     import wandb
 
-    train = results["config"]["train"]
-    choices = train.get("choices", {})  # the training run's picked options (runs before issue 13 lack them)
-    tags = [
-        f"data:{results['data']['dataset']}",
-        *(f"{g}:{choices[g]}" for g in ("loss", "tau") if g in choices),
-    ]
+    tracking = results["config"]["train"].get("tracking") or {}  # checkpoints from before issue 13 lack it
+    tags = tracking.get("tags") or [f"data:{results['data']['dataset']}"]  # the training run's tags
     run = wandb.init(
         project=cfg.wandb.project, group=results["checkpoint"]["name"], job_type="eval", dir=str(run_dir),
         mode=cfg.wandb.mode, name=f"eval-{run_dir.parent.name}", config=results["config"], tags=tags,

@@ -50,7 +50,10 @@ def fake_results(tmp_path: Path, sweep: bool = True) -> dict:
         "num_samples": 30,
         "samples": str(folder / "samples.npz"),
         "checkpoint": {"path": "/x/last.ckpt", "global_step": 2, "name": "evaltest", "artifact": None},
-        "config": {"eval": {"k": 5}, "train": {"choices": {"loss": "pcl_exp", "tau": "exp_decay"}}},
+        "config": {
+            "eval": {"k": 5},
+            "train": {"tracking": {"tags": ["data:digits_lt", "loss:pcl_exp", "tau:exp_decay"]}},
+        },
         "data": {"dataset": "digits_lt", "class_names": ["zero", "one", "two"], "class_counts": [90, 30, 9]},
         "per_class": {"recall": [0.9, 0.5, None], "fid": [3.0, None, None], "num_fake": [10, 10, 10]},
         "per_class_plot": str(tmp_path / "per_class.png"),

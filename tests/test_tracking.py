@@ -128,3 +128,4 @@ def test_log_model_records_the_checkpoint_artifact_that_eval_links_to(run):
     assert artifact.name == f"model-{record.run_id}"
     ckpt = torch.load(run["dir"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert checkpoint_artifact(ckpt["diffrop_config"]) == f"{artifact.name}:latest"  # src/eval.py's input
+    assert ckpt["diffrop_config"]["tracking"]["tags"] == record.tags  # what src/eval.py tags its run with

@@ -170,10 +170,8 @@ def classify_accuracy(
         g: correct[torch.isin(labels.cpu(), torch.as_tensor(list(c)))].mean().item()
         for g, c in groups.items()
     }
-    y, num_classes = (
-        labels.cpu(),
-        1 + max(c for members in groups.values() for c in members),
-    )  # groups cover all
+    y = labels.cpu()
+    num_classes = 1 + max(c for members in groups.values() for c in members)  # the groups cover every class
     per_class = [correct[y == c].mean().item() if (y == c).any() else None for c in range(num_classes)]
     return {"overall": correct.mean().item(), "per_shot": per_shot, "per_class": per_class}
 
