@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
 from diffrop.classifier import ClassifierModule, classification_metrics, load_generated, split_per_class
+from diffrop.console import quiet_third_party_noise
 from diffrop.data.datasets import ImageSet, load_cifar
 from diffrop.data.longtail import longtail_counts, select_longtail, shot_groups
 
@@ -46,6 +47,9 @@ def train_and_test_sets(cfg: DictConfig) -> tuple[ImageSet, ImageSet, ImageSet]:
     return train, gen, test
 
 
+quiet_third_party_noise()
+
+
 @hydra.main(version_base="1.3", config_path="../configs", config_name="classify")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -64,6 +68,8 @@ def main(cfg: DictConfig) -> None:
         module = ClassifierModule(net, **OmegaConf.to_container(cfg.optim, resolve=True))
         loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
         trainer = instantiate(cfg.trainer, logger=loggers or False, default_root_dir=str(run_dir))
+        for logger in trainer.loggers:  # the config on every dashboard, as for training runs
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         trainer.fit(module, loader)
         preds = module.predict_all(test.images)
         metrics = classification_metrics(preds, test.labels, classes)

@@ -23,7 +23,7 @@ from omegaconf.errors import InterpolationResolutionError
 from rich.console import Console
 from rich.table import Table
 
-from diffrop import build, evaluation
+from diffrop import build, eval_wandb, evaluation, plots
 from diffrop.data.datamodule import LongTailDataModule
 from diffrop.diffusion.sampling import SamplerSpec
 from diffrop.metrics import ReferenceCache, weights_fingerprint
@@ -130,6 +130,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
             "path": manifest["checkpoint"],
             "global_step": manifest["global_step"],
             "name": ckpt_cfg.get("name"),
+            "artifact": eval_wandb.checkpoint_artifact(OmegaConf.to_container(ckpt_cfg)),  # W&B lineage
         },
         "config": {
             "eval": _container(cfg),
@@ -146,6 +147,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
         "settings": asdict(settings),
         "data": datamodule.summary(),
     }
+    s = results["sampler"]
+    plot = plots.plot_per_class(
+        results["per_class"], results["data"]["class_counts"], run_dir / "per_class.png",
+        class_names=results["data"]["class_names"],
+        title=f"{ckpt_cfg.get('name')}: {s['name']} {s['steps']} steps, w={s['guidance_scale']:g}",
+    )  # fmt: skip
+    results["per_class_plot"] = str(plot) if plot else None  # None: no class had enough samples for a score
     tmp = run_dir / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2))
     os.replace(tmp, run_dir / "results.json")
@@ -161,29 +169,18 @@ def _container(cfg: DictConfig) -> dict[str, Any]:
 
 
 def log_wandb(cfg: DictConfig, results: dict[str, Any], run_dir: Path) -> None:
-    """Metrics to W&B (offline by default): job_type eval, grouped with the training runs of the same name."""
+    """Results to W&B (offline by default; see diffrop.eval_wandb): job_type eval, grouped with the training runs
+    of the same name, tagged like them, the checkpoint's artifact as input when its training run logged one."""
     import wandb
 
+    tracking = results["config"]["train"].get("tracking") or {}  # checkpoints from before issue 13 lack it
+    tags = tracking.get("tags") or [f"data:{results['data']['dataset']}"]  # the training run's tags
     run = wandb.init(
         project=cfg.wandb.project, group=results["checkpoint"]["name"], job_type="eval", dir=str(run_dir),
-        mode=cfg.wandb.mode, name=f"eval-{run_dir.parent.name}", config=results["config"],
+        mode=cfg.wandb.mode, name=f"eval-{run_dir.parent.name}", config=results["config"], tags=tags,
     )  # fmt: skip
-    for i, entry in enumerate(results.get("guidance_sweep", [])):
-        run.log({"sweep/w": entry["w"], **{f"sweep/{k}": v for k, v in _flat(entry).items()}}, step=i)
-    run.summary.update({f"eval/{k}": v for k, v in _flat(results["metrics"]).items()})
-    if "best_w" in results:
-        run.summary["eval/best_w"] = results["best_w"]
+    eval_wandb.log_results(run, results)
     run.finish()
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out |= _flat(v, f"{prefix}{k}/")
-        elif isinstance(v, int | float):
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def print_table(results: dict[str, Any], run_dir: Path) -> None:
@@ -193,7 +190,7 @@ def print_table(results: dict[str, Any], run_dir: Path) -> None:
     )
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for name, value in _flat(results["metrics"]).items():
+    for name, value in eval_wandb.flat_numbers(results["metrics"]).items():
         table.add_row(name, f"{value:.4f}")
     if "best_w" in results:
         for entry in results["guidance_sweep"]:

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from diffrop import build
 from diffrop.checkpoint_io import check_compatible
+from diffrop.console import quiet_third_party_noise
 from diffrop.nonfinite import NonFiniteLossError
 
 # Expected user errors (bad config values, missing data, wrong/corrupt checkpoint, a NaN loss): one line on stderr
@@ -81,6 +82,7 @@ def user_error(err: BaseException) -> str | None:
 
 # The EMA copy is in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", module="lightning")
+quiet_third_party_noise()
 
 
 def optimized_value(trainer: L.Trainer, name: str | None) -> float | None:
@@ -103,7 +105,8 @@ def main(cfg: DictConfig) -> float | None:
         datamodule = build.build_datamodule(cfg)
         module = build.build_module(cfg, datamodule)
         # default_root_dir: Lightning's SLURM pre-emption checkpoints (hpc_ckpt_N.ckpt) go to the run dir too
-        trainer = build.build_trainer(cfg, run_dir, default_root_dir=run_dir)
+        hparams = build.run_hparams(cfg, HydraConfig.get().runtime.choices)
+        trainer = build.build_trainer(cfg, run_dir, hparams=hparams, default_root_dir=run_dir)
         if trainer.is_global_zero:
             datamodule.write_summary(run_dir)
             if job := slurm_job():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from wandb_records import offline_runs, read_run
 
 from diffrop.classifier import (
     CifarResNet,
@@ -106,10 +108,16 @@ def test_classify_runs_on_digits_with_generated_images(tmp_path):
     np.savez(npz, images=rng.integers(0, 256, (20, 16, 16, 3), dtype=np.uint8), labels=np.arange(20) % 10)
     run = tmp_path / "run"
     cmd = [sys.executable, "src/classify.py", "data=digits_lt", "classifier.depth=8", "trainer.max_epochs=1",
-           "trainer.accelerator=cpu", "optim.warmup_epochs=1", f"generated={npz}", f"hydra.run.dir={run}"]  # fmt: skip
-    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=300)
+           "trainer.accelerator=cpu", "optim.warmup_epochs=1", f"generated={npz}", f"hydra.run.dir={run}",
+           "logger=wandb"]  # fmt: skip
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=300, env=env)
     results = json.loads((run / "results.json").read_text())
     assert results["num_samples"] == 20 and 0 <= results["metrics"]["accuracy"] <= 100
     assert set(results["metrics"]) >= {"accuracy", "macro_precision", "macro_recall", "per_shot"}
+    (wandb_file,) = offline_runs(run)  # the classifier's W&B run, like a training run's
+    record = read_run(wandb_file)
+    assert record.job_type == "classify" and set(record.tags) == {"data:digits_lt", "task:classify"}
+    assert record.name == "classify-digits_lt-s0" and record.config["generated"] == str(npz)
     exported = torch.jit.load(str(run / "classifier.pt"))
     assert exported(torch.zeros(2, 3, 16, 16, dtype=torch.uint8)).shape == (2, 10)

@@ -203,6 +203,22 @@ def test_classifier_accuracy_per_shot(ckpt, tmp_path, fake_extractor):
     assert m["accuracy"] == pytest.approx(0.1)
     assert m["per_shot"]["many"]["accuracy"] == pytest.approx(1 / 3)
     assert m["per_shot"]["med"]["accuracy"] == 0 and m["per_shot"]["few"]["accuracy"] == 0
+    assert results["per_class"]["accuracy"] == [1.0] + [0.0] * 9  # class 0 always right, the others never
+
+
+def test_per_class_scores_and_plot(ckpt, tmp_path, fake_extractor):
+    """3 samples and 4 references per class: k=1 scores precision / recall of every class, FID needs 3 a side."""
+    results = run_eval(ckpt, tmp_path / "eval", "eval.k=1", "eval.per_class_fid_min_samples=3")
+    per_class = results["per_class"]
+    assert per_class["num_fake"] == results["label_counts"] == [3] * 10 and per_class["num_real"] == [4] * 10
+    assert all(0 <= v <= 1 for v in per_class["recall"] + per_class["precision"])
+    assert all(v is not None and v >= 0 for v in per_class["fid"]) and "accuracy" not in per_class
+    assert results["per_class_plot"] == str(tmp_path / "eval" / "per_class.png")
+    assert (tmp_path / "eval" / "per_class.png").read_bytes()[:4] == b"\x89PNG"
+    few = run_eval(
+        ckpt, tmp_path / "eval2", "eval.per_class_fid_min_samples=4"
+    )  # k=5 > 3 samples; FID needs 4
+    assert few["per_class_plot"] is None and not (tmp_path / "eval2" / "per_class.png").exists()
 
 
 def test_classify_accuracy_and_classifier_files(tmp_path):
@@ -218,6 +234,7 @@ def test_classify_accuracy_and_classifier_files(tmp_path):
     acc = evaluation.classify_accuracy(Bright(), images, labels, {"a": [0], "b": [1, 2]})
     assert acc["overall"] == pytest.approx(1 / 6)  # only image 0 (class 0, dark) is right
     assert acc["per_shot"] == {"a": pytest.approx(0.5), "b": 0.0}
+    assert acc["per_class"] == [0.5, 0.0, 0.0]
     pickled = tmp_path / "whole.pt"
     torch.save(AlwaysZero(), pickled)
     assert isinstance(evaluation.load_classifier(pickled), torch.nn.Module)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,15 +56,33 @@ def run_id(run_dir: str | Path) -> str:
     return hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
 
 
-def build_trainer(cfg: DictConfig, run_dir: str | Path, **overrides: Any) -> L.Trainer:
+def run_hparams(cfg: DictConfig, choices: Mapping[str, str | None]) -> dict[str, Any]:
+    """The resolved config plus, under ``choices``, the option picked in each config group (``loss: pcl_exp``).
+
+    What experiment trackers filter and group runs by: values alone cannot tell ``loss=pcl_exp`` from a
+    hand-edited ``ddpm`` with a PCL term. ``choices`` is Hydra's ``hydra:runtime.choices`` (its own
+    ``hydra/...`` groups left out).
+    """
+    picked = {group: option for group, option in choices.items() if not group.startswith("hydra")}
+    return OmegaConf.to_container(cfg, resolve=True) | {"choices": picked}
+
+
+def build_trainer(
+    cfg: DictConfig, run_dir: str | Path, hparams: Mapping[str, Any] | None = None, **overrides: Any
+) -> L.Trainer:
+    """The Trainer with the configured loggers and callbacks; ``hparams`` (see ``run_hparams``) go to every logger."""
     loggers = []
     for name, logger_cfg in (cfg.get("logger") or {}).items():
         if logger_cfg is None:  # `logger.wandb=null` switches one off
             continue
-        extra = {"id": run_id(run_dir), "name": Path(run_dir).name} if name == "wandb" else {}
+        extra = {"id": run_id(run_dir)} if name == "wandb" else {}
         loggers.append(instantiate(logger_cfg, **extra))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]  # null: off
-    return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **overrides)
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **overrides)
+    if hparams is not None:
+        for logger in trainer.loggers:  # rank zero only (Lightning's loggers guard it)
+            logger.log_hyperparams(dict(hparams))
+    return trainer
 
 
 def net_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", ema: bool = True):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from diffrop import evaluation
@@ -73,6 +74,11 @@ class PeriodicFID(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self.every_n_steps:
             self.prepare(trainer, module)
+            for logger in trainer.loggers:  # the run's summary shows the best FID, not the last one
+                if isinstance(logger, WandbLogger):
+                    logger.experiment.define_metric(
+                        "val/fid", summary="min", step_metric="trainer/global_step"
+                    )
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:

@@ -18,7 +18,7 @@ from diffrop.data.datamodule import LongTailDataModule
 from diffrop.diffusion.sampling import Net, SamplerSpec, sample_labels
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.generate import generate, merge_shards, save_grid, wait_for_shards
-from diffrop.metrics import ReferenceCache, compute_all, make_extractor, make_key
+from diffrop.metrics import ReferenceCache, compute_all, make_extractor, make_key, per_class
 from diffrop.metrics.features import FidHelperFeatures, InceptionFeatures
 
 Extractor = InceptionFeatures | FidHelperFeatures
@@ -42,6 +42,7 @@ class EvalSettings:
     kid_subsets: int = 100  # KID: mean over this many random subset pairs ...
     kid_subset_size: int = 1000  # ... of this many rows each (capped at a per-shot group's size)
     grid_per_class: int = 10
+    per_class_fid_min_samples: int = 500  # per-class FID only where both sides have this many samples
     overwrite: bool = False  # delete samples drawn with other settings instead of refusing
 
 
@@ -162,7 +163,8 @@ def classify_accuracy(
     groups: Mapping[str, Sequence[int]],
     batch_size: int = 500,
 ) -> dict[str, Any]:
-    """How often a class-c sample is recognised as c: {"overall": acc, "per_shot": {group: acc}}."""
+    """How often a class-c sample is recognised as c: {"overall": acc, "per_shot": {group: acc}, "per_class":
+    [acc of class 0, ...]} (None for a class without samples)."""
     device = next(iter(classifier.parameters()), torch.empty(0)).device
     preds = torch.cat([classifier(b.to(device)).argmax(1).cpu() for b in images.split(batch_size)])
     correct = (preds == labels.cpu()).double()
@@ -170,7 +172,10 @@ def classify_accuracy(
         g: correct[torch.isin(labels.cpu(), torch.as_tensor(list(c)))].mean().item()
         for g, c in groups.items()
     }
-    return {"overall": correct.mean().item(), "per_shot": per_shot}
+    y = labels.cpu()
+    num_classes = 1 + max(c for members in groups.values() for c in members)  # the groups cover every class
+    per_class = [correct[y == c].mean().item() if (y == c).any() else None for c in range(num_classes)]
+    return {"overall": correct.mean().item(), "per_shot": per_shot, "per_class": per_class}
 
 
 def sample_dir(root: Path, spec: SamplerSpec, num_samples: int, seed: int) -> Path:
@@ -232,13 +237,19 @@ def evaluate_spec(
         prd_clusters_per_class=settings.prd_clusters_per_class, prd_runs=settings.prd_runs, seed=settings.seed,
         kid_subsets=settings.kid_subsets, kid_subset_size=settings.kid_subset_size,
     )  # fmt: skip
+    classes = per_class(  # the per-class plot's data (diffrop.plots.plot_per_class)
+        real[0].to(fake_feats.device), real[1], fake_feats, fake_labels, num_classes,
+        k=settings.k, min_fid_samples=settings.per_class_fid_min_samples,
+    )  # fmt: skip
     if classifier is not None:
         acc = classify_accuracy(classifier, images, fake_labels, groups)
         metrics["accuracy"] = acc["overall"]
         for group, value in acc["per_shot"].items():
             metrics["per_shot"][group]["accuracy"] = value
+        classes["accuracy"] = acc["per_class"]
     return {
         "metrics": metrics,
+        "per_class": classes,
         "sampler": spec.describe(),
         "num_samples": len(fake_labels),
         "label_counts": torch.bincount(fake_labels, minlength=num_classes).tolist(),

@@ -1,4 +1,5 @@
-"""A CSV logger that survives resuming: Lightning's ``CSVLogger`` deletes an existing metrics.csv when it starts."""
+"""Lightning's loggers, adjusted for DiffROP runs: a CSV logger that survives resuming (Lightning's ``CSVLogger``
+deletes an existing metrics.csv when it starts) and a W&B logger without the deprecated ``anonymous`` setting."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import csv
 
 from lightning.fabric.loggers.csv_logs import _ExperimentWriter as _FabricWriter
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 
@@ -30,3 +32,16 @@ class ResumableCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+class WandbLogger(_LightningWandbLogger):
+    """Lightning's ``WandbLogger`` minus ``anonymous=None`` in its ``wandb.init`` arguments.
+
+    Lightning 2.6 always passes ``anonymous`` (None unless asked), and wandb >= 0.19 warns "The anonymous setting
+    has no effect" whenever the key is present: noise on every run's first screen. ``anonymous=True`` still passes.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)

@@ -289,6 +289,41 @@ def per_group(
     return out
 
 
+def per_class(
+    real: Features,
+    real_labels: Features,
+    fake: Features,
+    fake_labels: Features,
+    num_classes: int,
+    *,
+    k: int = 5,
+    chunk: int = 10000,
+    min_fid_samples: int = 500,
+) -> dict[str, list[float | None]]:
+    """Scores of each class's generated samples against the same class's references, as lists indexed by class.
+
+    The long-tail picture (a tail class's recall against its training count): ``precision`` / ``recall`` where
+    both sides have more than ``k`` samples, ``fid`` where both have at least ``min_fid_samples`` (a covariance
+    from fewer than that many 2048-d features is mostly noise), None elsewhere; ``num_real`` / ``num_fake``.
+    """
+    real_t, fake_t = _matrix(real), _matrix(fake)
+    real_y, fake_y = (
+        torch.as_tensor(real_labels).to(real_t.device),
+        torch.as_tensor(fake_labels).to(fake_t.device),
+    )
+    out: dict[str, list] = {"precision": [], "recall": [], "fid": [], "num_real": [], "num_fake": []}
+    for c in range(num_classes):
+        real_c, fake_c = real_t[real_y == c], fake_t[fake_y == c]
+        n = min(len(real_c), len(fake_c))
+        pr = precision_recall(real_c, fake_c, k=k, chunk=chunk) if n > k else {}
+        out["precision"].append(pr.get("precision"))
+        out["recall"].append(pr.get("recall"))
+        out["fid"].append(fid_from_features(real_c, fake_c) if n >= max(min_fid_samples, 2) else None)
+        out["num_real"].append(len(real_c))
+        out["num_fake"].append(len(fake_c))
+    return out
+
+
 def compute_all(
     real_feats: Features,
     real_labels: Features,
