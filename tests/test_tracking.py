@@ -90,6 +90,15 @@ def test_resumed_run_continues_the_same_wandb_run(run):
 
 
 @pytest.mark.slow
+def test_pcl_diagnostics_reach_the_dashboard(run):
+    history = read_run(offline_runs(run["dir"])[0]).history
+    rows = [h for h in history if "train/pcl/grad_ratio" in h]
+    assert len(rows) == 3  # log_every_n_steps=1: each of the 3 steps
+    for h in rows:  # hinge may be inactive (ratio 0); the distances are positive for an untrained net
+        assert h["train/pcl/grad_ratio"] >= 0 and h["train/pcl/d_between"] > 0 and h["train/pcl/d_within"] > 0
+
+
+@pytest.mark.slow
 def test_csv_logger_gets_the_config_too(run):
     import yaml
 
