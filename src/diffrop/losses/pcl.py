@@ -61,7 +61,7 @@ class PCL:
         weight: float = 1.0,
         margin: float = 1.0,
         distance: str = "mean",
-        reduction: str = "pairs_mean",
+        reduction: str = "algorithm1_sum",
         pairs: str = "local",
     ) -> None:
         self.phi = _choice("phi", phi, PHI)
