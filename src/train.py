@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from diffrop import build
 from diffrop.checkpoint_io import check_compatible
 from diffrop.nonfinite import NonFiniteLossError
+from diffrop.run_lock import RunDirLocked, run_dir_lock
 
 # Expected user errors (bad config values, missing data, wrong/corrupt checkpoint, a NaN loss): one line on stderr
 # and exit code 1; HYDRA_FULL_ERROR=1 shows the whole traceback, which <run dir>/FAILED always keeps.
@@ -86,6 +87,17 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode",
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        with run_dir_lock(run_dir, rank=rank_zero_only.rank):  # held until train() ends, however it ends
+            train(cfg, run_dir)
+    except RunDirLocked as err:  # not marked FAILED: the run dir belongs to the live holder
+        print(f"error: {err}", file=sys.stderr)
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            sys.exit(1)
+        raise
+
+
+def train(cfg: DictConfig, run_dir: Path) -> None:
     try:
         L.seed_everything(cfg.seed, workers=True)
         datamodule = build.build_datamodule(cfg)
