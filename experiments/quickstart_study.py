@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
 from diffrop.build import net_from_checkpoint
+from diffrop.children import run_logged
 from diffrop.classifier import CifarResNet, ClassifierModule, classification_metrics, split_per_class
 from diffrop.data.datasets import load_digits, resize_uint8
 from diffrop.data.longtail import longtail_counts, shot_groups
@@ -83,9 +84,8 @@ def train_model(name: str, overrides: list[str], run: Path, steps: int, seed: in
            f"seed={seed}", f"hydra.run.dir={run}", "callbacks.sample_grid.every_n_steps=0", "logger=csv"]  # fmt: skip
     start = time.monotonic()
     log = run.with_suffix(".log")
-    run.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as f:
-        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT)
+    if rc := run_logged(cmd, log):  # stopped with this script: no orphan to collide with the re-run
+        raise subprocess.CalledProcessError(rc, cmd, f"see {log}")
     print(f"trained {name} (seed {seed}) in {time.monotonic() - start:.0f} s: {run}", flush=True)
     return ckpt
 
