@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import traceback
 from dataclasses import asdict, fields
 from datetime import datetime
@@ -28,9 +29,20 @@ from diffrop.data.datamodule import LongTailDataModule
 from diffrop.diffusion.sampling import SamplerSpec
 from diffrop.metrics import ReferenceCache, weights_fingerprint
 
+NO_CKPT = (
+    "error: no checkpoint to evaluate: pass ckpt_path=<run>/checkpoints/last.ckpt "
+    "(e.g. python src/eval.py ckpt_path=logs/train/runs/<timestamp>/checkpoints/last.ckpt)"
+)
 
-def eval_dir(ckpt_path: str) -> str:
-    """<run>/eval for a checkpoint at <run>/checkpoints/x.ckpt (where the table renderer looks), else a new dir."""
+
+def eval_dir(ckpt_path: str | None) -> str:
+    """<run>/eval for a checkpoint at <run>/checkpoints/x.ckpt (where the table renderer looks), else a new dir.
+
+    Hydra resolves the run dir, and so calls this, before ``main``: without ``ckpt_path`` (None) this is where
+    the user can be told what to pass, instead of an OmegaConf interpolation traceback.
+    """
+    if ckpt_path is None:
+        sys.exit(NO_CKPT)  # SystemExit passes through OmegaConf and Hydra: one line on stderr, exit code 1
     path = Path(str(ckpt_path))
     if path.is_file() and path.parent.name == "checkpoints":
         return str(path.parent.parent / "eval")
@@ -205,6 +217,8 @@ def print_table(results: dict[str, Any], run_dir: Path) -> None:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg, "ckpt_path"):  # a multirun job (its run dir does not need ckpt_path)
+        sys.exit(NO_CKPT)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     rank = int(os.environ.get("RANK", 0))
     try:

@@ -290,6 +290,18 @@ def test_failure_writes_failed(tmp_path):
     assert (out / "FAILED").read_text().startswith("FileNotFoundError: checkpoint")
 
 
+@pytest.mark.parametrize("multirun", [False, True])
+def test_no_ckpt_path_says_what_to_pass(tmp_path, multirun):
+    sweep = ["-m", f"hydra.sweep.dir={tmp_path / 'sweep'}"] if multirun else []
+    cmd = [sys.executable, str(REPO / "src" / "eval.py"), *sweep, "wandb.enabled=false"]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.strip().splitlines() if "[HYDRA]" not in line]  # sweep's job list
+    assert len(lines) == 1 and "pass ckpt_path=<run>/checkpoints/last.ckpt" in lines[0], done.stderr
+    if not multirun:
+        assert list(tmp_path.iterdir()) == []  # stopped before Hydra made a run dir
+
+
 # --------------------------------------------------------------------------------------- periodic FID
 def test_periodic_fid_logs_val_fid(ckpt, tmp_path, fake_extractor):
     net, schedule, _, _ = build.net_from_checkpoint(ckpt)
