@@ -82,6 +82,10 @@ def user_error(err: BaseException) -> str | None:
 
 # The EMA copy is in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", module="lightning")
+# Short runs: diffrop.callbacks.LogFirstAndLastStep logs the first and last step whatever the interval.
+warnings.filterwarnings(
+    "ignore", message=r"The number of training batches .* logging interval", module="lightning"
+)
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
