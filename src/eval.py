@@ -100,6 +100,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
     net, schedule, ckpt_cfg, ckpt = build.net_from_checkpoint(cfg.ckpt_path)
     datamodule = datamodule_for(ckpt_cfg, cfg.get("data"))
     check_matches(datamodule, net, cfg.ckpt_path)
+    specs = evaluation.sweep_specs(spec, e.guidance_sweep)
+    ref_labels = evaluation.reference_images(datamodule, settings.reference_per_class)[1]
+    evaluation.validate(settings, specs, datamodule, ref_labels, schedule.num_steps)  # before any slow work
     net, schedule = net.to(device), schedule.to(device)
     extractor = (
         evaluation.build_extractor(settings.extractor, settings.inception_weights, device)
@@ -121,10 +124,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
             e.progress,
         )
     else:  # only the labels, for the size checks
-        real_feats, real_labels = (
-            None,
-            evaluation.reference_images(datamodule, settings.reference_per_class)[1],
-        )
+        real_feats, real_labels = None, ref_labels
     manifest = {"checkpoint": str(Path(cfg.ckpt_path).resolve()), "global_step": ckpt.get("global_step")}
     runs = [
         evaluation.evaluate_spec(
@@ -132,7 +132,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
             extractor=extractor, out_dir=run_dir, device=device, manifest=manifest, classifier=classifier,
             rank=rank, world_size=world, progress=e.progress,
         )
-        for s in evaluation.sweep_specs(spec, e.guidance_sweep)
+        for s in specs
     ]  # fmt: skip
     if rank != 0:
         return None
