@@ -7,6 +7,7 @@ seeds), scores it against cached reference features of the balanced training set
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -25,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from diffrop import build, evaluation
+from diffrop.atomic_write import atomic_write
 from diffrop.data.datamodule import LongTailDataModule
 from diffrop.diffusion.sampling import SamplerSpec
 from diffrop.metrics import ReferenceCache, weights_fingerprint
@@ -158,9 +160,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
         "settings": asdict(settings),
         "data": datamodule.summary(),
     }
-    tmp = run_dir / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, run_dir / "results.json")
+    with atomic_write(run_dir / "results.json", "w") as f:
+        f.write(json.dumps(results, indent=2))
     return results
 
 
@@ -235,7 +236,8 @@ def main(cfg: DictConfig) -> None:
                     print(f"W&B logging failed ({type(err).__name__}: {err}); results are in {run_dir}")
     except BaseException as err:
         if rank == 0:
-            (run_dir / "FAILED").write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
+            with contextlib.suppress(OSError):  # a full disk must not hide the error itself
+                (run_dir / "FAILED").write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
         raise
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,13 +21,14 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from diffrop import build
+from diffrop.atomic_write import DiskFullError
 from diffrop.checkpoint_io import check_compatible
 from diffrop.nonfinite import NonFiniteLossError
 from diffrop.run_lock import RunDirLocked, run_dir_lock
 
 # Expected user errors (bad config values, missing data, wrong/corrupt checkpoint, a NaN loss): one line on stderr
 # and exit code 1; HYDRA_FULL_ERROR=1 shows the whole traceback, which <run dir>/FAILED always keeps.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, NonFiniteLossError)
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, NonFiniteLossError, DiskFullError)
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
@@ -64,7 +66,8 @@ def mark_failed(run_dir: Path, err: BaseException) -> None:
     """A FAILED file lets sweeps and table rendering show this run as failed instead of dropping it."""
     job = "".join(f"{k}: {v}\n" for k, v in slurm_job().items() if k != "restarts")
     headline = user_error(err) or f"{type(err).__name__}: {err}"  # one line a table can show
-    (run_dir / "FAILED").write_text(f"{headline}\n{job}\n{traceback.format_exc()}")
+    with contextlib.suppress(OSError):  # a full disk must not hide the error itself
+        (run_dir / "FAILED").write_text(f"{headline}\n{job}\n{traceback.format_exc()}")
 
 
 def user_error(err: BaseException) -> str | None:
