@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from diffrop import build
+from diffrop import build, resolvers
 from diffrop.atomic_write import DiskFullError
 from diffrop.checkpoint_io import check_compatible
 from diffrop.nonfinite import NonFiniteLossError
@@ -82,6 +82,8 @@ def user_error(err: BaseException) -> str | None:
         err = err.__cause__
     return None
 
+
+resolvers.register()  # before Hydra composes: configs/hydra/launcher/slurm.yaml uses them
 
 # The EMA copy is in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", module="lightning")
