@@ -21,7 +21,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from diffrop import build, resolvers
-from diffrop.atomic_write import DiskFullError
+from diffrop.atomic_write import DiskFullError, remove_stale_temps
 from diffrop.checkpoint_io import check_compatible
 from diffrop.nonfinite import NonFiniteLossError
 from diffrop.run_lock import RunDirLocked, run_dir_lock
@@ -97,7 +97,11 @@ warnings.filterwarnings(
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        with run_dir_lock(run_dir, rank=rank_zero_only.rank):  # held until train() ends, however it ends
+        with run_dir_lock(
+            run_dir, rank=rank_zero_only.rank
+        ) as lock:  # held until train() ends, however it ends
+            if lock is not None:  # rank 0, alone in the run dir: half-written saves of a killed run can go
+                remove_stale_temps(run_dir / "checkpoints")
             train(cfg, run_dir)
     except RunDirLocked as err:  # not marked FAILED: the run dir belongs to the live holder
         print(f"error: {err}", file=sys.stderr)

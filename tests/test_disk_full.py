@@ -138,3 +138,15 @@ def test_train_on_a_disk_that_fills_up_keeps_the_last_checkpoint(tmp_path):
         assert error.startswith("error: no space left on device while writing") and str(last) in error
         assert [p.name for p in last.parent.iterdir()] == ["last.ckpt"]
         assert load_ckpt(last)["global_step"] == 1
+
+
+def test_stale_temps_of_killed_writers_are_removed_and_nothing_else(tmp_path):
+    from diffrop.atomic_write import remove_stale_temps
+
+    stale = tmp_path / ".last.ckpt.1234-0badc0de.tmp"
+    keep = [tmp_path / "last.ckpt", tmp_path / ".hidden", tmp_path / "notes.tmp", tmp_path / ".x.tmp"]
+    for p in [stale, *keep]:
+        p.write_text("x")
+    assert remove_stale_temps(tmp_path) == [stale]
+    assert sorted(tmp_path.iterdir()) == sorted(keep)
+    assert remove_stale_temps(tmp_path / "missing") == []

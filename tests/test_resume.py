@@ -133,3 +133,59 @@ def test_sigterm_saves_a_checkpoint_and_exits_nonzero(tmp_path):
     rc, out = _finish(_popen(term, STEPS, no_periodic))
     assert rc == 0, out
     assert_same_final(full, term)
+
+
+# --- randomised SIGKILLs ------------------------------------------------------------------------------------------
+FAULT_STEPS, SAVE_EVERY, GRID_EVERY = 12, 2, 3
+FAULT = [
+    f"trainer.max_steps={FAULT_STEPS}",
+    f"callbacks.checkpoint.every_n_train_steps={SAVE_EVERY}",
+    f"callbacks.sample_grid.every_n_steps={GRID_EVERY}",
+    "+callbacks.kill_at._target_=kill_at.KillAt",
+]
+
+
+def kill_plan(seed: int) -> list[tuple[str, int]]:
+    """Three kills, one of each kind, at random increasing steps where that kind can happen (a save every
+    SAVE_EVERY steps, a grid every GRID_EVERY steps)."""
+    import random
+
+    rng = random.Random(seed)
+    valid = {
+        "step": range(1, FAULT_STEPS),
+        "save": range(SAVE_EVERY, FAULT_STEPS, SAVE_EVERY),
+        "grid": range(GRID_EVERY, FAULT_STEPS, GRID_EVERY),
+    }
+    while True:
+        kinds = rng.sample(sorted(valid), 3)
+        steps = sorted(rng.sample(range(1, FAULT_STEPS), 3))
+        if all(s in valid[k] for k, s in zip(kinds, steps, strict=True)):
+            return list(zip(kinds, steps, strict=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0])
+def test_random_sigkills_in_steps_saves_and_grids_resume_bitwise_exactly(tmp_path, seed, monkeypatch):
+    """The same command after each SIGKILL (in a step, half-way through a checkpoint save, in a sample grid) ends
+    bitwise where an uninterrupted run does, with no temporary file left behind."""
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    rc, out = _finish(_popen(full, *FAULT))
+    assert rc == 0, out
+    plan = kill_plan(seed)
+    for where, step in plan:
+        monkeypatch.setenv("DIFFROP_KILL_AT", f"{where}:{step}")
+        rc, out = _finish(_popen(killed, *FAULT))
+        assert rc == -signal.SIGKILL, (
+            f"plan {plan} (seed {seed}): {where}:{step} did not kill:\n{out[-3000:]}"
+        )
+        last = killed / "checkpoints" / "last.ckpt"
+        if last.exists():  # what is there is whole: the last periodic checkpoint before the kill
+            saved = load_ckpt(last)["global_step"]
+            assert saved % SAVE_EVERY == 0 and saved < step, (plan, saved)
+        if where == "save":  # the half-written temporary file the kill left
+            assert [p for p in last.parent.iterdir() if p.name.endswith(".tmp")], plan
+    monkeypatch.delenv("DIFFROP_KILL_AT")
+    rc, out = _finish(_popen(killed, *FAULT))
+    assert rc == 0, out
+    assert_same_final(full, killed)
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["last.ckpt"]  # stale temps removed

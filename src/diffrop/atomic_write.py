@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -22,6 +23,9 @@ from pathlib import Path
 from typing import IO
 
 FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+TEMP_NAME = re.compile(
+    r"^\..+\.\d+-[0-9a-f]{8}\.tmp$"
+)  # .<name>.<pid>-<8 hex>.tmp, as atomic_write names them
 
 
 class DiskFullError(OSError):
@@ -58,7 +62,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")  # TEMP_NAME
     try:
         # 0o666 through the umask, as open() would; tempfile.mkstemp would make every result file private (0600)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -82,3 +86,16 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def remove_stale_temps(directory: str | Path) -> list[Path]:
+    """Delete the temporary files that writers killed mid-write (SIGKILL, power loss) left in ``directory``.
+
+    Only safe while no live process writes there: src/train.py calls it on its checkpoint folder after taking the
+    run-dir lock (``diffrop.run_lock``). Returns what it removed.
+    """
+    directory = Path(directory)
+    stale = [p for p in directory.iterdir() if TEMP_NAME.match(p.name)] if directory.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
