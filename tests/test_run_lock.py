@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 from train_utils import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY, train_in_process
@@ -61,7 +60,6 @@ def test_train_refuses_a_run_dir_held_by_a_live_process_then_resumes_after_sigki
         }
         env.pop("HYDRA_FULL_ERROR", None)
         args = [*TINY_RUN_OVERRIDES, "trainer.max_steps=2", f"hydra.run.dir={tmp_path}"]
-        start = time.monotonic()
         proc = subprocess.run(
             [sys.executable, str(TRAIN_PY), *args],
             cwd=REPO,
@@ -70,14 +68,13 @@ def test_train_refuses_a_run_dir_held_by_a_live_process_then_resumes_after_sigki
             text=True,
             timeout=300,
         )
-        elapsed = time.monotonic() - start
         assert proc.returncode == 1, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert lines == [lines[-1]] and lines[0].startswith("error: run directory"), proc.stderr
         assert f"pid {holder.pid} on host {socket.gethostname()}" in lines[0]
         assert not (tmp_path / "FAILED").exists()  # the holder's run is not marked failed by the loser
-        assert not (tmp_path / "checkpoints").exists()  # nothing trained
-        assert elapsed < 120  # no training, no data loading: only the interpreter and imports
+        # stopped before any work: only Hydra's own files next to the holder's lock (no data summary, no metrics)
+        assert {p.name for p in tmp_path.iterdir()} <= {".lock", ".hydra", "train.log"}
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
