@@ -10,7 +10,10 @@ ARGS ?=
 .PHONY: help install train quickstart test test-fast test-slow lint format clean
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}'
+	@# a rule may name several targets (reproduce-table1 ... reproduce-fig4b): a long list gets a line of its own
+	@grep -hE '^[a-zA-Z0-9_%-][a-zA-Z0-9_% -]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' \
+		'length($$1) > 20 {printf "  \033[36m%s\033[0m\n  %-20s %s\n", $$1, "", $$2; next} \
+		{printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import traceback
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
+from diffrop.atomic_write import atomic_write
 from diffrop.classifier import ClassifierModule, classification_metrics, load_generated, split_per_class
 from diffrop.console import quiet_third_party_noise
 from diffrop.data.datasets import ImageSet, load_cifar
@@ -90,9 +90,8 @@ def main(cfg: DictConfig) -> None:
         }
         module.classifier.cpu().eval()
         torch.jit.save(torch.jit.script(module.classifier), str(run_dir / "classifier.pt"))
-        tmp = run_dir / "results.json.tmp"
-        tmp.write_text(json.dumps(results, indent=2))
-        os.replace(tmp, run_dir / "results.json")
+        with atomic_write(run_dir / "results.json", "w") as f:
+            f.write(json.dumps(results, indent=2))
         (run_dir / "FAILED").unlink(missing_ok=True)
         print(json.dumps(metrics, indent=2), f"\nresults: {run_dir / 'results.json'}")
     except BaseException as err:

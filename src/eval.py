@@ -7,8 +7,10 @@ seeds), scores it against cached reference features of the balanced training set
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import traceback
 from dataclasses import asdict, fields
 from datetime import datetime
@@ -24,13 +26,25 @@ from rich.console import Console
 from rich.table import Table
 
 from diffrop import build, eval_wandb, evaluation, plots
+from diffrop.atomic_write import atomic_write
 from diffrop.data.datamodule import LongTailDataModule
 from diffrop.diffusion.sampling import SamplerSpec
 from diffrop.metrics import ReferenceCache, weights_fingerprint
 
+NO_CKPT = (
+    "error: no checkpoint to evaluate: pass ckpt_path=<run>/checkpoints/last.ckpt "
+    "(e.g. python src/eval.py ckpt_path=logs/train/runs/<timestamp>/checkpoints/last.ckpt)"
+)
 
-def eval_dir(ckpt_path: str) -> str:
-    """<run>/eval for a checkpoint at <run>/checkpoints/x.ckpt (where the table renderer looks), else a new dir."""
+
+def eval_dir(ckpt_path: str | None) -> str:
+    """<run>/eval for a checkpoint at <run>/checkpoints/x.ckpt (where the table renderer looks), else a new dir.
+
+    Hydra resolves the run dir, and so calls this, before ``main``: without ``ckpt_path`` (None) this is where
+    the user can be told what to pass, instead of an OmegaConf interpolation traceback.
+    """
+    if ckpt_path is None:
+        sys.exit(NO_CKPT)  # SystemExit passes through OmegaConf and Hydra: one line on stderr, exit code 1
     path = Path(str(ckpt_path))
     if path.is_file() and path.parent.name == "checkpoints":
         return str(path.parent.parent / "eval")
@@ -88,6 +102,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
     net, schedule, ckpt_cfg, ckpt = build.net_from_checkpoint(cfg.ckpt_path)
     datamodule = datamodule_for(ckpt_cfg, cfg.get("data"))
     check_matches(datamodule, net, cfg.ckpt_path)
+    specs = evaluation.sweep_specs(spec, e.guidance_sweep)
+    ref_labels = evaluation.reference_images(datamodule, settings.reference_per_class)[1]
+    evaluation.validate(settings, specs, datamodule, ref_labels, schedule.num_steps)  # before any slow work
     net, schedule = net.to(device), schedule.to(device)
     extractor = (
         evaluation.build_extractor(settings.extractor, settings.inception_weights, device)
@@ -109,10 +126,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
             e.progress,
         )
     else:  # only the labels, for the size checks
-        real_feats, real_labels = (
-            None,
-            evaluation.reference_images(datamodule, settings.reference_per_class)[1],
-        )
+        real_feats, real_labels = None, ref_labels
     manifest = {"checkpoint": str(Path(cfg.ckpt_path).resolve()), "global_step": ckpt.get("global_step")}
     runs = [
         evaluation.evaluate_spec(
@@ -120,7 +134,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
             extractor=extractor, out_dir=run_dir, device=device, manifest=manifest, classifier=classifier,
             rank=rank, world_size=world, progress=e.progress,
         )
-        for s in evaluation.sweep_specs(spec, e.guidance_sweep)
+        for s in specs
     ]  # fmt: skip
     if rank != 0:
         return None
@@ -154,9 +168,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
         title=f"{ckpt_cfg.get('name')}: {s['name']} {s['steps']} steps, w={s['guidance_scale']:g}",
     )  # fmt: skip
     results["per_class_plot"] = str(plot) if plot else None  # None: no class had enough samples for a score
-    tmp = run_dir / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, run_dir / "results.json")
+    with atomic_write(run_dir / "results.json", "w") as f:
+        f.write(json.dumps(results, indent=2))
     return results
 
 
@@ -202,6 +215,8 @@ def print_table(results: dict[str, Any], run_dir: Path) -> None:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg, "ckpt_path"):  # a multirun job (its run dir does not need ckpt_path)
+        sys.exit(NO_CKPT)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     rank = int(os.environ.get("RANK", 0))
     try:
@@ -218,7 +233,8 @@ def main(cfg: DictConfig) -> None:
                     print(f"W&B logging failed ({type(err).__name__}: {err}); results are in {run_dir}")
     except BaseException as err:
         if rank == 0:
-            (run_dir / "FAILED").write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
+            with contextlib.suppress(OSError):  # a full disk must not hide the error itself
+                (run_dir / "FAILED").write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
         raise
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,14 +20,16 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from diffrop import build
+from diffrop import build, resolvers
+from diffrop.atomic_write import DiskFullError, remove_stale_temps
 from diffrop.checkpoint_io import check_compatible
 from diffrop.console import quiet_third_party_noise
 from diffrop.nonfinite import NonFiniteLossError
+from diffrop.run_lock import RunDirLocked, run_dir_lock
 
 # Expected user errors (bad config values, missing data, wrong/corrupt checkpoint, a NaN loss): one line on stderr
 # and exit code 1; HYDRA_FULL_ERROR=1 shows the whole traceback, which <run dir>/FAILED always keeps.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, NonFiniteLossError)
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, NonFiniteLossError, DiskFullError)
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
@@ -64,7 +67,8 @@ def mark_failed(run_dir: Path, err: BaseException) -> None:
     """A FAILED file lets sweeps and table rendering show this run as failed instead of dropping it."""
     job = "".join(f"{k}: {v}\n" for k, v in slurm_job().items() if k != "restarts")
     headline = user_error(err) or f"{type(err).__name__}: {err}"  # one line a table can show
-    (run_dir / "FAILED").write_text(f"{headline}\n{job}\n{traceback.format_exc()}")
+    with contextlib.suppress(OSError):  # a full disk must not hide the error itself
+        (run_dir / "FAILED").write_text(f"{headline}\n{job}\n{traceback.format_exc()}")
 
 
 def user_error(err: BaseException) -> str | None:
@@ -79,6 +83,8 @@ def user_error(err: BaseException) -> str | None:
         err = err.__cause__
     return None
 
+
+resolvers.register()  # before Hydra composes: configs/hydra/launcher/slurm.yaml uses them
 
 # The EMA copy is in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", module="lightning")
@@ -97,9 +103,31 @@ def optimized_value(trainer: L.Trainer, name: str | None) -> float | None:
     return float(trainer.callback_metrics[name])
 
 
+# Short runs: diffrop.callbacks.LogFirstAndLastStep logs the first and last step whatever the interval.
+warnings.filterwarnings(
+    "ignore", message=r"The number of training batches .* logging interval", module="lightning"
+)
+
+
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        with run_dir_lock(
+            run_dir, rank=rank_zero_only.rank
+        ) as lock:  # held until train() ends, however it ends
+            if lock is not None:  # rank 0, alone in the run dir: half-written saves of a killed run can go
+                remove_stale_temps(run_dir / "checkpoints")
+            return train(cfg, run_dir)
+    except RunDirLocked as err:  # not marked FAILED: the run dir belongs to the live holder
+        print(f"error: {err}", file=sys.stderr)
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            sys.exit(1)
+        raise
+
+
+def train(cfg: DictConfig, run_dir: Path) -> float | None:
+    """Fit, save the final checkpoint; returns ``optimized_metric``'s final value for a sweeper (else None)."""
     try:
         L.seed_everything(cfg.seed, workers=True)
         datamodule = build.build_datamodule(cfg)

@@ -114,6 +114,51 @@ def test_imagefolder_wrong_layout(tmp_path, capsys):
     assert f"expected a folder {tmp_path / 'tree' / 'train'}" in line
 
 
+def _bad_tree(root: Path) -> list[Path]:
+    """Two classes of 4 readable 8x8 PNGs each, plus a truncated PNG in one and a text file named .png in the
+    other; returns the bad files."""
+    for cls in ("cat", "dog"):
+        for i in range(4):
+            _png(root / "train" / cls / f"{i}.png")
+    truncated, garbage = root / "train" / "cat" / "9_truncated.png", root / "train" / "dog" / "9_garbage.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    garbage.write_text("not an image")
+    for bad in (truncated, garbage):  # the files really are unreadable
+        with pytest.raises(OSError), Image.open(bad) as im:
+            im.load()
+    return [truncated, garbage]
+
+
+def test_imagefolder_unreadable_images_are_all_named_in_one_line(tmp_path, capsys):
+    bad = _bad_tree(tmp_path / "tree")
+    line = user_error(
+        [*TINY, "data=imagefolder_lt", f"data.root={tmp_path / 'tree'}"], tmp_path / "run", capsys
+    )
+    assert "2 unreadable image(s)" in line and all(str(f) in line for f in bad)
+    assert "data.skip_corrupt=true" in line
+
+
+def test_imagefolder_skip_corrupt_leaves_them_out_and_counts_them(tmp_path):
+    import json
+
+    from diffrop.data.datamodule import LongTailDataModule
+
+    bad = _bad_tree(tmp_path / "tree")
+    dm = LongTailDataModule(
+        "imagefolder_lt",
+        "imagefolder",
+        str(tmp_path / "tree"),
+        imb_factor=1.0,
+        image_size=8,
+        skip_corrupt=True,
+    )
+    with pytest.warns(UserWarning, match="skipped 2 unreadable"):
+        summary = json.loads(dm.write_summary(tmp_path).read_text())
+    assert summary["class_counts"] == [4, 4] and summary["num_images"] == 8
+    assert summary["skipped_unreadable"] == 2 and summary["skipped_files"] == [str(f) for f in bad]
+
+
 def test_imagefolder_empty_class(tmp_path, capsys):
     _png(tmp_path / "tree" / "train" / "cat" / "0.png")
     (tmp_path / "tree" / "train" / "dog").mkdir()

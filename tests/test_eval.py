@@ -303,6 +303,36 @@ def test_too_few_samples_for_the_scores(ckpt, tmp_path, fake_extractor):
         )
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["eval.prd_clusters_per_class=20"], r"200 = eval\.prd_clusters_per_class \(20\) x 10 classes"),
+        (["eval.guidance_sweep=[0,1]", "eval.prd_clusters_per_class=20"], "prd_clusters_per_class"),
+        (["eval.num_samples=10", "eval.prd_clusters_per_class=1", "eval.is_splits=2"], "shot group 'many'"),
+        (["eval.num_samples=5", "eval.prd_clusters_per_class=1"], "below eval.is_splits=10"),
+        (["eval.shard_size=0"], r"eval\.shard_size must be > 0"),
+        (["eval.k=0"], r"eval\.k must be > 0"),
+        (["eval.prd_runs=0"], r"eval\.prd_runs must be > 0"),
+        (["eval.extractor=nope"], r"eval\.extractor='nope' is not one of"),
+        (["sampler.steps=5000"], r"sampler\.steps must be in \[1, 1000\]"),
+        (["sampler=ddpm", "sampler.steps=10"], "walks all T=1000 steps"),
+    ],
+)
+def test_bad_settings_fail_before_any_feature_or_sample_work(
+    ckpt, tmp_path, fake_extractor, monkeypatch, overrides, message
+):
+    work = []
+    monkeypatch.setattr(evaluation, "generate", lambda *a, **k: work.append("generate"))
+    monkeypatch.setattr(evaluation, "reference_features", lambda *a, **k: work.append("reference features"))
+    monkeypatch.setattr(
+        evaluation, "build_extractor", lambda *a, **k: work.append("extractor") or fake_extractor
+    )
+    with pytest.raises(ValueError, match=message):
+        run_eval(ckpt, tmp_path / "eval", *overrides)
+    assert work == [] and fake_extractor.images_seen == 0
+    assert not (tmp_path / "refs").exists() and not (tmp_path / "eval" / "samples").exists()
+
+
 def test_default_eval_dir_is_next_to_the_run(ckpt, tmp_path):
     assert eval_entry.eval_dir(str(ckpt)) == str(ckpt.parent.parent / "eval")
     assert eval_entry.eval_dir(str(tmp_path / "x.ckpt")).startswith("logs/eval/runs/")
@@ -316,6 +346,18 @@ def test_failure_writes_failed(tmp_path):
     assert done.returncode != 0
     assert "missing.ckpt does not exist" in done.stderr
     assert (out / "FAILED").read_text().startswith("FileNotFoundError: checkpoint")
+
+
+@pytest.mark.parametrize("multirun", [False, True])
+def test_no_ckpt_path_says_what_to_pass(tmp_path, multirun):
+    sweep = ["-m", f"hydra.sweep.dir={tmp_path / 'sweep'}"] if multirun else []
+    cmd = [sys.executable, str(REPO / "src" / "eval.py"), *sweep, "wandb.enabled=false"]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.strip().splitlines() if "[HYDRA]" not in line]  # sweep's job list
+    assert len(lines) == 1 and "pass ckpt_path=<run>/checkpoints/last.ckpt" in lines[0], done.stderr
+    if not multirun:
+        assert list(tmp_path.iterdir()) == []  # stopped before Hydra made a run dir
 
 
 # --------------------------------------------------------------------------------------- periodic FID

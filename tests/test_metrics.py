@@ -362,7 +362,7 @@ def test_reference_cache_writes_atomically(tmp_path, monkeypatch):
         replaced.append((os.fspath(src), os.fspath(dst)))
         real_replace(src, dst)
 
-    monkeypatch.setattr(reference_module.os, "replace", spy_replace)
+    monkeypatch.setattr(os, "replace", spy_replace)  # diffrop.atomic_write renames with os.replace
     cache.save("key", torch.randn(4, 2), torch.arange(4))
     ((src, dst),) = replaced
     assert os.path.dirname(src) == os.path.dirname(dst) == str(tmp_path / "ref") and src != dst

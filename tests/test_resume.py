@@ -133,3 +133,109 @@ def test_sigterm_saves_a_checkpoint_and_exits_nonzero(tmp_path):
     rc, out = _finish(_popen(term, STEPS, no_periodic))
     assert rc == 0, out
     assert_same_final(full, term)
+
+
+# --- randomised SIGKILLs ------------------------------------------------------------------------------------------
+FAULT_STEPS, SAVE_EVERY, GRID_EVERY = 12, 2, 3
+FAULT = [
+    f"trainer.max_steps={FAULT_STEPS}",
+    f"callbacks.checkpoint.every_n_train_steps={SAVE_EVERY}",
+    f"callbacks.sample_grid.every_n_steps={GRID_EVERY}",
+    "+callbacks.kill_at._target_=kill_at.KillAt",
+]
+
+
+def kill_plan(seed: int) -> list[tuple[str, int]]:
+    """Three kills, one of each kind, at random increasing steps where that kind can happen (a save every
+    SAVE_EVERY steps, a grid every GRID_EVERY steps)."""
+    import random
+
+    rng = random.Random(seed)
+    valid = {
+        "step": range(1, FAULT_STEPS),
+        "save": range(SAVE_EVERY, FAULT_STEPS, SAVE_EVERY),
+        "grid": range(GRID_EVERY, FAULT_STEPS, GRID_EVERY),
+    }
+    while True:
+        kinds = rng.sample(sorted(valid), 3)
+        steps = sorted(rng.sample(range(1, FAULT_STEPS), 3))
+        if all(s in valid[k] for k, s in zip(kinds, steps, strict=True)):
+            return list(zip(kinds, steps, strict=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0])
+def test_random_sigkills_in_steps_saves_and_grids_resume_bitwise_exactly(tmp_path, seed, monkeypatch):
+    """The same command after each SIGKILL (in a step, half-way through a checkpoint save, in a sample grid) ends
+    bitwise where an uninterrupted run does, with no temporary file left behind."""
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    rc, out = _finish(_popen(full, *FAULT))
+    assert rc == 0, out
+    plan = kill_plan(seed)
+    for where, step in plan:
+        monkeypatch.setenv("DIFFROP_KILL_AT", f"{where}:{step}")
+        rc, out = _finish(_popen(killed, *FAULT))
+        assert rc == -signal.SIGKILL, (
+            f"plan {plan} (seed {seed}): {where}:{step} did not kill:\n{out[-3000:]}"
+        )
+        last = killed / "checkpoints" / "last.ckpt"
+        if last.exists():  # what is there is whole: the last periodic checkpoint before the kill
+            saved = load_ckpt(last)["global_step"]
+            assert saved % SAVE_EVERY == 0 and saved < step, (plan, saved)
+        if where == "save":  # the half-written temporary file the kill left
+            assert [p for p in last.parent.iterdir() if p.name.endswith(".tmp")], plan
+    monkeypatch.delenv("DIFFROP_KILL_AT")
+    rc, out = _finish(_popen(killed, *FAULT))
+    assert rc == 0, out
+    assert_same_final(full, killed)
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["last.ckpt"]  # stale temps removed
+
+
+def _eval_popen(ckpt: Path, out: Path, weights: Path) -> subprocess.Popen:
+    from diffrop.smoke import SMOKE_EVAL
+
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": str(THREADS)}
+    args = [f"ckpt_path={ckpt}", f"hydra.run.dir={out}", f"eval.reference_cache={out / 'refs'}", *SMOKE_EVAL,
+            "eval.extractor=fid-helper", f"eval.inception_weights={weights}", "eval.num_samples=60",
+            "eval.shard_size=10", "sampler.steps=10", "sampler.batch_size=10", "device=cpu"]  # fmt: skip
+    cmd = [sys.executable, str(REPO / "src" / "eval.py"), *args]
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0])
+def test_random_sigkills_during_generation_and_scoring_give_the_same_evaluation(tmp_path, seed):
+    """An evaluation SIGKILLed while drawing shards (after a random number of them) and again once the samples
+    are merged (grid, features, scores), re-run with the same command, draws the same samples and scores."""
+    import json
+    import random
+
+    import numpy as np
+
+    from diffrop.smoke import write_smoke_extractor
+
+    rng = random.Random(seed)
+    run = tmp_path / "run"
+    train_in_process([*TINY_RUN_OVERRIDES, "trainer.max_steps=2"], run)
+    ckpt, weights = run / "checkpoints" / "last.ckpt", write_smoke_extractor(tmp_path / "features.pt")
+    full, killed = tmp_path / "eval_full", tmp_path / "eval_killed"
+    rc, out = _finish(_eval_popen(ckpt, full, weights))
+    assert rc == 0, out
+
+    samples = next(full.glob("samples/*/samples.npz")).relative_to(full)
+    triggers = [samples.parent / f"shard_{rng.randrange(1, 5):05d}.npz", samples]  # in generation; after it
+    for trigger in triggers:
+        proc = _eval_popen(ckpt, killed, weights)
+        _wait_for(killed / trigger, proc)
+        time.sleep(rng.uniform(0, 0.05))
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL, f"the evaluation ended before the kill after {trigger}"
+    rc, out = _finish(_eval_popen(ckpt, killed, weights))
+    assert rc == 0, out
+
+    a, b = np.load(full / samples), np.load(killed / samples)
+    assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (full, killed))
+    assert ra["metrics"] == rb["metrics"] and ra["label_counts"] == rb["label_counts"]

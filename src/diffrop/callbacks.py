@@ -1,4 +1,5 @@
-"""Training callbacks: a resumable checkpoint on interruption, and a class-conditional sample grid (PNG + W&B)."""
+"""Training callbacks: a resumable checkpoint on interruption, a class-conditional sample grid (PNG + W&B), and
+the first and last training step always logged."""
 
 from __future__ import annotations
 
@@ -88,3 +89,47 @@ class CheckpointOnInterrupt(L.Callback):
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, KeyboardInterrupt | SIGTERMException):
             trainer.save_checkpoint(self.path)
+
+
+class LogFirstAndLastStep(L.Callback):
+    """Log the first step of every fit (a resume too) and the last step, whatever ``log_every_n_steps`` is.
+
+    Lightning sends logged values to the loggers only on steps that are multiples of ``log_every_n_steps``: a run
+    shorter than that leaves no ``metrics.csv`` at all, and the last step of a run is usually missing from it. The
+    logger connector and ``LearningRateMonitor`` read ``Trainer.log_every_n_steps`` at the start of each batch, so
+    this sets it to 1 for those two batches and back otherwise (no private Lightning API). It must come before
+    ``LearningRateMonitor`` in the callback list (first in configs/callbacks/default.yaml) so that the learning
+    rate is logged on those steps too. ``log_every_n_steps=0`` (logging off) is left alone.
+    """
+
+    def __init__(self) -> None:
+        self.every: int | None = None
+        self.start_step = 0
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.every, self.start_step = trainer.log_every_n_steps, trainer.global_step
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, module: L.LightningModule, batch, batch_idx: int
+    ) -> None:
+        if self.every:
+            trainer.log_every_n_steps = 1 if self.first_or_last(trainer, batch_idx) else self.every
+
+    def first_or_last(self, trainer: L.Trainer, batch_idx: int) -> bool:
+        step = trainer.global_step  # optimizer steps done before this batch
+        if step == self.start_step:
+            return True
+        if trainer.max_steps > 0:
+            return step + 1 >= trainer.max_steps
+        last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+        return last_epoch and batch_idx + 1 >= trainer.num_training_batches
+
+    def restore(self, trainer: L.Trainer) -> None:
+        if self.every is not None:
+            trainer.log_every_n_steps = self.every
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.restore(trainer)
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+        self.restore(trainer)

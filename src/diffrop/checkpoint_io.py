@@ -1,15 +1,13 @@
 """Checkpoint files that are never half-written, and a check that a checkpoint fits the model before resuming.
 
 ``AtomicCheckpointIO`` streams ``torch.save`` into a temporary file beside the target, fsyncs it and renames it
-over the target with ``os.replace`` (atomic on POSIX): a crash, SIGKILL or full disk during a save leaves the
-previous ``last.ckpt`` intact, never a truncated one. Unlike Lightning's default it does not hold a second copy of
+over the target with ``os.replace`` (atomic on POSIX; ``diffrop.atomic_write``): a crash, SIGKILL or full disk
+during a save leaves the previous ``last.ckpt`` intact, never a truncated one, and a full disk says so. Unlike Lightning's default it does not hold a second copy of
 the whole checkpoint in host memory. Wired in through ``trainer.plugins`` (configs/trainer/default.yaml).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,8 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from torch import nn
+
+from diffrop.atomic_write import atomic_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -31,25 +31,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save(obj, path)`` that either fully replaces ``path`` or leaves it untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable (not possible on every filesystem)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    """``torch.save(obj, path)`` that either fully replaces ``path`` or leaves it untouched; a full disk raises
+    ``DiskFullError`` naming the path (``diffrop.atomic_write``)."""
+    with atomic_write(path) as f:
+        torch.save(obj, f)
 
 
 def load_checkpoint_file(path: str | Path) -> dict[str, Any]:

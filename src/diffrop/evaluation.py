@@ -19,7 +19,7 @@ from diffrop.diffusion.sampling import Net, SamplerSpec, sample_labels
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.generate import generate, merge_shards, save_grid, wait_for_shards
 from diffrop.metrics import ReferenceCache, compute_all, make_extractor, make_key, per_class
-from diffrop.metrics.features import FidHelperFeatures, InceptionFeatures
+from diffrop.metrics.features import EXTRACTORS, FidHelperFeatures, InceptionFeatures
 
 Extractor = InceptionFeatures | FidHelperFeatures
 
@@ -133,6 +133,41 @@ def check_sizes(
                     f"shot group {name!r} has {count} {what} samples, need more than eval.k={settings.k} for "
                     "per-shot precision / recall; raise eval.num_samples (or eval.reference_per_class)"
                 )
+
+
+def validate(
+    settings: EvalSettings,
+    specs: Sequence[SamplerSpec],
+    datamodule: LongTailDataModule,
+    real_labels: Tensor,
+    num_timesteps: int,
+) -> None:
+    """Every check on the evaluation settings, for every sampler setting of a sweep, run before any feature
+    extraction or generation: a bad value must cost seconds, not the minutes of work that come before its use.
+    ``real_labels`` are the reference set's labels (``reference_images``; no features needed). The weights and
+    classifier files are checked where they are loaded, which is before any slow work too."""
+    positive = ("num_samples", "shard_size", "feature_batch_size", "k", "is_splits", "prd_clusters_per_class")
+    for name in (*positive, "prd_runs"):
+        if getattr(settings, name) <= 0:
+            raise ValueError(f"eval.{name} must be > 0, got {getattr(settings, name)}")
+    if settings.grid_per_class < 0:
+        raise ValueError(f"eval.grid_per_class must be >= 0, got {settings.grid_per_class}")
+    if settings.reference_per_class is not None and settings.reference_per_class <= 0:
+        raise ValueError(f"eval.reference_per_class must be > 0 or null, got {settings.reference_per_class}")
+    if settings.extractor not in EXTRACTORS:
+        raise ValueError(f"eval.extractor={settings.extractor!r} is not one of {sorted(EXTRACTORS)}")
+    for spec in specs:
+        if spec.name == "ddpm" and spec.steps != num_timesteps:
+            raise ValueError(
+                f"sampler=ddpm walks all T={num_timesteps} steps (got sampler.steps={spec.steps}); "
+                "use sampler=ddim for fewer steps"
+            )
+        if not 1 <= spec.steps <= num_timesteps:
+            raise ValueError(f"sampler.steps must be in [1, {num_timesteps}], got {spec.steps}")
+        labels = sample_labels(
+            settings.num_samples, datamodule.num_classes, spec.labels, datamodule.class_freq
+        )
+        check_sizes(settings, labels, real_labels, datamodule.shot_groups, datamodule.num_classes)
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:

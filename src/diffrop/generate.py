@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +23,7 @@ from rich.progress import track
 from torch import Tensor
 from torchvision.utils import save_image
 
+from diffrop.atomic_write import atomic_write
 from diffrop.diffusion.sampling import Net, SamplerSpec, StackedGenerator, sample, to_uint8
 from diffrop.diffusion.schedule import NoiseSchedule
 
@@ -51,14 +50,8 @@ def sample_images(
 
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     """``write(file)`` into a temporary file next to ``path``, then rename it onto ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, mode) as f:
+        write(f)
 
 
 def shard_path(out_dir: Path, index: int) -> Path:

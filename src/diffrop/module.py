@@ -117,7 +117,7 @@ class DiffusionModule(L.LightningModule):
     def _log_throughput(self, batch_size: int) -> None:
         """images/s per device over the logging interval, from host time only (no device sync)."""
         every = self.trainer.log_every_n_steps
-        if self.global_step % every:
+        if not every or self.global_step % every:  # 0: logging off
             return
         now = (time.perf_counter(), self.global_step)
         if self._clock is not None and now[1] > self._clock[1]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from typing import Any
 import torch
 import yaml
 
+from diffrop.children import run_logged
 from diffrop.smoke import SMOKE_CLASSIFY, SMOKE_EVAL, SMOKE_SAMPLES, SMOKE_TRAIN, write_smoke_extractor
 
 PAPER = Path("experiments/paper_numbers.yaml")
@@ -232,13 +232,11 @@ class Driver:
         if self.opts.dry_run:
             return 0
         log = self.opts.root / "logs" / f"{log_name}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
         env = dict(os.environ)
         if self.opts.smoke:  # tiny tensors: one thread is as fast, and far faster on a busy machine
             env.setdefault("OMP_NUM_THREADS", "1")
-        with log.open("w") as f:
-            rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+        rc = run_logged(cmd, log, env=env)  # stopped with the driver: no orphan to collide with the re-run
         self.say(f"  exit {rc} after {time.monotonic() - start:.0f} s (log {log})")
         if rc:
             print("".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:]), file=sys.stderr)

@@ -64,6 +64,7 @@ class LongTailDataModule(L.LightningDataModule):
         augment_prob: float = 0.15,
         max_steps: int = 10**9,
         on_device: bool | str = False,
+        skip_corrupt: bool = False,
     ) -> None:
         super().__init__()
         if source not in SOURCES:
@@ -82,7 +83,7 @@ class LongTailDataModule(L.LightningDataModule):
             raise ValueError(f"data.augment={augment!r} is not one of {list(AUGMENTS)}")
         self.hflip, self.augment, self.augment_prob, self.max_steps = hflip, augment, augment_prob, max_steps
         use_device_batches(on_device, torch.zeros(0), num_workers)  # validates data.on_device early
-        self.on_device = on_device
+        self.on_device, self.skip_corrupt = on_device, skip_corrupt
         self._full: ImageSet | None = None
         self._train: ImageSet | None = None
 
@@ -93,7 +94,7 @@ class LongTailDataModule(L.LightningDataModule):
             if self.source in ("cifar10", "cifar100"):
                 self._full = load_cifar(self.root, int(self.source[5:]), train=True, download=self.download)
             elif self.source == "imagefolder":
-                self._full = load_image_folder(self.root, self.image_size)
+                self._full = load_image_folder(self.root, self.image_size, self.skip_corrupt)
             else:
                 self._full = load_digits(self.image_size)
         return self._full
@@ -138,7 +139,14 @@ class LongTailDataModule(L.LightningDataModule):
             "class_counts": self.class_counts,
             "class_names": self.train_set.class_names,
             "shot_groups": self.shot_groups,
-        }
+        } | (  # image folders: what data.skip_corrupt=true left out
+            {
+                "skipped_unreadable": len(self.full_train_set().skipped),
+                "skipped_files": self.full_train_set().skipped,
+            }
+            if self.source == "imagefolder"
+            else {}
+        )
 
     def write_summary(self, run_dir: str | Path) -> Path:
         path = Path(run_dir) / "data_summary.json"

@@ -6,7 +6,8 @@ augmentation and batching happen elsewhere, so every source gets the same treatm
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,9 @@ class ImageSet:
     images: Tensor  # [N, C, H, W] uint8
     labels: Tensor  # [N] long
     class_names: list[str]
+    skipped: list[str] = field(
+        default_factory=list
+    )  # unreadable files left out (image folders, skip_corrupt)
 
     def subset(self, index: np.ndarray) -> ImageSet:
         index_t = torch.as_tensor(index, dtype=torch.long)
@@ -55,8 +59,13 @@ def resize_uint8(images: Tensor, size: int) -> Tensor:
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
-def load_image_folder(root: str | Path, image_size: int) -> ImageSet:
-    """``root/train/<class>/*.png|jpg``, classes in sorted folder order, images resized to ``image_size``."""
+def load_image_folder(root: str | Path, image_size: int, skip_corrupt: bool = False) -> ImageSet:
+    """``root/train/<class>/*.png|jpg``, classes in sorted folder order, images resized to ``image_size``.
+
+    Every file is read before deciding: one unreadable image (truncated, not an image) would otherwise stop a
+    run with a PIL error naming no file, and the user would have to bisect the dataset. Bad files are named all
+    at once in one error line, or, with ``skip_corrupt``, left out and listed in ``ImageSet.skipped``.
+    """
     from PIL import Image
 
     train = Path(root).expanduser() / "train"
@@ -67,7 +76,7 @@ def load_image_folder(root: str | Path, image_size: int) -> ImageSet:
     class_dirs = sorted(p for p in train.iterdir() if p.is_dir())
     if not class_dirs:
         raise FileNotFoundError(f"{train} has no class sub-folders (expected {train}/<class>/*.png)")
-    images, labels = [], []
+    images, labels, bad = [], [], []
     for c, class_dir in enumerate(class_dirs):
         files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
@@ -75,11 +84,32 @@ def load_image_folder(root: str | Path, image_size: int) -> ImageSet:
                 f"class folder {class_dir} has no .png/.jpg images; remove it or add images"
             )
         for f in files:
-            with Image.open(f) as im:
-                im = im.convert("RGB").resize((image_size, image_size), Image.BICUBIC)
-                images.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
-        labels += [c] * len(files)
-    return ImageSet(torch.stack(images), torch.as_tensor(labels), [p.name for p in class_dirs])
+            try:
+                with Image.open(f) as im:
+                    im = im.convert("RGB").resize((image_size, image_size), Image.BICUBIC)
+            except (OSError, SyntaxError, ValueError) as err:  # PIL's truncated / unidentified / broken chunk
+                reason = (str(err).splitlines() or [type(err).__name__])[0]
+                bad.append((f, f"{type(err).__name__}: {reason}"))
+                continue
+            images.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
+            labels.append(c)
+    if bad and not skip_corrupt:
+        listing = "; ".join(f"{f} ({reason})" for f, reason in bad)
+        raise ValueError(
+            f"{len(bad)} unreadable image(s) under {train}: {listing}. Replace or delete them, or pass "
+            "data.skip_corrupt=true to train without them"
+        )
+    found = torch.bincount(torch.as_tensor(labels, dtype=torch.long), minlength=len(class_dirs))
+    if empty := [class_dirs[c].name for c in range(len(class_dirs)) if found[c] == 0]:
+        raise ValueError(
+            f"every image of class(es) {empty} under {train} is unreadable; nothing left to train on"
+        )
+    if bad:
+        warnings.warn(
+            f"skipped {len(bad)} unreadable image(s) under {train} (data.skip_corrupt=true)", stacklevel=2
+        )
+    skipped = [str(f) for f, _ in bad]
+    return ImageSet(torch.stack(images), torch.as_tensor(labels), [p.name for p in class_dirs], skipped)
 
 
 def load_digits(image_size: int = 16) -> ImageSet:

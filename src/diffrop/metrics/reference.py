@@ -9,9 +9,7 @@ concurrent writer never leaves a half-written file under the final name.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from diffrop.atomic_write import atomic_write
 from diffrop.metrics.scores import feature_stats
 
 
@@ -74,14 +73,8 @@ class ReferenceCache:
             )
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.path(key)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{path.stem}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save({"key": key, "features": features, "labels": labels}, f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path) as f:
+            torch.save({"key": key, "features": features, "labels": labels}, f)
         return path
 
     def get_or_compute(
