@@ -16,7 +16,6 @@ Writes <out>.md, <out>.json and <out>.png (default experiments/results/pcl_study
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import fnmatch
 import json
@@ -35,6 +34,7 @@ import torch
 from scipy import stats
 
 from diffrop.build import net_from_checkpoint
+from diffrop.children import parent_death_signal, stop_group
 from diffrop.data.datasets import load_digits, resize_uint8
 from diffrop.data.longtail import longtail_counts, shot_groups
 from diffrop.diffusion.sampling import ddim_sample, to_uint8
@@ -107,24 +107,30 @@ ARMS = [
 
 @dataclass
 class Children:
-    """Training subprocesses, each in its own process group, all taken down if the study is interrupted."""
+    """The parallel trainings, each in its own process group (diffrop.children: SIGTERMed if the study dies).
+
+    ``diffrop.children.run_logged`` handles signals in the main thread only; here the waits happen in worker
+    threads, so the main thread's handler stops every group itself (train.py checkpoints on SIGTERM, a re-run
+    resumes) and leaves without waiting for the pool.
+    """
 
     procs: set[subprocess.Popen] = field(default_factory=set)
 
     def run(self, cmd: list[str], log: Path, env: dict[str, str]) -> int:
         with log.open("w") as f:
-            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                    preexec_fn=parent_death_signal())  # fmt: skip
             self.procs.add(proc)
             try:
                 return proc.wait()
             finally:
                 self.procs.discard(proc)
 
-    def kill_all(self, *_) -> None:
+    def stop_all(self, signum: int, _frame) -> None:
         for proc in list(self.procs):
-            with contextlib.suppress(ProcessLookupError):  # train.py checkpoints on SIGTERM; a re-run resumes
-                os.killpg(proc.pid, signal.SIGTERM)
-        sys.exit(130)
+            stop_group(proc)
+        print(f"{signal.Signals(signum).name}: stopped the trainings; run the same command again to resume")
+        os._exit(128 + signum)
 
 
 def train(arm: Arm, seed: int, args, children: Children) -> Path:
@@ -342,8 +348,8 @@ def main(argv: list[str] | None = None) -> None:
     if not arms:
         p.error(f"no arm matches {args.arms}; arms: {' '.join(a.slug for a in ARMS)}")
     children = Children()
-    signal.signal(signal.SIGTERM, children.kill_all)
-    signal.signal(signal.SIGINT, children.kill_all)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, children.stop_all)
     start = time.monotonic()
     probe, probe_acc = load_or_train_probe(args.runs / "probe.pt", args.probe_epochs)
     full = load_digits(PROBE_SIZE)

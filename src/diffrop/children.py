@@ -37,7 +37,7 @@ class DriverInterrupted(SystemExit):
         self.signum = signum
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
+def parent_death_signal() -> Callable[[], None] | None:
     """A pre-exec hook asking Linux to SIGTERM the child when the driver dies; resolved before fork, so the hook
     itself only makes one C call (no Python locks taken between fork and exec)."""
     if not sys.platform.startswith("linux"):
@@ -96,7 +96,7 @@ def run_logged(
             stderr=subprocess.STDOUT,
             env=None if env is None else dict(env),
             start_new_session=True,  # its own process group (and no terminal: the driver forwards Ctrl-C)
-            preexec_fn=_parent_death_signal(),
+            preexec_fn=parent_death_signal(),
         )
         try:
             return proc.wait()
