@@ -1,6 +1,6 @@
 """Paper experiment configs and the reproduction driver (experiments/reproduce.py, diffrop.reproduce).
 
-Configs: every paper run composes, alone and with the smoke preset, and carries the recipe of DESIGN.md
+Configs: every paper run composes, alone and with the smoke preset, and carries the recipe of docs/design.md
 section 2. Driver: its skip / retry / FAILED logic, run against a fake `python` that stands in for
 src/train.py and src/eval.py and records what it was asked to do. The real SMOKE pipeline is a slow test.
 """

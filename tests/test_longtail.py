@@ -1,4 +1,4 @@
-"""CIFAR10LT / CIFAR100LT exactly as the CBDM / LDAM code builds them (DESIGN.md section 2), through the real
+"""CIFAR10LT / CIFAR100LT exactly as the CBDM / LDAM code builds them (docs/design.md section 2), through the real
 datamodule on fake CIFAR files in torchvision's pickled format; shot groups by hand."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from fakedata import decode_index
 from diffrop.data.datamodule import LongTailDataModule
 from diffrop.data.longtail import longtail_counts, select_longtail, shot_groups
 
-CIFAR10LT_COUNTS = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]  # DESIGN.md section 2
+CIFAR10LT_COUNTS = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]  # docs/design.md section 2
 
 
 def reference_longtail_indices(targets: np.ndarray, imb_factor: float) -> np.ndarray:

@@ -28,7 +28,7 @@ def _tiny(num_classes: int = 5, **kw) -> ClassConditionalUNet:
 
 
 def test_default_net_matches_cbdm_parameter_count():
-    # The DDPM CIFAR-10 UNet + a 10 x 512 label embedding, as in the CBDM code (DESIGN.md section 2).
+    # The DDPM CIFAR-10 UNet + a 10 x 512 label embedding, as in the CBDM code (docs/design.md section 2).
     net = ClassConditionalUNet(num_classes=10)
     assert sum(p.numel() for p in net.parameters()) == 35_751_427
     assert net.num_classes == 10 and net.image_size == 32 and net.in_channels == 3

@@ -1,4 +1,4 @@
-"""Evaluation of a trained model (DESIGN.md section 3): reference features of the balanced training set (cached),
+"""Evaluation of a trained model (docs/design.md section 3): reference features of the balanced training set (cached),
 generated sets per sampler setting, every score of ``metrics.compute_all``, per-shot scores, optional generated-
 sample class accuracy, and the guidance sweep of paper Fig. 4b. Hydra-free: ``src/eval.py`` builds the objects.
 """

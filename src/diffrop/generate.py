@@ -1,4 +1,4 @@
-"""Sharded, resumable generation of an evaluation set (DESIGN.md section 3; STYLE.md 3.4).
+"""Sharded, resumable generation of an evaluation set (docs/design.md section 3).
 
 Sample k has label ``labels[k]`` and seed ``seed + k``; its noise comes from its own generator
 (``StackedGenerator``), so the images do not depend on the batch size, the shard size or how shards are split

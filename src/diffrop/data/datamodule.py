@@ -89,7 +89,7 @@ class LongTailDataModule(L.LightningDataModule):
 
     # --- data -----------------------------------------------------------------------------------------
     def full_train_set(self) -> ImageSet:
-        """The balanced training set the subset is drawn from (also the FID reference of DESIGN.md section 3)."""
+        """The balanced training set the subset is drawn from (also the FID reference of docs/design.md section 3)."""
         if self._full is None:
             if self.source in ("cifar10", "cifar100"):
                 self._full = load_cifar(self.root, int(self.source[5:]), train=True, download=self.download)

@@ -1,4 +1,4 @@
-"""Long-tail subsets and shot groups, exactly as the CBDM / LDAM code builds CIFAR-LT (DESIGN.md section 2)."""
+"""Long-tail subsets and shot groups, exactly as the CBDM / LDAM code builds CIFAR-LT (docs/design.md section 2)."""
 
 from __future__ import annotations
 

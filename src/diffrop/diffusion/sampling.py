@@ -316,7 +316,7 @@ def sample_labels(
 ) -> Tensor:
     """Labels of a generated set [N] (long).
 
-    ``balanced``: sample k gets class k % C (exactly balanced when C divides N; DESIGN.md section 3).
+    ``balanced``: sample k gets class k % C (exactly balanced when C divides N; docs/design.md section 3).
     ``train``: class counts follow the training label frequencies by largest-remainder allocation of N
     (deterministic; ties go to the lower class index), interleaved so that any prefix is close to the same mix:
     the i-th sample of class c sits at position key (i + 1/2) / n_c, classes ordered by key then index.

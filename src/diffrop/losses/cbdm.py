@@ -1,4 +1,4 @@
-"""The CBDM regulariser (Qin et al. CVPR 2023) exactly as its code does it (DESIGN.md section 2).
+"""The CBDM regulariser (Qin et al. CVPR 2023) exactly as its code does it (docs/design.md section 2).
 
 A second forward eps_theta(x_t, t, y') on the same x_t and t with y' drawn per sample from the training label
 frequencies (uniform when fine-tuning), weighted by w = weight * t / T:

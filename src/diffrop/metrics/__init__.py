@@ -1,4 +1,4 @@
-"""Evaluation metrics (DESIGN.md section 3): Inception features, FID / KID / IS / precision-recall / PRD scores,
+"""Evaluation metrics (docs/design.md section 3): Inception features, FID / KID / IS / precision-recall / PRD scores,
 and the reference-feature cache."""
 
 from diffrop.metrics.features import FidHelperFeatures, InceptionFeatures, make_extractor

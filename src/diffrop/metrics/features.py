@@ -1,4 +1,4 @@
-"""Inception-V3 features of the TF FID network (DESIGN.md section 3).
+"""Inception-V3 features of the TF FID network (docs/design.md section 3).
 
 Two interchangeable extractors, both fed uint8 images [N, 3, H, W] and resized to 299 x 299 with
 torch-fidelity's TF1-compatible bilinear resize, then scaled to (x - 128) / 128 as the TF graph does:

@@ -1,4 +1,4 @@
-"""On-disk cache of reference-set features (DESIGN.md section 3: reference = the full, balanced training set).
+"""On-disk cache of reference-set features (docs/design.md section 3: reference = the full, balanced training set).
 
 One pass of the Inception network over the 50k training images is stored with its labels, so the
 full-set statistics and every per-shot class subset (paper Table 2) come from the same file. Files are

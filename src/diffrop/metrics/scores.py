@@ -1,4 +1,4 @@
-"""Sample-quality scores over precomputed Inception features (protocol: DESIGN.md section 3).
+"""Sample-quality scores over precomputed Inception features (protocol: docs/design.md section 3).
 
 Pure functions: no network is loaded here, so every score is testable on plain tensors. Convention
 throughout: ``real`` is the reference set (the balanced training set), ``fake`` the generated set.
@@ -224,7 +224,7 @@ def prd_f_beta(
     """(F_beta, F_1/beta) of fake w.r.t. real, following Sajjadi et al.'s reference code
     (``compute_prd_from_embedding`` then ``prd_to_max_f_beta_pair``).
 
-    Each run clusters the union of both sets into ``num_clusters`` (20 x C in DESIGN.md) and takes the two
+    Each run clusters the union of both sets into ``num_clusters`` (20 x C in docs/design.md) and takes the two
     cluster histograms; the PRD curves of the runs are averaged, then F_beta / F_1/beta are the maxima over
     the averaged curve. F_8 tracks recall, F_1/8 precision. ``kmeans="minibatch"`` is the reference code's
     ``MiniBatchKMeans(n_init=10)``; ``"full"`` uses Lloyd ``KMeans`` (much slower at 100k x 2048). Sets of
@@ -342,7 +342,7 @@ def compute_all(
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
 ) -> dict[str, Any]:
-    """Every score of DESIGN.md section 3 for one generated set, plus KID from the same features.
+    """Every score of docs/design.md section 3 for one generated set, plus KID from the same features.
 
     Returns ``{fid, kid, kid_std, is_mean, is_std, precision, recall, f_8, f_1_8, per_shot: {group: {fid, kid,
     precision, recall}}}``; ``is_mean`` / ``is_std`` are None when ``fake_logits`` is None (an extractor
