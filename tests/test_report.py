@@ -252,7 +252,9 @@ def test_paper_numbers_file_matches_design() -> None:
         assert len(cells) == len(set(cells)), spec.name
         for row in spec.rows:
             assert re.fullmatch(r"[a-z0-9]+__[a-z0-9_]+", row.cell), row.cell
-            assert set(row.paper) == {c.key for c in spec.columns}, row.cell  # docs/design.md gives every value
+            assert set(row.paper) == {c.key for c in spec.columns}, (
+                row.cell
+            )  # docs/design.md gives every value
 
 
 def test_failure_reason_stops_before_the_traceback_train_py_appends():
