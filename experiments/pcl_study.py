@@ -297,6 +297,15 @@ def render(summary: dict, args, meta: dict) -> str:
     return "\n".join(lines)
 
 
+READING = "\n## Reading"
+
+
+def write_keeping_reading(path: Path, table: str) -> None:
+    """Write the rendered tables, keeping the hand-written "## Reading" section of an earlier file at the end."""
+    old = path.read_text() if path.is_file() else ""
+    path.write_text(table + (old[old.index(READING) :] if READING in old else ""))
+
+
 def plot(summary: dict, path: Path) -> None:
     """Few-shot FID and few-shot confusion against tau0 (log axis), mean ± sd, DDPM as a band."""
     from matplotlib.figure import Figure
@@ -375,7 +384,7 @@ def main(argv: list[str] | None = None) -> None:
                     "wall_s": time.monotonic() - start, "trained": trained}  # fmt: skip
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "arms": summary}, indent=1))
-            args.out.with_suffix(".md").write_text(render(summary, args, meta))
+            write_keeping_reading(args.out.with_suffix(".md"), render(summary, args, meta))
             print(
                 f"[{done}/{len(tasks)}] {arm.slug} seed {seed} scored, {meta['wall_s'] / 60:.1f} min",
                 flush=True,

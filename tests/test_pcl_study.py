@@ -60,7 +60,9 @@ def test_tiny_study_end_to_end_and_resumes(tmp_path) -> None:
     assert len(pcl["recipe"]["few/fid"]["per_seed"]) == 2 and pcl["recipe"]["few/fid"]["vs_ddpm"] is not None
     md = (tmp_path / "out.md").read_text()
     assert "| DDPM + PCL alg1 tau0=1 | 2 |" in md and (tmp_path / "out.png").stat().st_size > 0
+    (tmp_path / "out.md").write_text(md + "\n## Reading\n\nhand-written\n")
     scores = tmp_path / "runs" / "ddpm" / "seed0" / "study_scores.json"
     stamp = scores.stat().st_mtime_ns
     study.main(args)  # finished runs and their scores are reused, not redone
     assert scores.stat().st_mtime_ns == stamp
+    assert (tmp_path / "out.md").read_text().endswith("\n## Reading\n\nhand-written\n")  # kept on re-render
