@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -165,6 +166,21 @@ def test_driver_trains_evaluates_then_skips_finished_work(fake, tmp_path):
     _, calls3 = fake("table2")
     swept = next(a for a in calls3[0] if a.startswith("experiment=")).split("=", 1)[1].split(",")
     assert "cifar10lt/ddpm" not in swept and "cifar10lt/cbdm" in swept and len(swept) == 6
+
+
+def test_driver_says_cell_stage_eta_and_log(fake, tmp_path, capsys):
+    fake("table4")
+    out = capsys.readouterr().out
+    logs = tmp_path / "runs" / "logs"
+    assert f"[reproduce table4] train 3 models (log {logs / 'table4-train-0.log'})" in out
+    cells = [c.cell for c in load_cells("table4")]
+    first = f"[reproduce table4] cell 1/3 {cells[0]}: eval (log {logs / f'table4-eval-{cells[0]}.log'})"
+    assert first in out  # no ETA before a cell has finished
+    second = next(
+        ln for ln in out.splitlines() if ln.startswith(f"[reproduce table4] cell 2/3 {cells[1]}: eval")
+    )
+    assert re.search(r", ETA \d+:\d\d:\d\d for 2 cells\)$", second)
+    assert "cell 3/3" in out and "ETA" in out.split("cell 3/3", 1)[1].splitlines()[0]
 
 
 def test_failed_training_marks_its_cells_failed_and_is_retried(fake, tmp_path):

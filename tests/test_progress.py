@@ -6,9 +6,10 @@ import io
 import math
 
 import pytest
+import torch
 from lightning.pytorch.callbacks import RichProgressBar
 
-from diffrop.progress import LogProgress, progress_bar
+from diffrop.progress import LogProgress, progress_bar, track
 
 
 def test_auto_picks_log_lines_when_stdout_is_not_a_terminal(monkeypatch):
@@ -46,3 +47,43 @@ def test_line_without_a_known_end_has_no_eta():
     bar._start, bar._last, bar._images = (0.0, 10), (0.0, 10), 0
     line = bar.line(20, math.inf, {}, now=5.0)
     assert line.startswith("step 20 |") and "ETA" not in line and "elapsed 0:00:05" in line
+
+
+@pytest.fixture
+def lines(monkeypatch):
+    """What diffrop.progress.emit would write, with stdout a file (not a terminal)."""
+    monkeypatch.setattr("sys.stdout", io.StringIO())
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    monkeypatch.delenv("TTY_COMPATIBLE", raising=False)
+    out: list[str] = []
+    monkeypatch.setattr("diffrop.progress.emit", out.append)
+    return out
+
+
+def test_track_writes_plain_lines_off_a_terminal_from_rank_zero_only(lines, monkeypatch):
+    assert list(track(range(4), "sampling", every_n_seconds=0)) == [0, 1, 2, 3]
+    assert lines[0].startswith("sampling: 1/4 (25%) | elapsed ") and "ETA" in lines[0]
+    assert len(lines) == 4 and lines[-1].startswith("sampling: 4/4 (100%)")
+    lines.clear()
+    assert list(track(range(4), "sampling", every_n_seconds=3600)) == [0, 1, 2, 3]
+    assert len(lines) == 1 and "4/4" in lines[0]  # the interval never came: the end still reports
+    lines.clear()
+    assert list(track(range(4), "x", rank=1, every_n_seconds=0)) == [0, 1, 2, 3]
+    monkeypatch.setenv("RANK", "2")  # torchrun's rank, for callers that do not pass one (feature extraction)
+    assert list(track(iter(range(3)), "x", every_n_seconds=0)) == [0, 1, 2]
+    assert lines == []
+    monkeypatch.setenv("RANK", "0")
+    list(track(iter(range(2)), "features", every_n_seconds=0))
+    assert lines == ["features: 1 | elapsed 0:00:00", "features: 2 | elapsed 0:00:00"]  # no length: no ETA
+
+
+def test_generation_reports_shards_from_rank_zero_only(lines, tmp_path):
+    from test_generate import SCHEDULE, SPEC, CountingNet
+
+    from diffrop.generate import generate
+
+    labels = torch.arange(6) % 4
+    generate(CountingNet(), SCHEDULE, labels, tmp_path, SPEC, shard_size=2, rank=1, world_size=2)
+    assert lines == []
+    generate(CountingNet(), SCHEDULE, labels, tmp_path, SPEC, shard_size=2, rank=0, world_size=2)
+    assert lines and lines[-1].startswith("sampling 2 shards: 2/2 (100%)")

@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.progress import track
 from torch import Tensor
 from torchvision.utils import save_image
 
 from diffrop.atomic_write import atomic_write
 from diffrop.diffusion.sampling import Net, SamplerSpec, StackedGenerator, sample, to_uint8
 from diffrop.diffusion.schedule import NoiseSchedule
+from diffrop.progress import track
 
 
 @torch.no_grad()
@@ -111,7 +111,8 @@ def generate(
     num_shards = (len(labels) + shard_size - 1) // shard_size
     paths = [shard_path(out_dir, i) for i in range(num_shards)]
     todo = [i for i in range(rank, num_shards, world_size) if not paths[i].is_file()]
-    for i in track(todo, description=f"sampling {len(todo)} shards", disable=not progress or not todo):
+    steps = track(todo, f"sampling {len(todo)} shards", disable=not progress or not todo, rank=rank)
+    for i in steps:  # rank 0 reports; the other ranks draw theirs quietly
         lo, hi = i * shard_size, min((i + 1) * shard_size, len(labels))
         seeds = torch.arange(lo, hi) + seed
         images = sample_images(net, schedule, labels[lo:hi], seeds, spec, device)

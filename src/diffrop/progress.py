@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning as L
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from rich.console import Console
+from rich.progress import track as rich_track
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 KINDS = ("auto", "rich", "log")
 
@@ -122,3 +126,53 @@ def emit(line: str) -> None:
         log.info(line)
     else:
         print(line, flush=True)
+
+
+def process_rank() -> int:
+    """This process's global rank under torchrun / SLURM (0 when not distributed)."""
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def track(
+    items: Iterable[T],
+    description: str,
+    total: int | None = None,
+    *,
+    disable: bool = False,
+    rank: int | None = None,
+    every_n_seconds: float = 30.0,
+) -> Iterator[T]:
+    """Progress over a loop (generation, feature extraction), from rank 0 only (``rank``: default from the env).
+
+    rich's live bar on a terminal; elsewhere (a log file) a plain line ``<description>: 12/50 (24%) | elapsed ... |
+    ETA ...`` every ``every_n_seconds`` and at the end, through ``emit``.
+    """
+    if disable or (process_rank() if rank is None else rank) != 0:
+        yield from items
+        return
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    console = Console()
+    if console.is_terminal or console.is_jupyter:
+        yield from rich_track(items, description=description, total=total)
+        return
+    start = last = time.monotonic()
+    for done, item in enumerate(items, 1):
+        yield item
+        now = time.monotonic()
+        if now - last >= every_n_seconds or done == total:
+            emit(track_line(description, done, total, now - start))
+            last = now
+
+
+def track_line(description: str, done: int, total: int | None, elapsed: float) -> str:
+    parts = [
+        f"{description}: {done}/{total} ({100 * done / total:.0f}%)" if total else f"{description}: {done}"
+    ]
+    parts.append(f"elapsed {timedelta(seconds=round(elapsed))}")
+    if total and done:
+        parts.append(f"ETA {timedelta(seconds=round(elapsed / done * max(total - done, 0)))}")
+    return " | ".join(parts)

@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,10 @@ class Driver:
     table: str
     opts: Options
     log: list[str] = field(default_factory=list)
+    where: str = ""  # the cell being worked on, "cell 3/8 <cell>: ", for the stage lines
+    cells_left: int = 0  # cells not finished yet, this one included
+    cell_seconds: list[float] = field(default_factory=list)  # time of each finished cell that ran a stage
+    stages_run: int = 0
 
     # --- commands --------------------------------------------------------------------------------------
     def train_commands(self, experiments: list[str]) -> list[list[str]]:
@@ -226,12 +231,21 @@ class Driver:
         self.log.append(message)
         print(f"[reproduce {self.table}] {message}", flush=True)
 
-    def execute(self, cmd: list[str], log_name: str) -> int:
+    def eta(self) -> str:
+        """``, ETA 0:12:00`` for the cells left, from the mean time of the cells that ran a stage so far."""
+        if not self.cell_seconds or not self.cells_left:
+            return ""
+        mean = sum(self.cell_seconds) / len(self.cell_seconds)
+        return f", ETA {timedelta(seconds=round(mean * self.cells_left))} for {self.cells_left} cells"
+
+    def execute(self, cmd: list[str], log_name: str, stage: str) -> int:
         """Run one stage command, output to <root>/logs/<log_name>.log; the tail is printed on failure."""
+        log = self.opts.root / "logs" / f"{log_name}.log"
+        self.say(f"{self.where}{stage} (log {log}{self.eta()})")
         self.say("$ " + shlex.join(cmd))
         if self.opts.dry_run:
             return 0
-        log = self.opts.root / "logs" / f"{log_name}.log"
+        self.stages_run += 1
         start = time.monotonic()
         env = dict(os.environ)
         if self.opts.smoke:  # tiny tensors: one thread is as fast, and far faster on a busy machine
@@ -260,7 +274,7 @@ class Driver:
             self.say(f"model {e}: {state} ({detail})")
         todo = [e for e, (state, _) in states.items() if state != "done"]
         for i, cmd in enumerate(self.train_commands(todo) if todo else []):
-            self.execute(cmd, f"{self.table}-train-{i}")
+            self.execute(cmd, f"{self.table}-train-{i}", f"train {len(todo)} models")
         return {e: training_state(model_dir(o.root, e), limit) for e in experiments}
 
     def evaluate(self, cell: Cell, models: dict[str, tuple[str, str]]) -> None:
@@ -281,7 +295,7 @@ class Driver:
             self.classify(cell)
             return
         log = o.root / "logs" / f"{self.table}-eval-{cell.cell}.log"
-        if self.execute(self.eval_command(cell, cell_dir / "eval", cell.num_samples), log.stem):
+        if self.execute(self.eval_command(cell, cell_dir / "eval", cell.num_samples), log.stem, "eval"):
             self.mark_failed(cell, failure_reason(cell_dir / "eval" / "FAILED", log), log)
 
     def classify(self, cell: Cell) -> None:
@@ -293,7 +307,7 @@ class Driver:
             gen_results = gen / "results.json"
             if not gen_results.is_file():
                 log = o.root / "logs" / f"{self.table}-generate-{cell.cell}.log"
-                if self.execute(self.eval_command(cell, gen, cell.num_samples), log.stem):
+                if self.execute(self.eval_command(cell, gen, cell.num_samples), log.stem, "generate"):
                     self.mark_failed(cell, failure_reason(gen / "FAILED", log), log)
                     return
             if o.dry_run:
@@ -301,7 +315,7 @@ class Driver:
             else:
                 generated = Path(json.loads(gen_results.read_text())["samples"])
         log = o.root / "logs" / f"{self.table}-classify-{cell.cell}.log"
-        if self.execute(self.classify_command(cell, generated), log.stem):
+        if self.execute(self.classify_command(cell, generated), log.stem, "classify"):
             self.mark_failed(cell, failure_reason(cell_dir / "eval" / "FAILED", log), log)
 
     def render(self) -> Any:
@@ -322,8 +336,13 @@ class Driver:
         cells = load_cells(self.table, smoke=self.opts.smoke)
         self.opts.root.mkdir(parents=True, exist_ok=True)
         models = self.train(cells)
-        for cell in cells:
+        for i, cell in enumerate(cells, 1):
+            self.where, self.cells_left = f"cell {i}/{len(cells)} {cell.cell}: ", len(cells) - i + 1
+            start, ran = time.monotonic(), self.stages_run
             self.evaluate(cell, models)
+            if self.stages_run > ran:
+                self.cell_seconds.append(time.monotonic() - start)
+        self.where, self.cells_left = "", 0
         return self.render()
 
 

@@ -19,9 +19,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
-from rich.progress import track
 from torch import Tensor
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+from diffrop.progress import track
 
 INCEPTION_SIZE = 299
 
@@ -93,9 +94,7 @@ class _Extractor:
         """
         batches, total = _batches(images, batch_size)
         pools, logits = [], []
-        steps: Iterator[Tensor] = track(
-            batches, total=total, description=f"{self.name} features", disable=not progress
-        )
+        steps: Iterator[Tensor] = track(batches, f"{self.name} features", total, disable=not progress)
         for batch in steps:
             pool, logit = self._forward(_check_batch(batch).to(self.device))
             pools.append(pool.float())
