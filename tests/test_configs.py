@@ -295,3 +295,13 @@ def test_null_callback_or_logger_is_switched_off(tmp_path):
     names = {type(c).__name__ for c in trainer.callbacks}
     assert "SampleGrid" not in names and "ModelCheckpoint" in names
     assert [type(lg).__name__ for lg in trainer.loggers] == ["ResumableCSVLogger"]
+
+
+@pytest.mark.parametrize(
+    "overrides", [["loss=pcl_exp"], ["experiment=cifar10lt/ddpm_pcl"], ["experiment=cifar100lt/cbdm_pcl"]]
+)
+def test_pcl_defaults_are_the_pcl_studys_and_paper_recipes_use_them(overrides, tmp_path):
+    # experiments/results/pcl_study.md: per-anchor sum (Algorithm 1); tau0 = 0.03, the largest with no harm measured
+    cfg = compose_train(overrides, tmp_path)
+    assert cfg.loss.terms.pcl.reduction == "algorithm1_sum"
+    assert cfg.tau.tau0 == 0.03 and cfg.loss.terms.pcl.tau.tau0 == 0.03
