@@ -38,7 +38,7 @@ from diffrop.reproduce import Driver, Options
 import diffrop.children
 diffrop.children.GRACE_S = float(sys.argv[3])
 log = Path(sys.argv[1])
-sys.exit(Driver("t", Options(root=log.parent.parent)).execute([sys.executable, "-c", sys.argv[2]], log.stem))
+sys.exit(Driver("t", Options(root=log.parent.parent)).execute([sys.executable, "-c", sys.argv[2]], log.stem, "stage"))
 """,
 }
 
