@@ -199,7 +199,9 @@ TAU_AT = {  # tau(s) at s = t / T = 0.5 with the configs' constants
 
 @pytest.mark.parametrize("option", [o for g, o in OPTIONS if g == "tau"])
 def test_tau_options_instantiate(option, tmp_path):
-    tau = instantiate(compose_train([f"tau={option}", "tau.tau0=1"], tmp_path).tau)  # the shape, not the default
+    tau = instantiate(
+        compose_train([f"tau={option}", "tau.tau0=1"], tmp_path).tau
+    )  # the shape, not the default
     cls, at_half = TAU_AT[option]
     assert isinstance(tau, cls)
     assert tau(torch.tensor([0.5])).item() == pytest.approx(at_half, rel=1e-6)
