@@ -374,7 +374,7 @@ def random_inception(path: Path) -> Path:
 
 PR_CHILD = """
 import json, sys, time, torch
-from diffrop.metrics.scores import precision_recall
+from diffrop.evaluation.metrics.scores import precision_recall
 n, chunk = int(sys.argv[1]), int(sys.argv[2])
 g = torch.Generator().manual_seed(0)
 dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -398,7 +398,7 @@ print(json.dumps({"seconds": sec, "peak_extra_bytes": peak}))
 
 def kid_row(n: int) -> dict:
     """KID on N x 2048 features with the default 100 subsets of 1000 (float64, on the GPU if there is one)."""
-    from diffrop.metrics.scores import kernel_inception_distance
+    from diffrop.evaluation.metrics.scores import kernel_inception_distance
 
     g = torch.Generator().manual_seed(0)
     real, fake = (torch.randn(n, 2048, generator=g).to("cuda" if CUDA else "cpu") for _ in range(2))
@@ -407,7 +407,7 @@ def kid_row(n: int) -> dict:
 
 
 def bench_eval(args) -> list[dict]:
-    from diffrop.metrics.features import make_extractor
+    from diffrop.evaluation.metrics.features import make_extractor
 
     device = "cuda" if CUDA else "cpu"
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,6 @@
 """DiffROP Fig. 2 / Sec. 5.1: does a PCL form move the optimum of the diffusion loss on a 1-D two-class mixture?
 
-Exact loss landscapes over the two class means (m1, m2) of the toy in ``diffrop.toy`` (its docstring derives
+Exact loss landscapes over the two class means (m1, m2) of the toy in ``diffrop.paper.toy`` (its docstring derives
 every formula): the diffusion loss alone, and diffusion + PCL for each phi of ``diffrop.losses.pcl.PHI``.
 Writes <out>/fig2_toy.png (heatmaps with the truth (0, 2) and each arg-min) and <out>/fig2_toy.json, and prints
 the arg-min table. Runs in about a second:
@@ -25,7 +25,7 @@ from matplotlib.colors import LogNorm
 
 from diffrop.losses import tau as tau_schedules
 from diffrop.losses.pcl import PHI
-from diffrop.toy import DISTANCES, Toy, argmin_2d, landscapes
+from diffrop.paper.toy import DISTANCES, Toy, argmin_2d, landscapes
 
 SCHEDULES = {"constant": "Constant", "exp_decay": "ExpDecay", "linear": "Linear", "cosine": "Cosine"}
 
@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("experiments/results"), help="output folder")
     p.add_argument("--s", type=float, default=0.5, help="class standard deviation (default 0.5)")
     p.add_argument(
-        "--tau", type=float, default=30.0, help="tau0, the PCL weight (default 30, see diffrop.toy)"
+        "--tau", type=float, default=30.0, help="tau0, the PCL weight (default 30, see diffrop.paper.toy)"
     )
     p.add_argument(
         "--tau-schedule", choices=SCHEDULES, default="constant", help="tau(t/T) (default constant)"

@@ -7,7 +7,7 @@ CBDM and CBDM + PCL, several seeds, each model sampled at w = 0 and at its recip
 Every arm trains the quickstart model (tiny UNet, 8x8 digits, imbalance 0.1, batch 64, lr 1e-3) for 1,000 steps with the same
 seed, batch order and initial weights per seed; only the loss differs. Samples: DDIM-50, ``--per-class`` per class,
 the same initial noise for every arm of a seed (common random numbers: differences are less noisy than the
-values). Scores live in a digits classifier's feature space (diffrop.digits_probe): per-shot FID and recall,
+values). Scores live in a digits classifier's feature space (diffrop.paper.digits_probe): per-shot FID and recall,
 accuracy, confusion (share of class-c samples assigned to another class) and to_head (assigned to a many-shot
 class). ``grad_ratio`` is the median of ``train/pcl/grad_ratio`` over the second half of training.
 Writes <out>.md, <out>.json and <out>.png (default experiments/results/pcl_study.*).
@@ -34,12 +34,12 @@ import torch
 from scipy import stats
 
 from diffrop.build import net_from_checkpoint
-from diffrop.children import parent_death_signal, stop_group
 from diffrop.data.datasets import load_digits, resize_uint8
 from diffrop.data.longtail import longtail_counts, shot_groups
 from diffrop.diffusion.sampling import ddim_sample, to_uint8
-from diffrop.digits_probe import PROBE_SIZE, load_or_train_probe, probe_outputs, score_by_group
-from diffrop.reproduce import training_state
+from diffrop.paper.digits_probe import PROBE_SIZE, load_or_train_probe, probe_outputs, score_by_group
+from diffrop.paper.reproduce import training_state
+from diffrop.runtime.children import parent_death_signal, stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE_W = {"ddpm": 0.8, "cbdm": 1.6}  # CBDM's README: DDPM 0.8, CBDM 1.6
@@ -107,9 +107,9 @@ ARMS = [
 
 @dataclass
 class Children:
-    """The parallel trainings, each in its own process group (diffrop.children: SIGTERMed if the study dies).
+    """The parallel trainings, each in its own process group (diffrop.runtime.children: SIGTERMed if the study dies).
 
-    ``diffrop.children.run_logged`` handles signals in the main thread only; here the waits happen in worker
+    ``diffrop.runtime.children.run_logged`` handles signals in the main thread only; here the waits happen in worker
     threads, so the main thread's handler stops every group itself (train.py checkpoints on SIGTERM, a re-run
     resumes) and leaves without waiting for the pool.
     """

@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from diffrop.reproduce import TABLES, Driver, Options
+from diffrop.paper.reproduce import TABLES, Driver, Options
 
 
 def parse(argv: list[str] | None = None) -> tuple[str, Options]:

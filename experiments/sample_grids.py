@@ -20,7 +20,7 @@ from torchvision.utils import save_image
 
 from diffrop.build import net_from_checkpoint
 from diffrop.diffusion.sampling import ddim_sample, ddpm_sample
-from diffrop.reproduce import Cell, Driver, Options, model_dir
+from diffrop.paper.reproduce import Cell, Driver, Options, model_dir
 
 METHODS = ("ddpm", "ddpm_pcl", "cbdm", "cbdm_pcl")
 

@@ -14,11 +14,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
-from diffrop.atomic_write import atomic_write
-from diffrop.classifier import ClassifierModule, classification_metrics, load_generated, split_per_class
-from diffrop.console import quiet_third_party_noise
 from diffrop.data.datasets import ImageSet, load_cifar
 from diffrop.data.longtail import longtail_counts, select_longtail, shot_groups
+from diffrop.evaluation.classification import classification_metrics, load_generated, split_per_class
+from diffrop.runtime.atomic_write import atomic_write
+from diffrop.runtime.console import quiet_third_party_noise
+from diffrop.training.classifier import ClassifierModule
 
 
 def train_and_test_sets(cfg: DictConfig) -> tuple[ImageSet, ImageSet, ImageSet]:

@@ -2,7 +2,7 @@
 
 Rebuilds the EMA network from the checkpoint's own config, draws the generated set in resumable shards (per-sample
 seeds), scores it against cached reference features of the balanced training set and writes
-<run>/eval/results.json (see diffrop.evaluation). Under torchrun every rank draws its shards; rank 0 scores.
+<run>/eval/results.json (see diffrop.evaluation.pipeline). Under torchrun every rank draws its shards; rank 0 scores.
 """
 
 from __future__ import annotations
@@ -25,11 +25,14 @@ from omegaconf.errors import InterpolationResolutionError
 from rich.console import Console
 from rich.table import Table
 
-from diffrop import build, eval_wandb, evaluation, plots
-from diffrop.atomic_write import atomic_write
+from diffrop import build
 from diffrop.data.datamodule import LongTailDataModule
 from diffrop.diffusion.sampling import SamplerSpec
-from diffrop.metrics import ReferenceCache, weights_fingerprint
+from diffrop.evaluation import pipeline as evaluation
+from diffrop.evaluation import plots
+from diffrop.evaluation import wandb_log as eval_wandb
+from diffrop.evaluation.metrics import ReferenceCache, weights_fingerprint
+from diffrop.runtime.atomic_write import atomic_write
 
 NO_CKPT = (
     "error: no checkpoint to evaluate: pass ckpt_path=<run>/checkpoints/last.ckpt "
@@ -182,7 +185,7 @@ def _container(cfg: DictConfig) -> dict[str, Any]:
 
 
 def log_wandb(cfg: DictConfig, results: dict[str, Any], run_dir: Path) -> None:
-    """Results to W&B (offline by default; see diffrop.eval_wandb): job_type eval, grouped with the training runs
+    """Results to W&B (offline by default; see diffrop.evaluation.wandb_log): job_type eval, grouped with the training runs
     of the same name, tagged like them, the checkpoint's artifact as input when its training run logged one."""
     import wandb
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import signal
 import sys
-import traceback
 import warnings
 from pathlib import Path
 
@@ -20,12 +18,14 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from diffrop import build, resolvers
-from diffrop.atomic_write import DiskFullError, remove_stale_temps
-from diffrop.checkpoint_io import check_compatible
-from diffrop.console import quiet_third_party_noise
-from diffrop.nonfinite import NonFiniteLossError
-from diffrop.run_lock import RunDirLocked, run_dir_lock
+from diffrop import build
+from diffrop.runtime import resolvers
+from diffrop.runtime.atomic_write import DiskFullError, remove_stale_temps
+from diffrop.runtime.console import quiet_third_party_noise
+from diffrop.runtime.run_lock import RunDirLocked, run_dir_lock
+from diffrop.runtime.run_status import clear_failed, write_failed
+from diffrop.training.checkpoint_io import check_compatible
+from diffrop.training.nonfinite import NonFiniteLossError
 
 # Expected user errors (bad config values, missing data, wrong/corrupt checkpoint, a NaN loss): one line on stderr
 # and exit code 1; HYDRA_FULL_ERROR=1 shows the whole traceback, which <run dir>/FAILED always keeps.
@@ -65,10 +65,8 @@ def slurm_job() -> dict[str, str]:
 @rank_zero_only
 def mark_failed(run_dir: Path, err: BaseException) -> None:
     """A FAILED file lets sweeps and table rendering show this run as failed instead of dropping it."""
-    job = "".join(f"{k}: {v}\n" for k, v in slurm_job().items() if k != "restarts")
     headline = user_error(err) or f"{type(err).__name__}: {err}"  # one line a table can show
-    with contextlib.suppress(OSError):  # a full disk must not hide the error itself
-        (run_dir / "FAILED").write_text(f"{headline}\n{job}\n{traceback.format_exc()}")
+    write_failed(run_dir, headline, {k: v for k, v in slurm_job().items() if k != "restarts"})
 
 
 def user_error(err: BaseException) -> str | None:
@@ -103,7 +101,7 @@ def optimized_value(trainer: L.Trainer, name: str | None) -> float | None:
     return float(trainer.callback_metrics[name])
 
 
-# Short runs: diffrop.callbacks.LogFirstAndLastStep logs the first and last step whatever the interval.
+# Short runs: diffrop.training.callbacks.LogFirstAndLastStep logs the first and last step whatever the interval.
 warnings.filterwarnings(
     "ignore", message=r"The number of training batches .* logging interval", module="lightning"
 )
@@ -147,7 +145,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
             run_dir / "checkpoints" / "last.ckpt"
         )  # the final step, whatever the interval
         value = optimized_value(trainer, cfg.get("optimized_metric"))
-        (run_dir / "FAILED").unlink(missing_ok=True)
+        clear_failed(run_dir)
         rank_zero_info(
             f"Done: step {trainer.global_step}. Run directory: {run_dir}\n"
             f"  checkpoint   {run_dir / 'checkpoints/last.ckpt'}\n  metrics      {run_dir / 'metrics.csv'}\n"

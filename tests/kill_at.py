@@ -19,9 +19,9 @@ import signal
 import lightning as L
 import torch
 
-import diffrop.callbacks
-import diffrop.checkpoint_io
-from diffrop.atomic_write import atomic_write
+import diffrop.training.callbacks
+import diffrop.training.checkpoint_io
+from diffrop.runtime.atomic_write import atomic_write
 
 
 def die() -> None:
@@ -37,7 +37,7 @@ class KillAt(L.Callback):
 
     def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         if self.where == "save":
-            save = diffrop.checkpoint_io.atomic_save
+            save = diffrop.training.checkpoint_io.atomic_save
 
             def half_then_die(obj, path):
                 if trainer.global_step != self.step:
@@ -49,16 +49,18 @@ class KillAt(L.Callback):
                     f.flush()
                     die()
 
-            diffrop.checkpoint_io.atomic_save = half_then_die  # AtomicCheckpointIO looks it up at each save
+            diffrop.training.checkpoint_io.atomic_save = (
+                half_then_die  # AtomicCheckpointIO looks it up at each save
+            )
         if self.where == "grid":
-            sample = diffrop.callbacks.ddim_sample
+            sample = diffrop.training.callbacks.ddim_sample
 
             def die_in_grid(*args, **kwargs):
                 if trainer.global_step == self.step:
                     die()
                 return sample(*args, **kwargs)
 
-            diffrop.callbacks.ddim_sample = die_in_grid  # SampleGrid.draw looks it up at each grid
+            diffrop.training.callbacks.ddim_sample = die_in_grid  # SampleGrid.draw looks it up at each grid
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if self.where == "step" and trainer.global_step == self.step:  # before ModelCheckpoint (always last)

@@ -174,7 +174,7 @@ def _tiny_checkpoint(path: Path, num_classes: int, base_channels: int) -> None:
     from hydra import compose, initialize_config_dir
 
     from diffrop import build
-    from diffrop.module import DiffusionModule
+    from diffrop.training.module import DiffusionModule
 
     with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=[*TINY, f"model.net.base_channels={base_channels}"])

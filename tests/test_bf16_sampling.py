@@ -11,9 +11,9 @@ import torch
 
 from diffrop.diffusion.sampling import SamplerSpec, autocast_net
 from diffrop.diffusion.schedule import NoiseSchedule
-from diffrop.evaluation import sample_dir
-from diffrop.generate import sample_images
-from diffrop.metrics.scores import fid_from_features
+from diffrop.evaluation.generate import sample_images
+from diffrop.evaluation.metrics.scores import fid_from_features
+from diffrop.evaluation.pipeline import sample_dir
 from diffrop.nets.unet import ClassConditionalUNet
 
 SCHEDULE = NoiseSchedule(1000)

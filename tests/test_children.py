@@ -28,15 +28,15 @@ DRIVERS = {
     "run_logged": """
 import sys
 from pathlib import Path
-from diffrop.children import run_logged
+from diffrop.runtime.children import run_logged
 sys.exit(run_logged([sys.executable, "-c", sys.argv[2]], Path(sys.argv[1]), grace=float(sys.argv[3])))
 """,
     "Driver.execute": """
 import sys
 from pathlib import Path
-from diffrop.reproduce import Driver, Options
-import diffrop.children
-diffrop.children.GRACE_S = float(sys.argv[3])
+from diffrop.paper.reproduce import Driver, Options
+import diffrop.runtime.children
+diffrop.runtime.children.GRACE_S = float(sys.argv[3])
 log = Path(sys.argv[1])
 sys.exit(Driver("t", Options(root=log.parent.parent)).execute([sys.executable, "-c", sys.argv[2]], log.stem, "stage"))
 """,
@@ -121,7 +121,7 @@ def test_sigkilled_driver_still_stops_its_direct_child(tmp_path):
 
 
 def test_exit_code_and_output_of_a_normal_child(tmp_path):
-    from diffrop.children import run_logged
+    from diffrop.runtime.children import run_logged
 
     log = tmp_path / "out.log"
     rc = run_logged([sys.executable, "-c", "import sys; print('hi'); sys.exit(3)"], log)

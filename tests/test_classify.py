@@ -13,15 +13,10 @@ import pytest
 import torch
 from wandb_records import offline_runs, read_run
 
-from diffrop.classifier import (
-    CifarResNet,
-    Uint8Classifier,
-    classification_metrics,
-    load_generated,
-    random_crop_flip,
-    split_per_class,
-)
 from diffrop.data.datasets import ImageSet
+from diffrop.evaluation.classification import classification_metrics, load_generated, split_per_class
+from diffrop.nets.resnet import CifarResNet, Uint8Classifier
+from diffrop.training.classifier import random_crop_flip
 
 REPO = Path(__file__).resolve().parents[1]  # not from conftest: tests/slurm has its own conftest
 

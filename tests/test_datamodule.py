@@ -10,8 +10,8 @@ import pytest
 import torch
 from fakedata import write_image_folder
 
+from diffrop.data.balance import StepBatchSampler, class_balancing_weights
 from diffrop.data.datamodule import LongTailDataModule
-from diffrop.data.sampling import StepBatchSampler, class_balancing_weights
 
 # --- imagefolder_lt --------------------------------------------------------------------------------------
 

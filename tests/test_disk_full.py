@@ -18,10 +18,10 @@ import pytest
 import torch
 from train_utils import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY, load_ckpt
 
-import diffrop.atomic_write as aw
-from diffrop.atomic_write import DiskFullError, atomic_write
-from diffrop.checkpoint_io import atomic_save
-from diffrop.metrics import ReferenceCache
+import diffrop.runtime.atomic_write as aw
+from diffrop.evaluation.metrics import ReferenceCache
+from diffrop.runtime.atomic_write import DiskFullError, atomic_write
+from diffrop.training.checkpoint_io import atomic_save
 
 
 @contextlib.contextmanager
@@ -141,7 +141,7 @@ def test_train_on_a_disk_that_fills_up_keeps_the_last_checkpoint(tmp_path):
 
 
 def test_stale_temps_of_killed_writers_are_removed_and_nothing_else(tmp_path):
-    from diffrop.atomic_write import remove_stale_temps
+    from diffrop.runtime.atomic_write import remove_stale_temps
 
     stale = tmp_path / ".last.ckpt.1234-0badc0de.tmp"
     keep = [tmp_path / "last.ckpt", tmp_path / ".hidden", tmp_path / "notes.tmp", tmp_path / ".x.tmp"]

@@ -22,8 +22,8 @@ from diffrop.diffusion.sampling import (
     sample,
 )
 from diffrop.diffusion.schedule import NoiseSchedule
-from diffrop.evaluation import sample_dir
-from diffrop.generate import sample_images
+from diffrop.evaluation.generate import sample_images
+from diffrop.evaluation.pipeline import sample_dir
 from diffrop.nets.unet import ClassConditionalUNet
 
 SCHEDULE = NoiseSchedule(1000)

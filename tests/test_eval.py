@@ -24,9 +24,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from inception_weights import write_fidelity_weights
 
-from diffrop import build, evaluation
+from diffrop import build
 from diffrop.data.datamodule import LongTailDataModule
-from diffrop.eval_callback import PeriodicFID
+from diffrop.evaluation import pipeline as evaluation
+from diffrop.training.periodic_fid import PeriodicFID
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("eval_entry", REPO / "src" / "eval.py")
@@ -378,7 +379,7 @@ def test_periodic_fid_logs_val_fid(ckpt, tmp_path, fake_extractor):
     fid = logged[0][1]["val/fid"]
     # independent: the same 20 samples (balanced labels, seeds 0..19) scored with scipy
     from diffrop.diffusion.sampling import SamplerSpec
-    from diffrop.generate import sample_images
+    from diffrop.evaluation.generate import sample_images
 
     images = sample_images(
         net, schedule, torch.arange(20) % 10, torch.arange(20), SamplerSpec("ddim", 2, 0.0)

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from wandb_records import offline_runs, read_run
 
-from diffrop.eval_wandb import (
+from diffrop.evaluation.wandb_log import (
     TABLE_COLUMNS,
     checkpoint_artifact,
     link_checkpoint,

@@ -1,4 +1,4 @@
-"""Paper experiment configs and the reproduction driver (experiments/reproduce.py, diffrop.reproduce).
+"""Paper experiment configs and the reproduction driver (experiments/reproduce.py, diffrop.paper.reproduce).
 
 Configs: every paper run composes, alone and with the smoke preset, and carries the recipe of docs/design.md
 section 2. Driver: its skip / retry / FAILED logic, run against a fake `python` that stands in for
@@ -20,7 +20,7 @@ import torch
 import yaml
 from hydra import compose, initialize_config_dir
 
-from diffrop.reproduce import Driver, Options, load_cells, model_dir, override_value, training_state
+from diffrop.paper.reproduce import Driver, Options, load_cells, model_dir, override_value, training_state
 
 REPO = Path(__file__).resolve().parents[1]  # not from conftest: tests/slurm has its own conftest
 CONFIG_DIR = REPO / "configs"

@@ -11,7 +11,7 @@ import torch
 import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
 from torch import nn
 
-from diffrop.metrics.features import FidHelperFeatures, InceptionFeatures, make_extractor
+from diffrop.evaluation.metrics.features import FidHelperFeatures, InceptionFeatures, make_extractor
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import torch
 
 from diffrop.diffusion.sampling import SamplerSpec
 from diffrop.diffusion.schedule import NoiseSchedule
-from diffrop.generate import generate, merge_shards, save_grid, shard_path
+from diffrop.evaluation.generate import generate, merge_shards, save_grid, shard_path
 
 SCHEDULE = NoiseSchedule(20)
 SPEC = SamplerSpec("ddim", steps=3, eta=1.0, guidance=0.5, batch_size=3)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import REPO, THREADS
 
-from diffrop.smoke import write_smoke_extractor
+from diffrop.paper.smoke import write_smoke_extractor
 
 
 @pytest.mark.slow

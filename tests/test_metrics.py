@@ -10,10 +10,10 @@ import pytest
 import scipy.linalg
 import torch
 
-from diffrop.metrics import reference as reference_module
-from diffrop.metrics import scores as scores_module
-from diffrop.metrics.reference import ReferenceCache, make_key
-from diffrop.metrics.scores import (
+from diffrop.evaluation.metrics import reference as reference_module
+from diffrop.evaluation.metrics import scores as scores_module
+from diffrop.evaluation.metrics.reference import ReferenceCache, make_key
+from diffrop.evaluation.metrics.scores import (
     compute_all,
     f_beta_score,
     feature_stats,
@@ -362,7 +362,7 @@ def test_reference_cache_writes_atomically(tmp_path, monkeypatch):
         replaced.append((os.fspath(src), os.fspath(dst)))
         real_replace(src, dst)
 
-    monkeypatch.setattr(os, "replace", spy_replace)  # diffrop.atomic_write renames with os.replace
+    monkeypatch.setattr(os, "replace", spy_replace)  # diffrop.runtime.atomic_write renames with os.replace
     cache.save("key", torch.randn(4, 2), torch.arange(4))
     ((src, dst),) = replaced
     assert os.path.dirname(src) == os.path.dirname(dst) == str(tmp_path / "ref") and src != dst

@@ -11,7 +11,7 @@ import nbclient
 import nbformat
 import pytest
 
-from diffrop.plots import plot_per_class
+from diffrop.evaluation.plots import plot_per_class
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffrop.metrics import per_class
-from diffrop.plots import per_class_figure, plot_per_class
+from diffrop.evaluation.metrics import per_class
+from diffrop.evaluation.plots import per_class_figure, plot_per_class
 
 
 def _classes() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -12,8 +12,8 @@ from train_utils import REPO, TINY_RUN_OVERRIDES
 
 from diffrop import build
 from diffrop.data.device_batches import DeviceBatches, use_device_batches
-from diffrop.module import DiffusionModule, _Compiled
 from diffrop.nets.unet import ClassConditionalUNet
+from diffrop.training.module import DiffusionModule, _Compiled
 
 
 def tiny_net(seed: int = 0) -> ClassConditionalUNet:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import RichProgressBar
 
-from diffrop.progress import LogProgress, progress_bar, track
+from diffrop.runtime.progress import LogProgress, progress_bar, track
 
 
 def test_auto_picks_log_lines_when_stdout_is_not_a_terminal(monkeypatch):
@@ -51,12 +51,12 @@ def test_line_without_a_known_end_has_no_eta():
 
 @pytest.fixture
 def lines(monkeypatch):
-    """What diffrop.progress.emit would write, with stdout a file (not a terminal)."""
+    """What diffrop.runtime.progress.emit would write, with stdout a file (not a terminal)."""
     monkeypatch.setattr("sys.stdout", io.StringIO())
     monkeypatch.delenv("FORCE_COLOR", raising=False)
     monkeypatch.delenv("TTY_COMPATIBLE", raising=False)
     out: list[str] = []
-    monkeypatch.setattr("diffrop.progress.emit", out.append)
+    monkeypatch.setattr("diffrop.runtime.progress.emit", out.append)
     return out
 
 
@@ -80,7 +80,7 @@ def test_track_writes_plain_lines_off_a_terminal_from_rank_zero_only(lines, monk
 def test_generation_reports_shards_from_rank_zero_only(lines, tmp_path):
     from test_generate import SCHEDULE, SPEC, CountingNet
 
-    from diffrop.generate import generate
+    from diffrop.evaluation.generate import generate
 
     labels = torch.arange(6) % 4
     generate(CountingNet(), SCHEDULE, labels, tmp_path, SPEC, shard_size=2, rank=1, world_size=2)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from diffrop import report as rp
+from diffrop.paper import report, tables
+from diffrop.runtime import run_status
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,7 +62,7 @@ def runs(tmp_path: Path) -> Path:
 
 
 def test_markdown_values_paper_and_differences(tmp_path: Path, paper: Path, runs: Path) -> None:
-    rp.report("tbl", runs, tmp_path / "out", paper)
+    report.report("tbl", runs, tmp_path / "out", paper)
     md = (tmp_path / "out" / "tbl.md").read_text()
     lines = md.splitlines()
     assert lines[0] == "# Test table"
@@ -81,7 +82,7 @@ def test_markdown_values_paper_and_differences(tmp_path: Path, paper: Path, runs
 
 
 def test_latex_written_and_escaped(tmp_path: Path, paper: Path, runs: Path) -> None:
-    rp.report("tbl", runs, tmp_path / "out", paper)
+    report.report("tbl", runs, tmp_path / "out", paper)
     tex = (tmp_path / "out" / "tbl.tex").read_text()
     assert r"\begin{tabular}{lllrr}" in tex
     assert r"Dataset & Method & w & FID $\downarrow$ & FID many $\downarrow$ \\" in tex
@@ -93,7 +94,7 @@ def test_latex_written_and_escaped(tmp_path: Path, paper: Path, runs: Path) -> N
 
 
 def test_latex_escape_specials() -> None:
-    assert rp.latex_escape("a_b & 50% #1 {x} $y ~ ^ \\ †") == (
+    assert report.latex_escape("a_b & 50% #1 {x} $y ~ ^ \\ †") == (
         r"a\_b \& 50\% \#1 \{x\} \$y \textasciitilde{} \textasciicircum{} \textbackslash{} $^\dagger$"
     )
 
@@ -102,7 +103,7 @@ def test_smoke_run_is_labelled(tmp_path: Path, paper: Path) -> None:
     root = tmp_path / "runs"
     write_results(root / "tbl" / "c10__ok", {"fid": 5.41}, num_samples=1000)
     write_results(root / "tbl" / "c10__neg", {"fid": 6.2}, num_samples=50000)
-    rp.report("tbl", root, tmp_path / "out", paper)
+    report.report("tbl", root, tmp_path / "out", paper)
     md = (tmp_path / "out" / "tbl.md").read_text()
     lines = md.splitlines()
     assert lines[0] == "# Test table — SMOKE, not a reproduction"
@@ -120,12 +121,12 @@ def test_scale_and_rows_exempt_from_protocol(tmp_path: Path, paper: Path) -> Non
     root = tmp_path / "runs"
     write_results(root / "acc" / "c100__x", {"accuracy": 0.4641}, w=None)
     write_results(root / "acc" / "c100__lt_only", {"accuracy": 0.3812}, num_samples=0, w=None)
-    table = rp.report("acc", root, tmp_path / "out", paper)
+    table = report.report("acc", root, tmp_path / "out", paper)
     lines = (tmp_path / "out" / "acc.md").read_text().splitlines()
     assert "| Dataset | Method | Acc ↑ |" in lines  # no guidance anywhere: no w column
     assert "| C100 | X | 46.41 (paper 46.41, +0.00) |" in lines  # 0.4641 * 100
     assert "| C100 | LT | 38.12 (paper 37.74, +0.38) |" in lines  # num_samples 0 not checked: no †
-    assert not any(rp.off_protocol(row, table.runs[row.cell]) for row in table.spec.rows)
+    assert not any(tables.off_protocol(row, table.runs[row.cell]) for row in table.spec.rows)
 
 
 @pytest.mark.parametrize(
@@ -140,55 +141,55 @@ def test_scale_and_rows_exempt_from_protocol(tmp_path: Path, paper: Path) -> Non
     ],
 )
 def test_format_cell(ours: float, paper: float | None, expected: str) -> None:
-    assert rp.format_cell(f"{ours:.2f}", ours, paper) == expected
+    assert report.format_cell(f"{ours:.2f}", ours, paper) == expected
 
 
 def test_dotted_metric_paths() -> None:
     results = {"metrics": {"fid": 7, "per_shot": {"many": {"fid": 23.5}}, "flag": True, "is_mean": None}}
-    assert rp.metric(results, "per_shot.many.fid") == 23.5
-    assert rp.metric(results, "fid") == 7.0
-    assert rp.metric(results, "per_shot.few.fid") is None
-    assert rp.metric(results, "per_shot.many.fid.x") is None
-    assert rp.metric(results, "flag") is None
-    assert rp.metric(results, "is_mean") is None
+    assert tables.metric(results, "per_shot.many.fid") == 23.5
+    assert tables.metric(results, "fid") == 7.0
+    assert tables.metric(results, "per_shot.few.fid") is None
+    assert tables.metric(results, "per_shot.many.fid.x") is None
+    assert tables.metric(results, "flag") is None
+    assert tables.metric(results, "is_mean") is None
 
 
 def test_failure_descriptions() -> None:
-    assert rp.describe_failure("") == "no reason given"
-    assert rp.describe_failure(json.dumps({"error": "NaN loss", "job_id": 77, "log_path": "a/b.log"})) == (
+    assert run_status.describe_failure("") == "no reason given"
+    assert run_status.describe_failure(json.dumps({"error": "NaN loss", "job_id": 77, "log_path": "a/b.log"})) == (
         "NaN loss; job 77; log a/b.log"
     )
     trace = 'Traceback (most recent call last):\n  File "x.py", line 1\nValueError: bad\nslurm_job_id = 9\n'
-    assert rp.describe_failure(trace) == "ValueError: bad; job 9"
+    assert run_status.describe_failure(trace) == "ValueError: bad; job 9"
 
 
 def test_unreadable_results_is_failed_and_failed_wins(tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     (bad / "eval").mkdir(parents=True)
     (bad / "eval" / "results.json").write_text("{not json")
-    run = rp.load_run(bad)
+    run = tables.load_run(bad)
     assert run.status == "failed"
     assert run.reason.startswith(f"unreadable {bad / 'eval' / 'results.json'}")
     write_results(tmp_path / "both", {"fid": 1.0})
     (tmp_path / "both" / "FAILED").write_text("preempted")
-    assert rp.load_run(tmp_path / "both") == rp.Run("failed", reason="preempted")
+    assert tables.load_run(tmp_path / "both") == tables.Run("failed", reason="preempted")
     # an evaluation re-run that failed after an older success
     write_results(tmp_path / "re_eval", {"fid": 1.0})
     (tmp_path / "re_eval" / "eval" / "FAILED").write_text("OutOfMemoryError: CUDA out of memory")
-    assert rp.load_run(tmp_path / "re_eval").status == "failed"
-    assert rp.load_run(tmp_path / "nothing").status == "missing"
+    assert tables.load_run(tmp_path / "re_eval").status == "failed"
+    assert tables.load_run(tmp_path / "nothing").status == "missing"
 
 
 def test_unknown_table_and_bad_input(tmp_path: Path, paper: Path, runs: Path, capsys) -> None:
     with pytest.raises(ValueError, match=r"unknown table 'table9'; valid tables: tbl, acc"):
-        rp.report("table9", runs, tmp_path / "out", paper)
+        report.report("table9", runs, tmp_path / "out", paper)
     assert (
-        rp.main(["table9", "--runs", str(runs), "--out", str(tmp_path / "out"), "--paper", str(paper)]) == 2
+        report.main(["table9", "--runs", str(runs), "--out", str(tmp_path / "out"), "--paper", str(paper)]) == 2
     )
     assert "unknown table 'table9'; valid tables: tbl, acc" in capsys.readouterr().err
-    assert rp.main(["tbl", "--runs", str(tmp_path / "nope"), "--paper", str(paper)]) == 2
+    assert report.main(["tbl", "--runs", str(tmp_path / "nope"), "--paper", str(paper)]) == 2
     assert "runs root" in capsys.readouterr().err
-    assert rp.main(["tbl", "--runs", str(runs), "--paper", str(tmp_path / "none.yaml")]) == 2
+    assert report.main(["tbl", "--runs", str(runs), "--paper", str(tmp_path / "none.yaml")]) == 2
     assert "pass --paper" in capsys.readouterr().err
 
 
@@ -196,18 +197,18 @@ def test_malformed_paper_numbers(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     path.write_text("t1: {columns: [], rows: []}\n")
     with pytest.raises(ValueError, match="t1 in the paper numbers file"):
-        rp.load_paper(path)
+        tables.load_paper(path)
     path.write_text(
         "t1: {title: T, columns: [{key: fid, name: FID, lower_is_better: true}],"
         " rows: [{cell: a__b, dataset: A, method: B, paper: {fidd: 1.0}}]}\n"
     )
     with pytest.raises(ValueError, match=r"t1/a__b: paper keys \['fidd'\]"):
-        rp.load_paper(path)
+        tables.load_paper(path)
 
 
 def test_cli_exits_zero_with_missing_and_failed(tmp_path: Path, paper: Path, runs: Path, capsys) -> None:
     out = tmp_path / "res"
-    assert rp.main(["tbl", "--runs", str(runs), "--out", str(out), "--paper", str(paper), "--bars"]) == 0
+    assert report.main(["tbl", "--runs", str(runs), "--out", str(out), "--paper", str(paper), "--bars"]) == 0
     assert "| C10 | D |  | FAILED [1] (paper 5.35) | FAILED [1] (paper n/a) |" in capsys.readouterr().out
     assert (out / "tbl.md").is_file()
     assert (out / "tbl.tex").is_file()
@@ -215,19 +216,19 @@ def test_cli_exits_zero_with_missing_and_failed(tmp_path: Path, paper: Path, run
 
 
 def test_guidance_sweep_plot(tmp_path: Path, paper: Path) -> None:
-    from diffrop.plots import plot_guidance_sweep
+    from diffrop.evaluation.plots import plot_guidance_sweep
 
     root = tmp_path / "runs"
     sweep = [{"w": 0.4, "fid": 6.3}, {"w": 0.8, "fid": 5.41}, {"w": 1.2, "fid": 6.0}]
     write_results(root / "tbl" / "c10__ok", {"fid": 5.41}, guidance_sweep=sweep, best_w=0.8)
-    rp.report("tbl", root, tmp_path / "out", paper)  # a run with a sweep gets its plot next to the table
+    report.report("tbl", root, tmp_path / "out", paper)  # a run with a sweep gets its plot next to the table
     assert (tmp_path / "out" / "tbl_guidance.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="no cell has a 'guidance_sweep'"):
         plot_guidance_sweep({"c10__x": {"metrics": {}}}, tmp_path / "x.png")
 
 
 def test_paper_numbers_file_matches_design() -> None:
-    specs = rp.load_paper(REPO / "experiments" / "paper_numbers.yaml")
+    specs = tables.load_paper(REPO / "experiments" / "paper_numbers.yaml")
     assert list(specs) == ["table1", "table2", "table3", "table4", "table5"]
     paper = {name: {row.cell: row.paper for row in spec.rows} for name, spec in specs.items()}
     assert len(paper["table1"]) == 11
@@ -263,6 +264,6 @@ def test_failure_reason_stops_before_the_traceback_train_py_appends():
         "slurm_job_id: 12_1\nlog: /runs/.submitit/12_1_log.err\n\n"
         'Traceback (most recent call last):\n  File "src/train.py", line 3, in main\nValueError: tau.tau0 ...\n'
     )
-    assert rp.describe_failure(text) == (
+    assert run_status.describe_failure(text) == (
         "ValueError: tau.tau0 must be a finite number >= 0, got -1.0; job 12_1; log /runs/.submitit/12_1_log.err"
     )

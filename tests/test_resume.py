@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from train_utils import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY, load_ckpt, state_diff, train_in_process
 
-from diffrop.nonfinite import NonFiniteLossError
+from diffrop.training.nonfinite import NonFiniteLossError
 
 # warm-up across the interruption (LR schedule), per-sample label drop (device RNG), flips (device RNG), EMA
 BASE = [
@@ -192,7 +192,7 @@ def test_random_sigkills_in_steps_saves_and_grids_resume_bitwise_exactly(tmp_pat
 
 
 def _eval_popen(ckpt: Path, out: Path, weights: Path) -> subprocess.Popen:
-    from diffrop.smoke import SMOKE_EVAL
+    from diffrop.paper.smoke import SMOKE_EVAL
 
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": str(THREADS)}
     args = [f"ckpt_path={ckpt}", f"hydra.run.dir={out}", f"eval.reference_cache={out / 'refs'}", *SMOKE_EVAL,
@@ -214,7 +214,7 @@ def test_random_sigkills_during_generation_and_scoring_give_the_same_evaluation(
 
     import numpy as np
 
-    from diffrop.smoke import write_smoke_extractor
+    from diffrop.paper.smoke import write_smoke_extractor
 
     rng = random.Random(seed)
     run = tmp_path / "run"

@@ -11,8 +11,8 @@ import pytest
 import torch
 from train_utils import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY, load_ckpt, state_diff, train_in_process
 
-from diffrop.checkpoint_io import AtomicCheckpointIO, atomic_save
-from diffrop.nonfinite import NonFiniteGuard, NonFiniteLossError
+from diffrop.training.checkpoint_io import AtomicCheckpointIO, atomic_save
+from diffrop.training.nonfinite import NonFiniteGuard, NonFiniteLossError
 
 
 def bad_term(step: int) -> list[str]:
@@ -131,7 +131,7 @@ def test_skip_leaves_weights_unchanged(tmp_path, fused):
 @pytest.mark.slow
 def test_multirun_with_a_failing_job_finishes_the_others_and_the_table_shows_it(tmp_path):
     """Hydra's basic launcher runs every job of the sweep and raises the first failure at the end (exit 1)."""
-    from diffrop.report import report
+    from diffrop.paper.report import report
 
     runs = tmp_path / "runs"
     out = run_cli(

@@ -12,13 +12,13 @@ import pytest
 from train_utils import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY, train_in_process
 
 from diffrop import build
-from diffrop.run_lock import RunDirLocked, run_dir_lock
+from diffrop.runtime.run_lock import RunDirLocked, run_dir_lock
 
 # A process that takes the lock, says so, and sleeps until killed.
 HOLDER = """
 import sys, time
 from pathlib import Path
-from diffrop.run_lock import run_dir_lock
+from diffrop.runtime.run_lock import run_dir_lock
 with run_dir_lock(Path(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(600)

@@ -16,7 +16,7 @@ from diffrop.diffusion.sampling import (
     sample_labels,
 )
 from diffrop.diffusion.schedule import NoiseSchedule
-from diffrop.generate import sample_images
+from diffrop.evaluation.generate import sample_images
 from diffrop.nets.unet import ClassConditionalUNet
 
 

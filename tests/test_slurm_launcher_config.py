@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from submitit.slurm.slurm import _make_sbatch_string
 from train_utils import REPO
 
-from diffrop import resolvers
+from diffrop.runtime import resolvers
 
 
 def launcher(*overrides: str) -> dict:

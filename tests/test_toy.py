@@ -1,4 +1,4 @@
-"""The Fig. 2 toy (diffrop.toy): closed forms against Monte Carlo, quadrature against closed forms, the arg-mins."""
+"""The Fig. 2 toy (diffrop.paper.toy): closed forms against Monte Carlo, quadrature against closed forms, the arg-mins."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.losses.pcl import PHI
 from diffrop.losses.tau import Constant, ExpDecay
-from diffrop.toy import Toy, argmin_2d, diffusion_loss, gaussian_expectation, landscapes, pcl_loss
+from diffrop.paper.toy import Toy, argmin_2d, diffusion_loss, gaussian_expectation, landscapes, pcl_loss
 
 STEP = 0.02
 M1 = torch.arange(-0.3, 0.3 + 1e-9, STEP, dtype=torch.float64)

@@ -15,7 +15,7 @@ import torch
 from conftest import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY
 from wandb_records import offline_runs, read_run
 
-from diffrop.eval_wandb import checkpoint_artifact
+from diffrop.evaluation.wandb_log import checkpoint_artifact
 
 # the tiny run of conftest, but with W&B on
 OVERRIDES = [o for o in TINY_RUN_OVERRIDES if o not in ("logger=csv", "~callbacks.progress_bar")]

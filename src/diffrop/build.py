@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,8 @@ from diffrop.data.datamodule import LongTailDataModule
 from diffrop.data.diffaug import NUM_AUG_PARAMS
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.losses.objective import Objective
-from diffrop.module import DiffusionModule
+from diffrop.runtime.run_status import run_id
+from diffrop.training.module import DiffusionModule
 
 
 def build_datamodule(cfg: DictConfig) -> LongTailDataModule:
@@ -49,11 +49,6 @@ def build_module(cfg: DictConfig, datamodule: LongTailDataModule) -> DiffusionMo
         label_drop_prob=cfg.model.label_drop_prob,
         run_config=OmegaConf.to_container(cfg, resolve=True),
     )
-
-
-def run_id(run_dir: str | Path) -> str:
-    """A stable W&B id per run directory, so a resumed run continues the same W&B run."""
-    return hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
 
 
 def run_hparams(cfg: DictConfig, choices: Mapping[str, str | None]) -> dict[str, Any]:

@@ -3,7 +3,7 @@ requeue, resume in the same run dir, and the same final step as an uninterrupted
 
 The path (docs/slurm.md, "Pre-emption and requeue"): Lightning's SLURMEnvironment(auto_requeue=True) handles
 SIGUSR1 in the training process: it writes <run dir>/hpc_ckpt_1.ckpt and runs `scontrol requeue`. Slurm's
-SIGTERM for the requeue makes the run save checkpoints/last.ckpt (diffrop.callbacks.CheckpointOnInterrupt)
+SIGTERM for the requeue makes the run save checkpoints/last.ckpt (diffrop.training.callbacks.CheckpointOnInterrupt)
 and exit without a submitit result, so the submitter keeps waiting. The requeued job (same job id) re-runs
 the same Hydra job in the same run dir, and ckpt_path=auto resumes from last.ckpt.
 """

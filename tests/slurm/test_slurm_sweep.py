@@ -2,7 +2,7 @@
 
 One sweep of four points serves both tests: loss=ddpm,pcl_exp x tau.tau0=1.0,-1. tau0=-1 is invalid, but only
 PCL builds tau, so exactly one point (pcl_exp, tau0=-1) fails while the three others must train to the end.
-The sweep dir is <runs root>/<table>/<cell>, the layout the table renderer (diffrop.report) reads.
+The sweep dir is <runs root>/<table>/<cell>, the layout the table renderer (diffrop.paper.report) reads.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 import yaml
 from slurm_runs import loss_steps, sweep_job_ids
 
-from diffrop.report import report
+from diffrop.paper.report import report
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

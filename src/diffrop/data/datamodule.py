@@ -15,11 +15,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from diffrop.data.balance import StepBatchSampler, class_balancing_weights
 from diffrop.data.datasets import ImageSet, load_cifar, load_digits, load_image_folder
 from diffrop.data.device_batches import DeviceBatches, use_device_batches
 from diffrop.data.diffaug import diff_augment
 from diffrop.data.longtail import longtail_counts, select_longtail, shot_groups
-from diffrop.data.sampling import StepBatchSampler, class_balancing_weights
 
 SOURCES = ("cifar10", "cifar100", "imagefolder", "digits")
 AUGMENTS = ("none", "diffaug")

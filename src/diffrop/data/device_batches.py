@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from diffrop.data.sampling import StepBatchSampler
+from diffrop.data.balance import StepBatchSampler
 
 MAX_BYTES = 2 * 1024**3  # "auto" keeps larger image sets in host memory
 

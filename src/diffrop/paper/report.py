@@ -6,170 +6,28 @@ every row of `experiments/paper_numbers.yaml` and writes `<table>.md` and `<tabl
 looks complete, and runs at another num_samples than the protocol (smoke runs) are marked and the whole
 table labelled, so nobody mistakes them for a reproduction.
 
-    python -m diffrop.report table1 --runs runs --out experiments/results
+    python -m diffrop.paper.report table1 --runs runs --out experiments/results
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import re
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-DEFAULT_PAPER = Path("experiments/paper_numbers.yaml")
-OFF_PROTOCOL = "†"  # marks a value from a run at a num_samples other than the protocol's
-_SCALAR = (str, int, float)
-_W_KEYS = ("guidance_scale", "w", "guidance")  # where the sampler dict may hold the guidance scale w
-_FAIL_FIELD = re.compile(
-    r"^(?:(?:slurm[ _-]?)?job[ _-]?id|(log)(?:[ _-]?(?:path|file))?)\s*[:=]\s*(\S.*)$", re.I
+from diffrop.paper.tables import (
+    DEFAULT_PAPER,
+    OFF_PROTOCOL,
+    Table,
+    collect,
+    get_spec,
+    load_paper,
+    metric,
+    off_protocol,
+    sampler_of,
 )
-
-
-@dataclass(frozen=True)
-class Column:
-    key: str  # path in results.json["metrics"]; dots descend ("per_shot.many.fid")
-    name: str
-    lower_is_better: bool
-    scale: float = 1.0  # multiplies our value (e.g. 100 when a fraction is reported in percent)
-
-
-@dataclass(frozen=True)
-class Row:
-    cell: str  # run directory name, `<dataset>__<method>`
-    dataset: str
-    method: str
-    paper: dict[str, float | None]
-    num_samples: int | None  # the protocol's; None = not checked
-
-
-@dataclass(frozen=True)
-class TableSpec:
-    name: str
-    title: str
-    columns: list[Column]
-    rows: list[Row]
-
-
-@dataclass(frozen=True)
-class Run:
-    """One cell's outcome: status "ok" (results loaded), "missing" or "failed" (reason says why)."""
-
-    status: str
-    results: dict[str, Any] = field(default_factory=dict)
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class Table:
-    spec: TableSpec
-    runs: dict[str, Run]  # cell -> outcome
-
-
-def load_paper(path: Path | str = DEFAULT_PAPER) -> dict[str, TableSpec]:
-    """Parse paper_numbers.yaml into table specs, with errors that name the table and the bad entry."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"paper numbers file {path} not found; pass --paper <paper_numbers.yaml>")
-    raw = yaml.safe_load(path.read_text()) or {}
-    return {name: _parse_table(name, spec) for name, spec in raw.items()}
-
-
-def _parse_table(name: str, spec: dict[str, Any]) -> TableSpec:
-    try:
-        columns = [
-            Column(c["key"], c["name"], bool(c["lower_is_better"]), float(c.get("scale", 1)))
-            for c in spec["columns"]
-        ]
-        n = spec.get("num_samples")  # a row may override the table's protocol value
-        rows = [
-            Row(r["cell"], r["dataset"], r["method"], r.get("paper") or {}, r.get("num_samples", n))
-            for r in spec["rows"]
-        ]
-        table = TableSpec(name, spec["title"], columns, rows)
-    except (KeyError, TypeError) as err:
-        raise ValueError(
-            f"{name} in the paper numbers file: missing or malformed entry ({err!r}); a table needs title, "
-            "columns [{key, name, lower_is_better}] and rows [{cell, dataset, method, paper}]"
-        ) from err
-    keys = {c.key for c in columns}
-    for row in rows:
-        if unknown := set(row.paper) - keys:
-            raise ValueError(
-                f"{name}/{row.cell}: paper keys {sorted(unknown)} are not columns {sorted(keys)}"
-            )
-    return table
-
-
-def get_spec(specs: dict[str, TableSpec], name: str) -> TableSpec:
-    if name not in specs:
-        raise ValueError(f"unknown table {name!r}; valid tables: {', '.join(specs)}")
-    return specs[name]
-
-
-def describe_failure(text: str) -> str:
-    """One line from a FAILED file: the error, then job id and log path when the file names them.
-
-    Accepted: JSON {"error" | "message", "job_id", "log_path" | "log"}, or plain text whose lines
-    "job_id: 123" / "log: path/to/log" are picked out; of a traceback only the last line is kept.
-    """
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        data = None
-    if isinstance(data, dict):
-        message = str(data.get("error") or data.get("message") or "")
-        job, log = data.get("job_id"), data.get("log_path") or data.get("log")
-    else:
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        found = {("log" if m[1] else "job"): m[2].strip() for m in map(_FAIL_FIELD.match, lines) if m}
-        job, log = found.get("job"), found.get("log")
-        rest = [line for line in lines if not _FAIL_FIELD.match(line)]
-        if rest and rest[0].startswith("Traceback"):
-            message = rest[-1]
-        else:  # "ExcType: message" first (as train.py writes it), possibly followed by a traceback
-            end = next((i for i, line in enumerate(rest) if line.startswith("Traceback")), len(rest))
-            message = " ".join(rest[:end])
-    message = message if len(message) <= 300 else message[:299] + "…"
-    return "; ".join(
-        [message or "no reason given", *([f"job {job}"] if job else []), *([f"log {log}"] if log else [])]
-    )
-
-
-def load_run(run_dir: Path) -> Run:
-    """Outcome of one run directory; a FAILED file (the run's or its evaluation's) wins over a stale results.json."""
-    results = run_dir / "eval" / "results.json"
-    for failed in (run_dir / "FAILED", run_dir / "eval" / "FAILED"):
-        if failed.is_file():
-            return Run("failed", reason=describe_failure(failed.read_text(errors="replace")))
-    if not results.is_file():
-        return Run("missing")
-    try:
-        data = json.loads(results.read_text())
-        if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
-            raise ValueError("no 'metrics' object")
-    except ValueError as err:  # JSONDecodeError is a ValueError
-        return Run("failed", reason=f"unreadable {results}: {err}")
-    return Run("ok", results=data)
-
-
-def collect(spec: TableSpec, runs_root: Path) -> Table:
-    return Table(spec, {row.cell: load_run(Path(runs_root) / spec.name / row.cell) for row in spec.rows})
-
-
-def metric(results: dict[str, Any], key: str) -> float | None:
-    """Value at a dotted path in results["metrics"]; None when absent or not a number."""
-    node: Any = results.get("metrics", {})
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return float(node) if isinstance(node, int | float) and not isinstance(node, bool) else None
 
 
 def format_cell(ours: str, ours_value: float | None, paper: float | None) -> str:
@@ -180,23 +38,6 @@ def format_cell(ours: str, ours_value: float | None, paper: float | None) -> str
         return f"{ours} (paper {paper:.2f})"
     diff = round(round(ours_value, 2) - round(paper, 2), 2) + 0.0  # + 0.0 turns -0.0 into 0.0
     return f"{ours} (paper {paper:.2f}, {diff:+.2f})"
-
-
-def sampler_of(results: dict[str, Any]) -> tuple[str, float | None]:
-    """(description without w, guidance scale w) of a run's sampler dict, whatever keys it uses."""
-    sampler = results.get("sampler")
-    if not isinstance(sampler, dict):
-        return "unknown", None
-    w = next((sampler[k] for k in _W_KEYS if isinstance(sampler.get(k), int | float)), None)
-    name = sampler.get("name", sampler.get("type", sampler.get("_target_", "?")))
-    skip = (*_W_KEYS, "name", "type", "_target_")
-    rest = [f"{k}={v}" for k, v in sorted(sampler.items()) if k not in skip and isinstance(v, _SCALAR)]
-    return f"{name} ({', '.join(rest)})" if rest else str(name), w
-
-
-def off_protocol(row: Row, run: Run) -> bool:
-    """A finished run at another num_samples than the protocol's (a smoke run, or one that cannot tell)."""
-    return run.status == "ok" and row.num_samples not in (None, run.results.get("num_samples"))
 
 
 def _counts(values: list[Any]) -> str:
@@ -285,7 +126,11 @@ def render_latex(table: Table) -> str:
     lead, body, notes = grid(table)
     header = lead + [f"{c.name} {'↓' if c.lower_is_better else '↑'}" for c in table.spec.columns]
     caption = " ".join(latex_escape(line) for line in [table.spec.title + ".", *describe_runs(table)])
-    out = [f"% generated by: python -m diffrop.report {table.spec.name}", r"\begin{table}[t]", r"\centering"]
+    out = [
+        f"% generated by: python -m diffrop.paper.report {table.spec.name}",
+        r"\begin{table}[t]",
+        r"\centering",
+    ]
     cols = "l" * len(lead) + "r" * len(table.spec.columns)
     out += [rf"\caption{{{caption}}}", rf"\begin{{tabular}}{{{cols}}}"]
     out += [r"\toprule", " & ".join(map(latex_escape, header)) + r" \\", r"\midrule"]
@@ -308,14 +153,18 @@ def report(name: str, runs_root: Path | str, out_dir: Path | str, paper: Path | 
     (out_dir / f"{name}.tex").write_text(render_latex(table))
     ok = {c: r.results for c, r in table.runs.items() if r.status == "ok"}
     if sweeps := {c: res for c, res in ok.items() if "guidance_sweep" in res}:
-        from diffrop.plots import plot_guidance_sweep  # matplotlib only when there is something to plot
+        from diffrop.evaluation.plots import (
+            plot_guidance_sweep,  # matplotlib only when there is something to plot
+        )
 
         plot_guidance_sweep(sweeps, out_dir / f"{name}_guidance.png")
     return table
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m diffrop.report", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m diffrop.paper.report", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("table", help="table name in the paper numbers file, e.g. table1")
     parser.add_argument("--runs", default="runs", help="runs root holding <table>/<cell>/ (default: runs)")
     parser.add_argument("--out", default="experiments/results", help="output directory")
@@ -328,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.bars:
-        from diffrop.plots import plot_bars
+        from diffrop.paper.plots import plot_bars
 
         plot_bars(table, Path(args.out) / f"{args.table}_bars.png")
     print(render_markdown(table))

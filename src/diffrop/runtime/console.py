@@ -6,7 +6,7 @@ what does. Each filter matches one message by its text, and only where it is noi
 - Lightning's "The `srun` command is available on your system but is not used" hint, but only outside a SLURM
   job: inside an allocation a missing ``srun`` really can hang a multi-process run, so the hint stays.
 
-(W&B's "The anonymous setting has no effect" warning is fixed at its cause in ``diffrop.loggers.WandbLogger``.)
+(W&B's "The anonymous setting has no effect" warning is fixed at its cause in ``diffrop.training.loggers.WandbLogger``.)
 """
 
 from __future__ import annotations

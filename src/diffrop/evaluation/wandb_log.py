@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from diffrop.build import run_id
+from diffrop.runtime.run_status import run_id
 
 TABLE_COLUMNS = ("group", "fid", "precision", "recall", "accuracy")
 
@@ -28,7 +28,7 @@ def checkpoint_artifact(train_config: Mapping[str, Any]) -> str | None:
     """The W&B model artifact the checkpoint's training run logged (``logger.wandb.log_model``), or None.
 
     Lightning's ``WandbLogger`` names it ``checkpoint_name`` or ``model-<run id>``; the run id comes from the run
-    directory (``diffrop.build.run_id``), which the checkpoint's resolved config keeps as ``paths.output_dir``.
+    directory (``diffrop.runtime.run_status.run_id``), which the checkpoint's resolved config keeps as ``paths.output_dir``.
     """
     wandb_cfg = (train_config.get("logger") or {}).get("wandb") or {}
     if not wandb_cfg.get("log_model"):

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffrop.atomic_write import atomic_write
-from diffrop.metrics.scores import feature_stats
+from diffrop.evaluation.metrics.scores import feature_stats
+from diffrop.runtime.atomic_write import atomic_write
 
 
 def weights_fingerprint(weights_path: str | Path | None, length: int = 12) -> str:

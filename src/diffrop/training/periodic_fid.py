@@ -15,10 +15,10 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from diffrop import evaluation
 from diffrop.diffusion.sampling import SamplerSpec, sample_labels
-from diffrop.generate import sample_images
-from diffrop.metrics import ReferenceCache, feature_stats, frechet_distance
+from diffrop.evaluation import pipeline as evaluation
+from diffrop.evaluation.generate import sample_images
+from diffrop.evaluation.metrics import ReferenceCache, feature_stats, frechet_distance
 
 
 class PeriodicFID(L.Callback):

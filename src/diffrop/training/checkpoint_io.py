@@ -1,7 +1,7 @@
 """Checkpoint files that are never half-written, and a check that a checkpoint fits the model before resuming.
 
 ``AtomicCheckpointIO`` streams ``torch.save`` into a temporary file beside the target, fsyncs it and renames it
-over the target with ``os.replace`` (atomic on POSIX; ``diffrop.atomic_write``): a crash, SIGKILL or full disk
+over the target with ``os.replace`` (atomic on POSIX; ``diffrop.runtime.atomic_write``): a crash, SIGKILL or full disk
 during a save leaves the previous ``last.ckpt`` intact, never a truncated one, and a full disk says so. Unlike Lightning's default it does not hold a second copy of
 the whole checkpoint in host memory. Wired in through ``trainer.plugins`` (configs/trainer/default.yaml).
 """
@@ -16,7 +16,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from torch import nn
 
-from diffrop.atomic_write import atomic_write
+from diffrop.runtime.atomic_write import atomic_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -32,7 +32,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save(obj, path)`` that either fully replaces ``path`` or leaves it untouched; a full disk raises
-    ``DiskFullError`` naming the path (``diffrop.atomic_write``)."""
+    ``DiskFullError`` naming the path (``diffrop.runtime.atomic_write``)."""
     with atomic_write(path) as f:
         torch.save(obj, f)
 

@@ -1,9 +1,9 @@
 """Evaluation metrics (docs/design.md section 3): Inception features, FID / KID / IS / precision-recall / PRD scores,
 and the reference-feature cache."""
 
-from diffrop.metrics.features import FidHelperFeatures, InceptionFeatures, make_extractor
-from diffrop.metrics.reference import ReferenceCache, make_key, weights_fingerprint
-from diffrop.metrics.scores import (
+from diffrop.evaluation.metrics.features import FidHelperFeatures, InceptionFeatures, make_extractor
+from diffrop.evaluation.metrics.reference import ReferenceCache, make_key, weights_fingerprint
+from diffrop.evaluation.metrics.scores import (
     compute_all,
     feature_stats,
     fid_from_features,

@@ -1,5 +1,5 @@
-"""Figures from run results: the guidance sweep (paper Fig. 4b), ours-vs-paper bars for a table, and an
-evaluation's per-class scores against the class's training count.
+"""Figures from run results: the guidance sweep (paper Fig. 4b) and an evaluation's per-class scores
+against the class's training count.
 
 Figures are drawn on a bare `matplotlib.figure.Figure`, which saves PNGs through the Agg canvas without
 pyplot, so no global backend state is touched and nothing needs a display.
@@ -9,12 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from matplotlib.figure import Figure
-
-if TYPE_CHECKING:
-    from diffrop.report import Table
 
 
 def plot_guidance_sweep(
@@ -54,37 +51,6 @@ def plot_guidance_sweep(
     return out_png
 
 
-def plot_bars(table: Table, out_png: Path | str, column: str | None = None) -> Path:
-    """Ours beside the paper for one metric column (default: the first); a missing value leaves no bar."""
-    from diffrop.report import metric, off_protocol
-
-    col = next((c for c in table.spec.columns if column in (None, c.key)), None)
-    if col is None:
-        raise ValueError(f"column {column!r} not in {table.spec.name}: {[c.key for c in table.spec.columns]}")
-    labels, ours, paper = [], [], []
-    for row in table.spec.rows:
-        run = table.runs[row.cell]
-        value = metric(run.results, col.key) if run.status == "ok" else None
-        labels.append(f"{row.dataset}\n{row.method}")
-        ours.append(float("nan") if value is None else value * col.scale)
-        paper.append(float("nan") if row.paper.get(col.key) is None else row.paper[col.key])
-    x = range(len(labels))
-    fig = Figure(figsize=(max(4.0, 0.9 * len(labels)), 3.5), layout="constrained")
-    ax = fig.add_subplot()
-    ax.bar([i - 0.2 for i in x], paper, width=0.4, label="paper", color="0.7")
-    ax.bar([i + 0.2 for i in x], ours, width=0.4, label="ours")
-    ax.set_xticks(list(x), labels, rotation=45, ha="right", fontsize="x-small")
-    ax.set_ylabel(f"{col.name} ({'lower' if col.lower_is_better else 'higher'} is better)")
-    smoke = any(off_protocol(row, table.runs[row.cell]) for row in table.spec.rows)
-    ax.set_title(table.spec.title + (" — SMOKE, not a reproduction" if smoke else ""), fontsize="small")
-    ax.legend(fontsize="small")
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=150)
-    return out_png
-
-
-# (key in results.json's "per_class", axis label)
 PER_CLASS_METRICS = (
     ("recall", "recall (k-NN, within class)"),
     ("precision", "precision (k-NN, within class)"),

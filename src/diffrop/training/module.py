@@ -17,7 +17,7 @@ from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.losses.diagnostics import loss_diagnostics
 from diffrop.losses.objective import Objective
 from diffrop.losses.step import Step
-from diffrop.nonfinite import NonFiniteGuard
+from diffrop.training.nonfinite import NonFiniteGuard
 
 LABEL_DROP = ("batch", "sample")
 
@@ -29,7 +29,7 @@ class DiffusionModule(L.LightningModule):
     ``sample`` drops labels per sample. Unconditional = zero label embedding in both cases.
 
     Speed levers (each a config value): ``fused_adam`` (one kernel per step, and the device-side NaN skip of
-    ``diffrop.nonfinite``), ``channels_last`` (NHWC convolutions: faster with bf16 tensor cores), ``compile``
+    ``diffrop.training.nonfinite``), ``channels_last`` (NHWC convolutions: faster with bf16 tensor cores), ``compile``
     (``torch.compile`` of the network; ``self.net`` stays the parameter owner, so checkpoints carry no
     ``_orig_mod.`` keys; falls back to eager with a warning where compilation fails).
     """

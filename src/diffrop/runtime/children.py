@@ -7,7 +7,7 @@ whole: DDP workers, data-loader workers) and, whatever ends the wait (SIGINT, SI
 sends the group SIGTERM (``train.py`` then writes ``last.ckpt``, so the re-run resumes), waits ``grace`` seconds,
 then SIGKILLs what is left. On Linux the direct child also gets SIGTERM if the driver is SIGKILLed
 (``PR_SET_PDEATHSIG``); nothing can forward a SIGKILL further than that, and the run-dir lock
-(``diffrop.run_lock``) then names the straggler instead of letting it mix runs.
+(``diffrop.runtime.run_lock``) then names the straggler instead of letting it mix runs.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def progress_bar(
 class LogProgress(ProgressBar):
     """One line per interval: ``step 1200/300000 (0.4%) | train/loss 0.0312 | 1,930 img/s | elapsed 0:10:21 | ETA ...``.
 
-    Written through the ``diffrop.progress`` logger, which under ``src/train.py`` (Hydra's job logging) reaches
+    Written through the ``diffrop.runtime.progress`` logger, which under ``src/train.py`` (Hydra's job logging) reaches
     stdout and ``<run dir>/train.log`` with a timestamp; printed where no logging is configured. Rank zero only.
     img/s counts every rank's images since the previous line; the ETA extrapolates the rate since this process
     started training (a resumed run's earlier steps do not count).

@@ -22,10 +22,10 @@ import torch
 from torch import Tensor
 from torchvision.utils import save_image
 
-from diffrop.atomic_write import atomic_write
 from diffrop.diffusion.sampling import Net, SamplerSpec, StackedGenerator, sample, to_uint8
 from diffrop.diffusion.schedule import NoiseSchedule
-from diffrop.progress import track
+from diffrop.runtime.atomic_write import atomic_write
+from diffrop.runtime.progress import track
 
 
 @torch.no_grad()

@@ -75,7 +75,7 @@ class CheckpointOnInterrupt(L.Callback):
       callback then writes ``last.ckpt`` at that step and src/train.py exits with 143. Running the same command
       again (same ``hydra.run.dir``) resumes exactly (``ckpt_path=auto``).
     - SIGKILL / power loss: nothing can be written; the last periodic checkpoint is the resume point, and it is
-      intact because checkpoints are written atomically (``diffrop.checkpoint_io``).
+      intact because checkpoints are written atomically (``diffrop.training.checkpoint_io``).
     - SLURM auto-requeue: under SLURM, Lightning's ``SLURMEnvironment(auto_requeue=True)`` (the default) handles
       the requeue signal (SIGUSR1; ask for it with ``#SBATCH --signal=USR1@90``): it writes ``hpc_ckpt_N.ckpt`` in
       ``trainer.default_root_dir`` (the run dir) and calls ``scontrol requeue``. The requeued job reruns the same

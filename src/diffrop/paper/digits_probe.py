@@ -17,9 +17,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from diffrop.classifier import CifarResNet, ClassifierModule, classification_metrics, split_per_class
 from diffrop.data.datasets import load_digits
-from diffrop.metrics.scores import fid_from_features, precision_recall
+from diffrop.evaluation.classification import classification_metrics, split_per_class
+from diffrop.evaluation.metrics.scores import fid_from_features, precision_recall
+from diffrop.nets.resnet import CifarResNet
+from diffrop.training.classifier import ClassifierModule
 
 PROBE_SIZE = 16  # at 8x8 the ResNet-20 reaches ~89% held-out accuracy, at 16x16 ~98%
 

@@ -4,7 +4,7 @@ Layout under a runs root (default ``logs/paper``; ``logs/smoke`` for smoke runs)
 
     models/<dataset>__<method>/   one training run per model (configs/experiment/<dataset>/<method>.yaml),
                                   shared by every table that uses the model (Tables 1, 2, 4, 5 share DDPM)
-    <table>/<cell>/eval/          that cell's evaluation (results.json, read by diffrop.report)
+    <table>/<cell>/eval/          that cell's evaluation (results.json, read by diffrop.paper.report)
     <table>/<cell>/FAILED         why the cell has no result (training or evaluation failed)
 
 Every stage looks at the files first: a model whose ``last.ckpt`` reached ``max_steps`` is not trained again, a
@@ -30,8 +30,9 @@ from typing import Any
 import torch
 import yaml
 
-from diffrop.children import run_logged
-from diffrop.smoke import SMOKE_CLASSIFY, SMOKE_EVAL, SMOKE_SAMPLES, SMOKE_TRAIN, write_smoke_extractor
+from diffrop.paper.smoke import SMOKE_CLASSIFY, SMOKE_EVAL, SMOKE_SAMPLES, SMOKE_TRAIN, write_smoke_extractor
+from diffrop.runtime.children import run_logged
+from diffrop.runtime.run_status import describe_failure, failure_reason, write_failed
 
 PAPER = Path("experiments/paper_numbers.yaml")
 FIGURES = Path("experiments/figures.yaml")
@@ -115,7 +116,7 @@ def training_state(run: Path, max_steps: int | None = None) -> tuple[str, str]:
     """
     failed, last = run / "FAILED", run / "checkpoints" / "last.ckpt"
     if failed.is_file():
-        return "failed", first_error(failed.read_text(errors="replace"))
+        return "failed", describe_failure(failed.read_text(errors="replace"))
     if not last.is_file():
         return "missing", "no checkpoint"
     info = read_checkpoint(last)
@@ -128,7 +129,7 @@ def training_state(run: Path, max_steps: int | None = None) -> tuple[str, str]:
 
 @dataclass
 class Driver:
-    """Runs the stages of one table; ``run`` returns the rendered diffrop.report Table."""
+    """Runs the stages of one table; ``run`` returns the rendered diffrop.paper.tables Table."""
 
     table: str
     opts: Options
@@ -257,9 +258,7 @@ class Driver:
         return rc
 
     def mark_failed(self, cell: Cell, reason: str, log: Path | None = None) -> None:
-        path = self.opts.root / cell.table / cell.cell / "FAILED"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"{reason}\n" + (f"log: {log}\n" if log else ""))
+        write_failed(self.opts.root / cell.table / cell.cell, reason, {"log": log}, with_traceback=False)
         self.say(f"  {cell.cell}: FAILED ({reason})")
 
     # --- stages ------------------------------------------------------------------------------------------
@@ -319,13 +318,13 @@ class Driver:
             self.mark_failed(cell, failure_reason(cell_dir / "eval" / "FAILED", log), log)
 
     def render(self) -> Any:
-        from diffrop.report import render_markdown, report
+        from diffrop.paper.report import render_markdown, report
 
         paper = FIGURES if self.table.startswith("fig") else PAPER
         out = self.opts.out / "smoke" if self.opts.smoke else self.opts.out
         table = report(self.table, self.opts.root, out, paper)
         if self.table == "fig4a":
-            from diffrop.plots import plot_bars
+            from diffrop.paper.plots import plot_bars
 
             plot_bars(table, out / "fig4a_bars.png")
         print(render_markdown(table))
@@ -344,21 +343,3 @@ class Driver:
                 self.cell_seconds.append(time.monotonic() - start)
         self.where, self.cells_left = "", 0
         return self.render()
-
-
-def failure_reason(failed: Path, log: Path) -> str:
-    """First line of a stage's own FAILED file, else the last line of its log."""
-    for path in (failed, log):
-        if path.is_file():
-            lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-            if lines:
-                return first_error("\n".join(lines)) if path == failed else lines[-1]
-    return "exited with an error and left no message"
-
-
-def first_error(text: str) -> str:
-    """The error line of a FAILED file (its first line, joined with the next when it ends in a colon)."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if not lines:
-        return "no reason given"
-    return " ".join(lines[:2]) if lines[0].endswith(":") and len(lines) > 1 else lines[0]

@@ -92,7 +92,7 @@ def remove_stale_temps(directory: str | Path) -> list[Path]:
     """Delete the temporary files that writers killed mid-write (SIGKILL, power loss) left in ``directory``.
 
     Only safe while no live process writes there: src/train.py calls it on its checkpoint folder after taking the
-    run-dir lock (``diffrop.run_lock``). Returns what it removed.
+    run-dir lock (``diffrop.runtime.run_lock``). Returns what it removed.
     """
     directory = Path(directory)
     stale = [p for p in directory.iterdir() if TEMP_NAME.match(p.name)] if directory.is_dir() else []

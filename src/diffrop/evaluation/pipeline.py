@@ -17,9 +17,9 @@ from torch import Tensor
 from diffrop.data.datamodule import LongTailDataModule
 from diffrop.diffusion.sampling import Net, SamplerSpec, sample_labels
 from diffrop.diffusion.schedule import NoiseSchedule
-from diffrop.generate import generate, merge_shards, save_grid, wait_for_shards
-from diffrop.metrics import ReferenceCache, compute_all, make_extractor, make_key, per_class
-from diffrop.metrics.features import EXTRACTORS, FidHelperFeatures, InceptionFeatures
+from diffrop.evaluation.generate import generate, merge_shards, save_grid, wait_for_shards
+from diffrop.evaluation.metrics import ReferenceCache, compute_all, make_extractor, make_key, per_class
+from diffrop.evaluation.metrics.features import EXTRACTORS, FidHelperFeatures, InceptionFeatures
 
 Extractor = InceptionFeatures | FidHelperFeatures
 
@@ -55,7 +55,7 @@ def build_extractor(kind: str, weights_path: str | Path | None, device: str | to
             raise
         raise RuntimeError(
             f"could not fetch the {kind} Inception weights ({type(err).__name__}: {err}); offline, pass "
-            "eval.inception_weights=<local weights file> (see diffrop.metrics.features for where to get one)"
+            "eval.inception_weights=<local weights file> (see diffrop.evaluation.metrics.features for where to get one)"
         ) from err
 
 
@@ -272,7 +272,7 @@ def evaluate_spec(
         prd_clusters_per_class=settings.prd_clusters_per_class, prd_runs=settings.prd_runs, seed=settings.seed,
         kid_subsets=settings.kid_subsets, kid_subset_size=settings.kid_subset_size,
     )  # fmt: skip
-    classes = per_class(  # the per-class plot's data (diffrop.plots.plot_per_class)
+    classes = per_class(  # the per-class plot's data (diffrop.evaluation.plots.plot_per_class)
         real[0].to(fake_feats.device), real[1], fake_feats, fake_labels, num_classes,
         k=settings.k, min_fid_samples=settings.per_class_fid_min_samples,
     )  # fmt: skip

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
-from diffrop.progress import track
+from diffrop.runtime.progress import track
 
 INCEPTION_SIZE = 299
 

@@ -1,0 +1,93 @@
+"""How a run directory ended, in one format for every program: the FAILED file, and a run's stable id.
+
+Every entry point (train, eval, classify, the reproduce driver) that fails writes ``<run dir>/FAILED``: its
+first line is the error a table can show ("ValueError: ..."), then ``key: value`` lines (``job_id``,
+``log``), then a blank line and the traceback. ``describe_failure`` reads it back (it also accepts a JSON
+object or a bare traceback), so sweeps, the table renderer and the driver all show a failed cell the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import traceback
+from collections.abc import Mapping
+from pathlib import Path
+
+FAILED = "FAILED"
+_FAIL_FIELD = re.compile(
+    r"^(?:(?:slurm[ _-]?)?job[ _-]?id|(log)(?:[ _-]?(?:path|file))?)\s*[:=]\s*(\S.*)$", re.I
+)
+
+
+def write_failed(
+    run_dir: Path, headline: str, fields: Mapping[str, object] | None = None, with_traceback: bool = True
+) -> Path:
+    """Write ``<run_dir>/FAILED``: headline, ``key: value`` fields, then the current traceback (if any).
+
+    Never raises OSError: a full disk must not hide the error being recorded.
+    """
+    path = Path(run_dir) / FAILED
+    lines = [headline.strip() or "failed", *(f"{k}: {v}" for k, v in (fields or {}).items() if v is not None)]
+    trace = traceback.format_exc() if with_traceback else ""
+    text = "\n".join(lines) + "\n" + (f"\n{trace}" if trace and trace != "NoneType: None\n" else "")
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return path
+
+
+def clear_failed(run_dir: Path) -> None:
+    """A run that finished leaves no FAILED of an earlier attempt behind."""
+    (Path(run_dir) / FAILED).unlink(missing_ok=True)
+
+
+def is_failed(run_dir: Path) -> bool:
+    return (Path(run_dir) / FAILED).is_file()
+
+
+def describe_failure(text: str) -> str:
+    """One line from a FAILED file: the error, then job id and log path when the file names them.
+
+    Accepted: JSON {"error" | "message", "job_id", "log_path" | "log"}, or plain text whose lines
+    "job_id: 123" / "log: path/to/log" are picked out; of a traceback only the last line is kept.
+    """
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        message = str(data.get("error") or data.get("message") or "")
+        job, log = data.get("job_id"), data.get("log_path") or data.get("log")
+    else:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        found = {("log" if m[1] else "job"): m[2].strip() for m in map(_FAIL_FIELD.match, lines) if m}
+        job, log = found.get("job"), found.get("log")
+        rest = [line for line in lines if not _FAIL_FIELD.match(line)]
+        if rest and rest[0].startswith("Traceback"):
+            message = rest[-1]
+        else:  # "ExcType: message" first (as train.py writes it), possibly followed by a traceback
+            end = next((i for i, line in enumerate(rest) if line.startswith("Traceback")), len(rest))
+            message = " ".join(rest[:end])
+    message = message if len(message) <= 300 else message[:299] + "…"
+    return "; ".join(
+        [message or "no reason given", *([f"job {job}"] if job else []), *([f"log {log}"] if log else [])]
+    )
+
+
+def failure_reason(failed: Path, log: Path) -> str:
+    """What a failed stage said: its FAILED file (``describe_failure``), else the last line of its log."""
+    if failed.is_file() and (text := failed.read_text(errors="replace")).strip():
+        return describe_failure(text)
+    if log.is_file() and (
+        lines := [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    ):
+        return lines[-1]
+    return "exited with an error and left no message"
+
+
+def run_id(run_dir: str | Path) -> str:
+    """A stable W&B id per run directory, so a resumed run continues the same W&B run."""
+    return hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
