@@ -30,8 +30,8 @@ SINFO_FORMAT = "%c|%m|%D|%l|%G"
 # Reasons that no amount of waiting clears: the request itself is outside what the cluster will ever give.
 NEVER = {
     "PartitionConfig": "the request exceeds what partition {partition} allows",
-    "PartitionNodeLimit": "the number of nodes is outside partition {partition}'s limits",
-    "PartitionTimeLimit": "the time limit exceeds partition {partition}'s MaxTime",
+    "PartitionNodeLimit": "the number of nodes is outside the limits of partition {partition}",
+    "PartitionTimeLimit": "the time limit exceeds the MaxTime of partition {partition}",
     "BadConstraints": "no node of partition {partition} satisfies the job's constraints",
     "InvalidAccount": "the account is not valid for this user",
     "AccountNotAllowed": "the account may not use partition {partition}",
