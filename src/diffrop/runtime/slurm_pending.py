@@ -333,8 +333,8 @@ def watch_pending(
         pending = [j for j in parse_squeue(out.stdout) if j.state == "PENDING"]
         if not pending:
             return
-        for reason in sorted({j.reason for j in pending} - seen_reasons):
-            log.info("SLURM jobs pending (%s)", reason)
+        for reason in sorted({j.reason for j in pending} - seen_reasons - {"None"}):
+            log.info("SLURM jobs of the sweep pending (%s)", reason)
             seen_reasons.add(reason)
         blocked = [j for j in pending if never_starts(j)]
         strikes = {j.job_id: strikes.get(j.job_id, 0) + 1 for j in blocked}
