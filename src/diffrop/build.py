@@ -80,6 +80,33 @@ def build_trainer(
     return trainer
 
 
+# Checkpoints keep their resolved config; those written before the package was split into layers (v0.1) name
+# these modules in their `_target_`s. `upgrade_targets` maps them, so an old config instantiates today.
+MOVED_MODULES = {
+    "diffrop.callbacks.": "diffrop.training.callbacks.",
+    "diffrop.checkpoint_io.": "diffrop.training.checkpoint_io.",
+    "diffrop.loggers.": "diffrop.training.loggers.",
+    "diffrop.eval_callback.": "diffrop.training.periodic_fid.",
+    "diffrop.module.": "diffrop.training.module.",
+    "diffrop.progress.": "diffrop.runtime.progress.",
+    "diffrop.classifier.CifarResNet": "diffrop.nets.resnet.CifarResNet",
+}
+
+
+def upgrade_targets(node: Any) -> Any:
+    """A stored config (plain containers) with every moved ``_target_`` renamed to its module today."""
+    if isinstance(node, Mapping):
+        out = {k: upgrade_targets(v) for k, v in node.items()}
+        target = out.get("_target_")
+        if isinstance(target, str):
+            old = next((o for o in MOVED_MODULES if target.startswith(o)), None)
+            out["_target_"] = MOVED_MODULES[old] + target[len(old) :] if old else target
+        return out
+    if isinstance(node, list | tuple):
+        return [upgrade_targets(v) for v in node]
+    return node
+
+
 def net_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", ema: bool = True):
     """Rebuild the network (EMA weights by default) and schedule from a checkpoint's own stored config."""
     path = Path(path)
@@ -95,7 +122,7 @@ def net_from_checkpoint(path: str | Path, map_location: str | torch.device = "cp
         ) from err
     if not isinstance(ckpt, dict) or "diffrop_config" not in ckpt or "state_dict" not in ckpt:
         raise ValueError(f"checkpoint {path} carries no DiffROP config: it was not written by src/train.py")
-    cfg = OmegaConf.create(ckpt["diffrop_config"])
+    cfg = OmegaConf.create(upgrade_targets(ckpt["diffrop_config"]))
     num_classes = ckpt["state_dict"]["net.label_embedding.weight"].shape[0]
     net = build_net(cfg, num_classes)
     prefix = "ema." if ema else "net."
