@@ -44,9 +44,9 @@ from unittest import mock
 import lightning as L
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir  # noqa: TID251 (a benchmark entry point, like src/train.py)
-from hydra.core.hydra_config import HydraConfig  # noqa: TID251
-from hydra.utils import instantiate  # noqa: TID251
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from omegaconf import open_dict
 from rich.console import Console
 from rich.table import Table
