@@ -180,7 +180,9 @@ def _tiny_checkpoint(path: Path, num_classes: int, base_channels: int) -> None:
         cfg = compose("train", overrides=[*TINY, f"model.net.base_channels={base_channels}"])
     net = build.build_net(cfg, num_classes)
     freq = torch.ones(num_classes) / num_classes
-    module = DiffusionModule(net, build.build_objective(cfg), _schedule(cfg), freq)
+    module = DiffusionModule(
+        net, build.build_objective(cfg), _schedule(cfg), freq, **build.module_settings(cfg)
+    )
     torch.save({"state_dict": module.state_dict(), "global_step": 1}, path)
 
 

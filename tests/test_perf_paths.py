@@ -60,7 +60,11 @@ def _module(**kwargs) -> DiffusionModule:
         cfg = compose("train", overrides=TINY_RUN_OVERRIDES)
     net = tiny_net()
     return DiffusionModule(
-        net, build.build_objective(cfg), instantiate(cfg.diffusion), torch.ones(10) / 10, **kwargs
+        net,
+        build.build_objective(cfg),
+        instantiate(cfg.diffusion),
+        torch.ones(10) / 10,
+        **build.module_settings(cfg) | kwargs,
     )
 
 

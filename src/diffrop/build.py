@@ -24,12 +24,27 @@ def build_datamodule(cfg: DictConfig) -> LongTailDataModule:
 
 
 def build_net(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
-    num_aug_params = NUM_AUG_PARAMS if cfg.data.get("augment", "none") == "diffaug" else 0
+    num_aug_params = NUM_AUG_PARAMS if cfg.data.augment == "diffaug" else 0
     return instantiate(cfg.model.net, num_classes=num_classes, num_aug_params=num_aug_params, _convert_="all")
 
 
 def build_objective(cfg: DictConfig) -> Objective:
     return Objective({name: instantiate(term) for name, term in cfg.loss.terms.items()})
+
+
+def module_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The DiffusionModule's settings, all from the config (configs/optim, configs/model: no Python defaults)."""
+    return {
+        "lr": cfg.optim.lr,
+        "warmup_steps": cfg.optim.warmup_steps,
+        "ema_decay": cfg.optim.ema_decay,
+        "fused_adam": cfg.optim.fused_adam,
+        "nonfinite": cfg.optim.nonfinite,
+        "channels_last": cfg.model.channels_last,
+        "compile": cfg.model.compile,
+        "label_drop": cfg.model.label_drop,
+        "label_drop_prob": cfg.model.label_drop_prob,
+    }
 
 
 def build_module(cfg: DictConfig, datamodule: LongTailDataModule) -> DiffusionModule:
@@ -38,16 +53,8 @@ def build_module(cfg: DictConfig, datamodule: LongTailDataModule) -> DiffusionMo
         objective=build_objective(cfg),
         schedule=instantiate(cfg.diffusion),
         class_freq=datamodule.class_freq,
-        lr=cfg.optim.lr,
-        warmup_steps=cfg.optim.warmup_steps,
-        ema_decay=cfg.optim.ema_decay,
-        fused_adam=cfg.optim.fused_adam,
-        nonfinite=cfg.optim.get("nonfinite", "stop"),
-        channels_last=cfg.model.get("channels_last", False),
-        compile=cfg.model.get("compile", False),
-        label_drop=cfg.model.label_drop,
-        label_drop_prob=cfg.model.label_drop_prob,
         run_config=OmegaConf.to_container(cfg, resolve=True),
+        **module_settings(cfg),
     )
 
 
