@@ -138,8 +138,8 @@ def test_data_summary_json(tmp_path):
 def test_bad_datamodule_arguments_are_clear():
     with pytest.raises(ValueError, match=r"data\.source"):
         LongTailDataModule(name="x", source="mnist")
-    with pytest.raises(ValueError, match=r"data\.sampler"):
-        LongTailDataModule(name="x", source="digits", sampler="balanced")
+    with pytest.raises(ValueError, match=r"data\.balance"):
+        LongTailDataModule(name="x", source="digits", balance="balanced")
     with pytest.raises(ValueError, match=r"data\.augment"):
         LongTailDataModule(name="x", source="digits", augment="mixup")
     with pytest.raises(ValueError, match=r"data\.batch_size"):
@@ -183,8 +183,8 @@ def test_no_resampling_visits_every_item_once_per_epoch():
     assert batches[0] != batches[23]  # a fresh permutation each epoch
 
 
-def test_datamodule_sampler_option_reaches_the_loader():
-    dm = _digits_dm(sampler="rs", batch_size=50, max_steps=400)
+def test_datamodule_balance_option_reaches_the_loader():
+    dm = _digits_dm(balance="rs", batch_size=50, max_steps=400)
     labels = dm.train_set.labels
     drawn = torch.cat([y for _, y in dm.train_dataloader()])
     freq = np.bincount(drawn.numpy(), minlength=10) / len(drawn)

@@ -64,7 +64,7 @@ def test_paper_run_composes_with_its_recipe(experiment, smoke):
         tau = {"ddpm_pcl_tau_constant": "Constant", "ddpm_pcl_tau_linear": "Linear"}.get(method, "ExpDecay")
         assert cfg.loss.terms.pcl.phi == phi and cfg.tau._target_.endswith(tau)
     assert cfg.loss.terms.ddpm.reweight == (method == "ddpm_reweight")
-    assert cfg.data.sampler == {"ddpm_rs": "rs", "ddpm_sqrt_rs": "sqrt_rs"}.get(method, "none")
+    assert cfg.data.balance == {"ddpm_rs": "rs", "ddpm_sqrt_rs": "sqrt_rs"}.get(method, "none")
     assert cfg.data.augment == ("diffaug" if method == "ddpm_diffaug" else "none")
 
 

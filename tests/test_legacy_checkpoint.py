@@ -45,11 +45,22 @@ def test_the_fixture_names_modules_that_moved():
 
 def test_every_stored_target_resolves_after_upgrade():
     stored = torch.load(LEGACY, map_location="cpu", weights_only=False)["diffrop_config"]
-    upgraded = targets(build.upgrade_targets(stored))
+    upgraded = targets(build.upgrade_stored_config(stored))
     assert len(upgraded) == len(targets(stored)) > 5
     for target in upgraded:
         assert callable(_locate(target)), target
     assert "diffrop.training.callbacks.SampleGrid" in upgraded
+
+
+def test_legacy_data_config_builds_the_same_data():
+    """eval.py rebuilds the data module from the stored config; v0.1 called data.balance `data.sampler`."""
+    stored = torch.load(LEGACY, map_location="cpu", weights_only=False)["diffrop_config"]
+    assert stored["data"]["sampler"] == "none" and "balance" not in stored["data"]
+    _, _, cfg, _ = build.net_from_checkpoint(LEGACY)
+    assert cfg.data.balance == "none" and "sampler" not in cfg.data
+    dm = build.build_datamodule(cfg)
+    dm.setup("fit")
+    assert dm.num_classes == 10 and dm.class_freq.shape == (10,)
 
 
 def test_legacy_checkpoint_samples():

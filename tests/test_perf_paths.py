@@ -116,10 +116,10 @@ def _datamodule(**overrides):
     return build.build_datamodule(cfg)
 
 
-@pytest.mark.parametrize("sampler", ["none", "sqrt_rs"])
-def test_on_device_batches_equal_the_dataloader(sampler):
-    loader = _datamodule(on_device=False, sampler=sampler, max_steps=500).train_dataloader()
-    device = _datamodule(on_device=True, sampler=sampler, max_steps=500).train_dataloader()
+@pytest.mark.parametrize("balance", ["none", "sqrt_rs"])
+def test_on_device_batches_equal_the_dataloader(balance):
+    loader = _datamodule(on_device=False, balance=balance, max_steps=500).train_dataloader()
+    device = _datamodule(on_device=True, balance=balance, max_steps=500).train_dataloader()
     assert isinstance(device, DeviceBatches) and not isinstance(loader, DeviceBatches)
     assert len(device) == len(loader) == 500
     n = 0

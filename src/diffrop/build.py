@@ -88,7 +88,8 @@ def build_trainer(
 
 
 # Checkpoints keep their resolved config; those written before the package was split into layers (v0.1) name
-# these modules in their `_target_`s. `upgrade_targets` maps them, so an old config instantiates today.
+# these modules in their `_target_`s and call data.balance `data.sampler`. `upgrade_stored_config` maps both, so an
+# old config instantiates today.
 MOVED_MODULES = {
     "diffrop.callbacks.": "diffrop.training.callbacks.",
     "diffrop.checkpoint_io.": "diffrop.training.checkpoint_io.",
@@ -100,8 +101,17 @@ MOVED_MODULES = {
 }
 
 
+def upgrade_stored_config(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's stored config (plain containers) in today's names: moved targets, renamed keys."""
+    cfg = upgrade_targets(stored)
+    data = cfg.get("data")
+    if isinstance(data, dict) and "sampler" in data and "balance" not in data:
+        data["balance"] = data.pop("sampler")
+    return cfg
+
+
 def upgrade_targets(node: Any) -> Any:
-    """A stored config (plain containers) with every moved ``_target_`` renamed to its module today."""
+    """``node`` with every moved ``_target_`` renamed to its module today."""
     if isinstance(node, Mapping):
         out = {k: upgrade_targets(v) for k, v in node.items()}
         target = out.get("_target_")
@@ -129,7 +139,7 @@ def net_from_checkpoint(path: str | Path, map_location: str | torch.device = "cp
         ) from err
     if not isinstance(ckpt, dict) or "diffrop_config" not in ckpt or "state_dict" not in ckpt:
         raise ValueError(f"checkpoint {path} carries no DiffROP config: it was not written by src/train.py")
-    cfg = OmegaConf.create(upgrade_targets(ckpt["diffrop_config"]))
+    cfg = OmegaConf.create(upgrade_stored_config(ckpt["diffrop_config"]))
     num_classes = ckpt["state_dict"]["net.label_embedding.weight"].shape[0]
     net = build_net(cfg, num_classes)
     prefix = "ema." if ema else "net."

@@ -13,13 +13,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
-CLASS_SAMPLERS = ("none", "rs", "sqrt_rs")
+BALANCE_MODES = ("none", "rs", "sqrt_rs")
 
 
 def class_balancing_weights(labels: Tensor, mode: str) -> Tensor | None:
     """Per-sample weights so that class c is drawn with probability proportional to n_c ** power."""
-    if mode not in CLASS_SAMPLERS:
-        raise ValueError(f"data.sampler={mode!r} is not one of {list(CLASS_SAMPLERS)}")
+    if mode not in BALANCE_MODES:
+        raise ValueError(f"data.balance={mode!r} is not one of {list(BALANCE_MODES)}")
     if mode == "none":
         return None
     counts = torch.bincount(labels).double()

@@ -58,7 +58,7 @@ class LongTailDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         download: bool = False,
-        sampler: str = "none",
+        balance: str = "none",
         hflip: bool = True,
         augment: str = "none",
         augment_prob: float = 0.15,
@@ -69,7 +69,7 @@ class LongTailDataModule(L.LightningDataModule):
         super().__init__()
         if source not in SOURCES:
             raise ValueError(f"data.source={source!r} is not one of {list(SOURCES)}")
-        class_balancing_weights(torch.zeros(1, dtype=torch.long), sampler)  # validates data.sampler early
+        class_balancing_weights(torch.zeros(1, dtype=torch.long), balance)  # validates data.balance early
         if batch_size <= 0:
             raise ValueError(f"data.batch_size must be > 0, got {batch_size}")
         if source == "imagefolder" and not root:
@@ -78,7 +78,7 @@ class LongTailDataModule(L.LightningDataModule):
             )
         self.name, self.source, self.root = name, source, root
         self.imb_factor, self.image_size, self.batch_size = imb_factor, image_size, batch_size
-        self.num_workers, self.seed, self.download, self.sampler = num_workers, seed, download, sampler
+        self.num_workers, self.seed, self.download, self.balance = num_workers, seed, download, balance
         if augment not in AUGMENTS:
             raise ValueError(f"data.augment={augment!r} is not one of {list(AUGMENTS)}")
         self.hflip, self.augment, self.augment_prob, self.max_steps = hflip, augment, augment_prob, max_steps
@@ -162,7 +162,7 @@ class LongTailDataModule(L.LightningDataModule):
             len(data.labels),
             self.batch_size,
             self.seed,
-            class_balancing_weights(data.labels, self.sampler),
+            class_balancing_weights(data.labels, self.balance),
             rank,
             world,
             self.max_steps,

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from diffrop.diffusion.denoiser import Denoiser
 from diffrop.diffusion.schedule import NoiseSchedule
 
-Net = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 SAMPLERS = ("ddpm", "ddim", "dpmpp2m")
 LABEL_MODES = ("balanced", "train")
 PRECISIONS = ("fp32", "bf16")
@@ -57,7 +57,7 @@ def _randn(shape: tuple[int, ...], generator: Generator | None, device: torch.de
     return torch.randn(shape, generator=generator, device=device)
 
 
-def guided_eps(net: Net, x: Tensor, t: Tensor, y: Tensor, guidance: float) -> Tensor:
+def guided_eps(net: Denoiser, x: Tensor, t: Tensor, y: Tensor, guidance: float) -> Tensor:
     cond = torch.ones_like(y, dtype=torch.bool)
     if guidance == 0:
         return net(x, t, y, cond)
@@ -68,7 +68,7 @@ def guided_eps(net: Net, x: Tensor, t: Tensor, y: Tensor, guidance: float) -> Te
 
 @torch.no_grad()
 def ddpm_sample(
-    net: Net,
+    net: Denoiser,
     schedule: NoiseSchedule,
     y: Tensor,
     shape: tuple[int, ...],
@@ -99,7 +99,7 @@ def timestep_grid(schedule: NoiseSchedule, steps: int) -> list[int]:
 
 @torch.no_grad()
 def ddim_sample(
-    net: Net,
+    net: Denoiser,
     schedule: NoiseSchedule,
     y: Tensor,
     shape: tuple[int, ...],
@@ -173,7 +173,7 @@ def dpmpp_x0_estimate(x0: Tensor, x0_prev: Tensor | None, r: float) -> Tensor:
 
 @torch.no_grad()
 def dpmpp2m_sample(
-    net: Net,
+    net: Denoiser,
     schedule: NoiseSchedule,
     y: Tensor,
     shape: tuple[int, ...],
@@ -213,7 +213,7 @@ def dpmpp2m_sample(
     return x0
 
 
-def autocast_net(net: Net, precision: str, device: torch.device) -> Net:
+def autocast_net(net: Denoiser, precision: str, device: torch.device) -> Denoiser:
     """``net`` itself for fp32; for bf16, ``net`` under ``torch.autocast(bfloat16)`` on ``device`` with its
     output cast back to float32, so that only the network runs in bf16 and the sampler's state and update
     arithmetic stay fp32. bf16 needs a CUDA device that supports it, or the CPU (slow there: for tests)."""
@@ -284,7 +284,7 @@ class SamplerSpec:
 
 
 def sample(
-    net: Net,
+    net: Denoiser,
     schedule: NoiseSchedule,
     y: Tensor,
     shape: tuple[int, ...],

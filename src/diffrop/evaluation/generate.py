@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 from torchvision.utils import save_image
 
-from diffrop.diffusion.sampling import Net, SamplerSpec, StackedGenerator, sample, to_uint8
+from diffrop.diffusion.denoiser import Denoiser
+from diffrop.diffusion.sampling import SamplerSpec, StackedGenerator, sample, to_uint8
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.runtime.atomic_write import atomic_write
 from diffrop.runtime.progress import track
@@ -30,7 +31,7 @@ from diffrop.runtime.progress import track
 
 @torch.no_grad()
 def sample_images(
-    net: Net,
+    net: Denoiser,
     schedule: NoiseSchedule,
     labels: Tensor,
     seeds: Tensor,
@@ -79,7 +80,7 @@ def check_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
 
 
 def generate(
-    net: Net,
+    net: Denoiser,
     schedule: NoiseSchedule,
     labels: Tensor,
     out_dir: str | Path,

@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from diffrop.data.datamodule import LongTailDataModule
-from diffrop.diffusion.sampling import Net, SamplerSpec, sample_labels
+from diffrop.diffusion.denoiser import Denoiser
+from diffrop.diffusion.sampling import SamplerSpec, sample_labels
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.evaluation.generate import generate, merge_shards, save_grid, wait_for_shards
 from diffrop.evaluation.metrics import ReferenceCache, compute_all, make_extractor, make_key, per_class
@@ -222,7 +223,7 @@ def sample_dir(root: Path, spec: SamplerSpec, num_samples: int, seed: int) -> Pa
 
 
 def evaluate_spec(
-    net: Net,
+    net: Denoiser,
     schedule: NoiseSchedule,
     spec: SamplerSpec,
     *,

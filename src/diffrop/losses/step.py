@@ -9,13 +9,8 @@ from typing import Protocol
 
 from torch import Tensor
 
+from diffrop.diffusion.denoiser import Denoiser
 from diffrop.diffusion.schedule import NoiseSchedule
-
-
-class Denoiser(Protocol):
-    """eps_theta(x_t, t, y); ``cond[i] = False`` drops sample i's label (classifier-free guidance)."""
-
-    def __call__(self, x: Tensor, t: Tensor, y: Tensor, cond: Tensor) -> Tensor: ...
 
 
 def _identity(x: Tensor) -> Tensor:
