@@ -41,12 +41,15 @@ def parse(argv: list[str] | None = None) -> tuple[str, Options]:
     p.add_argument("--extractor", choices=("torch-fidelity", "fid-helper"), help="eval.extractor")
     p.add_argument("--out", type=Path, default=Path("experiments/results"))
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--no-wandb", action="store_true",
+                   help="do not log the rendered table to W&B (offline unless WANDB_MODE says otherwise; "
+                   "WANDB_MODE=disabled skips it too)")  # fmt: skip
     a = p.parse_args(argv)
     root = a.runs or Path("logs/smoke" if a.smoke else "logs/paper")
     opts = Options(
         root=root, smoke=a.smoke, launcher=a.launcher, devices=a.devices, train_overrides=a.train,
         eval_overrides=a.eval, classify_overrides=a.classify, inception_weights=a.inception_weights,
-        extractor=a.extractor, out=a.out, dry_run=a.dry_run,
+        extractor=a.extractor, out=a.out, dry_run=a.dry_run, wandb=not a.no_wandb,
     )  # fmt: skip
     return a.table, opts
 

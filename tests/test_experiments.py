@@ -136,6 +136,7 @@ def fake(tmp_path, monkeypatch):
     wrapper.chmod(0o755)
     calls = tmp_path / "calls.jsonl"
     monkeypatch.setenv("FAKE_CALLS", str(calls))
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # the table's W&B run: tests/test_report_wandb.py
     monkeypatch.chdir(REPO)  # the driver reads experiments/paper_numbers.yaml relative to the repository
 
     def run(table: str, fail: str = "", **kw) -> tuple[str, list[list[str]]]:

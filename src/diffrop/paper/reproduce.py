@@ -6,6 +6,7 @@ Layout under a runs root (default ``logs/paper``; ``logs/smoke`` for smoke runs)
                                   shared by every table that uses the model (Tables 1, 2, 4, 5 share DDPM)
     <table>/<cell>/eval/          that cell's evaluation (results.json, read by diffrop.paper.report)
     <table>/<cell>/FAILED         why the cell has no result (training or evaluation failed)
+    <table>/wandb/                the W&B run of the rendered table (job_type report, the table's group)
 
 Every stage looks at the files first: a model whose ``last.ckpt`` reached ``max_steps`` is not trained again, a
 cell with ``eval/results.json`` is not evaluated again, a failed cell is retried on the next call (training
@@ -31,6 +32,7 @@ import torch
 import yaml
 
 from diffrop.paper.smoke import SMOKE_CLASSIFY, SMOKE_EVAL, SMOKE_SAMPLES, SMOKE_TRAIN, write_smoke_extractor
+from diffrop.paper.wandb_upload import upload_table
 from diffrop.runtime.children import run_logged
 from diffrop.runtime.run_status import describe_failure, failure_reason, write_failed
 
@@ -69,6 +71,7 @@ class Options:
     extractor: str | None = None
     out: Path = Path("experiments/results")
     dry_run: bool = False
+    wandb: bool = True  # log the rendered table to W&B (diffrop.paper.wandb_upload); --no-wandb turns it off
 
 
 def load_cells(table: str, paper: Path = PAPER, figures: Path = FIGURES, smoke: bool = False) -> list[Cell]:
@@ -329,6 +332,12 @@ class Driver:
             plot_bars(table, out / "fig4a_bars.png")
         print(render_markdown(table))
         self.say(f"wrote {out / self.table}.md and .tex")
+        if self.opts.wandb and not self.opts.dry_run:  # in the training runs' group (their `name`, the table)
+            o, files = self.opts, [out / f"{self.table}.md", out / f"{self.table}.tex"]
+            group = override_value(o.train_overrides, "name") or self.table
+            project = override_value(o.train_overrides, "logger.wandb.project") or "diffrop"
+            info = {"smoke": o.smoke, "runs_root": str(o.root.resolve())}
+            self.say(upload_table(table, files, group=group, project=project, save_dir=o.root / self.table, config=info))  # fmt: skip
         return table
 
     def run(self) -> Any:
