@@ -17,7 +17,8 @@ import os
 import sys
 from pathlib import Path
 
-from diffrop.paper.reproduce import TABLES, Driver, Options
+from diffrop.paper.cells import TABLES, Options
+from diffrop.paper.reproduce import Driver
 
 
 def parse(argv: list[str] | None = None) -> tuple[str, Options]:

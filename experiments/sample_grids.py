@@ -20,7 +20,8 @@ from torchvision.utils import save_image
 
 from diffrop.build import net_from_checkpoint
 from diffrop.diffusion.sampling import ddim_sample, ddpm_sample
-from diffrop.paper.reproduce import Cell, Driver, Options, model_dir
+from diffrop.paper.cells import Cell, Options, model_dir
+from diffrop.paper.reproduce import Driver
 
 METHODS = ("ddpm", "ddpm_pcl", "cbdm", "cbdm_pcl")
 

@@ -34,7 +34,8 @@ sys.exit(run_logged([sys.executable, "-c", sys.argv[2]], Path(sys.argv[1]), grac
     "Driver.execute": """
 import sys
 from pathlib import Path
-from diffrop.paper.reproduce import Driver, Options
+from diffrop.paper.cells import Options
+from diffrop.paper.reproduce import Driver
 import diffrop.runtime.children
 diffrop.runtime.children.GRACE_S = float(sys.argv[3])
 log = Path(sys.argv[1])

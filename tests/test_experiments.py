@@ -20,7 +20,8 @@ import torch
 import yaml
 from hydra import compose, initialize_config_dir
 
-from diffrop.paper.reproduce import Driver, Options, load_cells, model_dir, override_value, training_state
+from diffrop.paper.cells import Options, load_cells, model_dir, override_value, training_state
+from diffrop.paper.reproduce import Driver
 
 REPO = Path(__file__).resolve().parents[1]  # not from conftest: tests/slurm has its own conftest
 CONFIG_DIR = REPO / "configs"

@@ -10,7 +10,8 @@ import pytest
 from wandb_records import offline_runs, read_run
 
 from diffrop.paper import wandb_upload
-from diffrop.paper.reproduce import Driver, Options
+from diffrop.paper.cells import Options
+from diffrop.paper.reproduce import Driver
 
 REPO = Path(__file__).resolve().parents[1]
 

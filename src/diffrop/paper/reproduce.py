@@ -22,214 +22,27 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import torch
-import yaml
-
-from diffrop.paper.smoke import SMOKE_CLASSIFY, SMOKE_EVAL, SMOKE_SAMPLES, SMOKE_TRAIN, write_smoke_extractor
+from diffrop.paper.cells import FIGURES, PAPER, Cell, load_cells, model_dir, override_value, training_state
+from diffrop.paper.commands import Commands
 from diffrop.paper.wandb_upload import upload_table
 from diffrop.runtime.children import run_logged
-from diffrop.runtime.run_status import describe_failure, failure_reason, write_failed
-
-PAPER = Path("experiments/paper_numbers.yaml")
-FIGURES = Path("experiments/figures.yaml")
-TABLES = ("table1", "table2", "table3", "table4", "table5", "fig4a", "fig4b")
-# Table 5 names its cells by the form of phi; the models are the DDPM + PCL runs of that form.
-CELL_MODEL = {"exp": "ddpm_pcl", "neg_l2": "ddpm_pcl_neg_l2", "recip": "ddpm_pcl_recip"}
-# Table 3 cells that train only a classifier (no diffusion model), with the classifier's data.
-CLASSIFIER_ONLY = {"lt_only": "cifar100lt", "balanced": "cifar100"}
-# Extra evaluation arguments per table (the number of samples comes from the table's protocol).
-TABLE_EVAL = {"fig4b": ["eval.guidance_sweep=[0,0.4,0.8,1.2,1.6,2.0,2.4]"]}
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One row of a table: where its result goes, which model (experiment config) it needs, how to score it."""
-
-    table: str
-    cell: str  # `<dataset>__<method>`, the run directory name the renderer reads
-    experiment: str | None  # `<dataset>/<method>` under configs/experiment; None: no diffusion model
-    num_samples: int | None  # generated images (the table's protocol); None: none needed
+from diffrop.runtime.run_status import failure_reason, write_failed
 
 
 @dataclass
-class Options:
-    root: Path
-    smoke: bool = False
-    launcher: str = "local"  # local | slurm
-    devices: int = 1
-    python: str = sys.executable
-    train_overrides: list[str] = field(default_factory=list)
-    eval_overrides: list[str] = field(default_factory=list)
-    classify_overrides: list[str] = field(default_factory=list)
-    inception_weights: str | None = None
-    extractor: str | None = None
-    out: Path = Path("experiments/results")
-    dry_run: bool = False
-    wandb: bool = True  # log the rendered table to W&B (diffrop.paper.wandb_upload); --no-wandb turns it off
-
-
-def load_cells(table: str, paper: Path = PAPER, figures: Path = FIGURES, smoke: bool = False) -> list[Cell]:
-    """The cells of a table (paper_numbers.yaml) or figure (figures.yaml), with the model each one needs."""
-    specs = {**yaml.safe_load(Path(paper).read_text()), **yaml.safe_load(Path(figures).read_text())}
-    if table not in specs:
-        raise ValueError(f"unknown table {table!r}; choose one of {', '.join(specs)}")
-    spec = specs[table]
-    cells = []
-    for row in spec["rows"]:
-        dataset, method = row["cell"].split("__", 1)
-        n = row.get("num_samples", spec.get("num_samples"))
-        if table == "table3" and method in CLASSIFIER_ONLY:
-            experiment, n = None, None
-        else:
-            experiment = f"{dataset}/{CELL_MODEL.get(method, method)}"
-        cells.append(Cell(table, row["cell"], experiment, (SMOKE_SAMPLES if n else None) if smoke else n))
-    return cells
-
-
-def model_dir(root: Path, experiment: str) -> Path:
-    return root / "models" / experiment.replace("/", "__")
-
-
-def override_value(overrides: Sequence[str], key: str) -> str | None:
-    """The value of the last ``key=value`` in a Hydra override list (None if absent)."""
-    values = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == key and "=" in o]
-    return values[-1] if values else None
-
-
-def read_checkpoint(path: Path) -> dict[str, Any] | None:
-    """The checkpoint's step and stored config without reading its tensors (memory-mapped), None if unreadable."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception:  # a truncated file counts as no checkpoint; training resumes or restarts
-        return None
-    return {"global_step": ckpt.get("global_step", 0), "config": ckpt.get("diffrop_config") or {}}
-
-
-def training_state(run: Path, max_steps: int | None = None) -> tuple[str, str]:
-    """('done' | 'partial' | 'failed' | 'missing', detail) of a model run directory.
-
-    'done' needs ``checkpoints/last.ckpt`` at ``max_steps`` (default: the max_steps stored in the checkpoint)
-    and no FAILED file; a FAILED run is retried (resuming from its last checkpoint).
-    """
-    failed, last = run / "FAILED", run / "checkpoints" / "last.ckpt"
-    if failed.is_file():
-        return "failed", describe_failure(failed.read_text(errors="replace"))
-    if not last.is_file():
-        return "missing", "no checkpoint"
-    info = read_checkpoint(last)
-    if info is None:
-        return "partial", f"{last} is unreadable"
-    target = max_steps or int(info["config"].get("trainer", {}).get("max_steps", 0))
-    step = int(info["global_step"])
-    return ("done" if step >= target else "partial"), f"step {step} of {target}"
-
-
-@dataclass
-class Driver:
+class Driver(Commands):
     """Runs the stages of one table; ``run`` returns the rendered diffrop.paper.tables Table."""
 
-    table: str
-    opts: Options
     log: list[str] = field(default_factory=list)
     where: str = ""  # the cell being worked on, "cell 3/8 <cell>: ", for the stage lines
     cells_left: int = 0  # cells not finished yet, this one included
     cell_seconds: list[float] = field(default_factory=list)  # time of each finished cell that ran a stage
     stages_run: int = 0
-
-    # --- commands --------------------------------------------------------------------------------------
-    def train_commands(self, experiments: list[str]) -> list[list[str]]:
-        o, root = self.opts, self.opts.root.resolve()
-        common = [
-            f"runs_root={root}",
-            f"name={self.table}",
-            *(SMOKE_TRAIN if o.smoke else []),
-            *o.train_overrides,
-        ]
-        if o.devices > 1 and o.launcher == "local":  # one torchrun per model: DDP and multirun do not mix
-            torchrun = [
-                o.python,
-                "-m",
-                "torch.distributed.run",
-                "--standalone",
-                f"--nproc_per_node={o.devices}",
-            ]
-            ddp = ["trainer=ddp", f"trainer.devices={o.devices}"]
-            return [[*torchrun, "src/train.py", f"experiment={e}", *ddp, *common] for e in experiments]
-        sweep = [
-            "-m",
-            f"experiment={','.join(experiments)}",
-            f"hydra.sweep.dir={root / 'models'}",
-            "hydra.sweep.subdir=${run_name}",
-        ]
-        if o.launcher == "slurm":
-            sweep += ["hydra/launcher=slurm"]
-            sweep += ["trainer=ddp", f"trainer.devices={o.devices}"] if o.devices > 1 else []
-        return [[o.python, "src/train.py", *sweep, *common]]
-
-    def eval_command(self, cell: Cell, out_dir: Path, num_samples: int) -> list[str]:
-        o = self.opts
-        ckpt = model_dir(o.root, cell.experiment) / "checkpoints" / "last.ckpt"
-        info = read_checkpoint(ckpt) or {"config": {}}
-        sampler = info["config"].get("sampler") or {}
-        args = [
-            f"ckpt_path={ckpt.resolve()}",
-            f"hydra.run.dir={out_dir.resolve()}",
-            f"eval.num_samples={num_samples}",
-        ]
-        if sampler:  # the model's own evaluation recipe (sampler, steps, guidance w), stored at training time
-            args += [f"sampler={sampler['name']}", f"sampler.steps={sampler['steps']}"]
-            args += [f"sampler.eta={sampler['eta']}", f"sampler.guidance={sampler['guidance']}"]
-        args += TABLE_EVAL.get(self.table, [])
-        if o.smoke:
-            args += [
-                *SMOKE_EVAL,
-                "eval.extractor=fid-helper",
-                f"eval.inception_weights={self.smoke_weights()}",
-            ]
-            args += [f"eval.reference_cache={(o.root / 'fid_refs').resolve()}"]
-        else:
-            args += [f"eval.extractor={o.extractor}"] if o.extractor else []
-            args += [f"eval.inception_weights={o.inception_weights}"] if o.inception_weights else []
-        args += o.eval_overrides
-        if o.devices > 1 and o.launcher == "local":
-            return [o.python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={o.devices}",
-                    "src/eval.py", *args]  # fmt: skip
-        if o.launcher == "slurm":  # a one-job multirun: the evaluation runs on a SLURM node
-            args = ["-m", "hydra/launcher=slurm", f"hydra.sweep.dir={out_dir.parent.resolve()}",
-                    f"hydra.sweep.subdir={out_dir.name}", *[a for a in args if not a.startswith("hydra.run.dir=")]]  # fmt: skip
-        return [o.python, "src/eval.py", *args]
-
-    def classify_command(self, cell: Cell, generated: Path | None) -> list[str]:
-        o = self.opts
-        dataset = CLASSIFIER_ONLY.get(cell.cell.split("__", 1)[1], cell.cell.split("__", 1)[0])
-        if o.smoke:  # digits stand in for CIFAR100 (LT) and its balanced form
-            dataset = "digits_lt" + (" data.imb_factor=1.0" if dataset == "cifar100" else "")
-        args = [
-            *f"data={dataset}".split(),
-            f"hydra.run.dir={(o.root / cell.table / cell.cell / 'eval').resolve()}",
-        ]
-        args += [f"name={self.table}"]
-        args += [f"generated={generated.resolve()}"] if generated else []
-        args += SMOKE_CLASSIFY if o.smoke else []
-        args += [a for a in o.classify_overrides]
-        if o.launcher == "slurm":
-            out = (o.root / cell.table / cell.cell).resolve()
-            args = ["-m", "hydra/launcher=slurm", f"hydra.sweep.dir={out}", "hydra.sweep.subdir=eval",
-                    *[a for a in args if not a.startswith("hydra.run.dir=")]]  # fmt: skip
-        return [o.python, "src/classify.py", *args]
-
-    # --- helpers -----------------------------------------------------------------------------------------
-    def smoke_weights(self) -> Path:
-        path = (self.opts.root / "smoke_inception.pt").resolve()
-        if not path.is_file():
-            write_smoke_extractor(path)
-        return path
 
     def say(self, message: str) -> None:
         self.log.append(message)
