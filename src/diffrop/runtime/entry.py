@@ -1,0 +1,51 @@
+"""What the entry points (src/train.py, src/eval.py, src/classify.py) share: an expected user error is one line.
+
+A bad config value, missing data, a wrong or corrupt checkpoint, a NaN loss or a full disk is the user's to fix:
+``error: <what was wrong and how to fix it>`` on stderr and exit code 1, not a traceback.
+``HYDRA_FULL_ERROR=1`` shows the whole traceback instead; the run dir's FAILED file always keeps it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
+from diffrop.atomic_write import DiskFullError
+from diffrop.nonfinite import NonFiniteLossError
+
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, NonFiniteLossError, DiskFullError)
+
+
+def user_error(err: BaseException) -> str | None:
+    """The message of an expected user error, looking through Hydra's InstantiationException wrapper."""
+    key = None
+    while err is not None:
+        if m := re.search(r"full_key: (\S+)", str(err)):
+            key = m[1]
+        if isinstance(err, USER_ERRORS):
+            where = f" [config key {key}]" if key and key not in str(err) else ""
+            return f"{type(err).__name__}: {err}{where}"
+        err = err.__cause__
+    return None
+
+
+def stop(message: str) -> None:
+    """``error: <message>`` on stderr and exit code 1.
+
+    In a Hydra multirun this returns instead: the caller re-raises, so that Hydra records the failed job, runs the
+    remaining ones, then exits non-zero.
+    """
+    print(f"error: {message}", file=sys.stderr)
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        sys.exit(1)
+
+
+def stop_on_user_error(err: BaseException) -> None:
+    """``stop`` with the message of an expected user error; returns (for the caller to re-raise) on any other
+    error, or when ``HYDRA_FULL_ERROR`` asks for the traceback."""
+    if (message := user_error(err)) and not os.environ.get("HYDRA_FULL_ERROR"):
+        stop(message.split(": ", 1)[1])
