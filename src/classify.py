@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import traceback
 from pathlib import Path
@@ -19,6 +20,7 @@ from diffrop.classifier import ClassifierModule, classification_metrics, load_ge
 from diffrop.console import quiet_third_party_noise
 from diffrop.data.datasets import ImageSet, load_cifar
 from diffrop.data.longtail import longtail_counts, select_longtail, shot_groups
+from diffrop.runtime.entry import stop_on_user_error
 
 
 def train_and_test_sets(cfg: DictConfig) -> tuple[ImageSet, ImageSet, ImageSet]:
@@ -89,13 +91,16 @@ def main(cfg: DictConfig) -> None:
             "config": OmegaConf.to_container(cfg, resolve=True),
         }
         module.classifier.cpu().eval()
-        torch.jit.save(torch.jit.script(module.classifier), str(run_dir / "classifier.pt"))
+        with atomic_write(run_dir / "classifier.pt") as f:  # a full disk: one line, no half-written file
+            torch.jit.save(torch.jit.script(module.classifier), f)
         with atomic_write(run_dir / "results.json", "w") as f:
             f.write(json.dumps(results, indent=2))
         (run_dir / "FAILED").unlink(missing_ok=True)
         print(json.dumps(metrics, indent=2), f"\nresults: {run_dir / 'results.json'}")
     except BaseException as err:
-        (run_dir / "FAILED").write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
+        with contextlib.suppress(OSError):  # a full disk must not hide the error itself
+            (run_dir / "FAILED").write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
+        stop_on_user_error(err)  # e.g. a missing generated=... file: one line, exit 1
         raise
 
 
