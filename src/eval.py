@@ -30,6 +30,7 @@ from diffrop.atomic_write import atomic_write
 from diffrop.data.datamodule import LongTailDataModule
 from diffrop.diffusion.sampling import SamplerSpec
 from diffrop.metrics import ReferenceCache, weights_fingerprint
+from diffrop.runtime.entry import stop_on_user_error
 
 NO_CKPT = (
     "error: no checkpoint to evaluate: pass ckpt_path=<run>/checkpoints/last.ckpt "
@@ -219,6 +220,11 @@ def main(cfg: DictConfig) -> None:
         sys.exit(NO_CKPT)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     rank = int(os.environ.get("RANK", 0))
+    evaluate(cfg, run_dir, rank)
+
+
+def evaluate(cfg: DictConfig, run_dir: Path, rank: int) -> None:
+    """``run``, the table and W&B; a failure writes <run_dir>/FAILED, a user error ends as one line (exit 1)."""
     try:
         results = run(cfg, run_dir)
         if rank == 0 and results is not None:
@@ -235,6 +241,7 @@ def main(cfg: DictConfig) -> None:
         if rank == 0:
             with contextlib.suppress(OSError):  # a full disk must not hide the error itself
                 (run_dir / "FAILED").write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
+        stop_on_user_error(err)  # e.g. a full disk: one line, exit 1; what was written stays (atomic writes)
         raise
 
 

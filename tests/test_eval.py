@@ -21,8 +21,10 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from eval_fake_extractor import FakeExtractor
 from hydra import compose, initialize_config_dir
 from inception_weights import write_fidelity_weights
+from test_disk_full import tmpfs
 
 from diffrop import build, evaluation
 from diffrop.data.datamodule import LongTailDataModule
@@ -38,25 +40,6 @@ SMALL = [  # 30 balanced samples of 10 digits, 4 reference images per class, 3 D
     "eval.prd_runs=2", "eval.feature_batch_size=16", "eval.progress=false", "sampler.steps=3",
     "sampler.batch_size=16", "wandb.enabled=false", "device=cpu",
 ]  # fmt: skip
-
-
-class FakeExtractor:
-    """Features = a fixed random projection of the pixels (8-d), logits = a projection of those (5 classes)."""
-
-    name, has_logits, weights_path = "fake-pixels", True, None
-
-    def __init__(self) -> None:
-        g = torch.Generator().manual_seed(0)
-        self.proj, self.head = torch.randn(3 * 16 * 16, 8, generator=g), torch.randn(8, 5, generator=g)
-        self.images_seen = 0
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() / 255).flatten(1) @ self.proj
-
-    def extract(self, images, batch_size=100, progress=True):
-        self.images_seen += len(images)
-        feats = self.features(images)
-        return feats, feats @ self.head
 
 
 @pytest.fixture
@@ -95,6 +78,21 @@ def run_eval(ckpt: Path, out: Path, *overrides: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     cfg = eval_cfg(f"ckpt_path={ckpt}", f"eval.reference_cache={out.parent / 'refs'}", *SMALL, *overrides)
     return eval_entry.run(cfg, out)
+
+
+def eval_cli(ckpt: Path, out: Path, *overrides: str) -> tuple[list[str], dict[str, str]]:
+    """``src/eval.py`` with ``FakeExtractor`` and the SMALL settings as a command line (run it with ``cwd=REPO``)
+    and its environment: what ``run_eval`` does, in a process of its own."""
+    script = REPO / "tests" / "eval_fake_extractor.py"
+    cmd = [sys.executable, str(script), f"ckpt_path={ckpt}", f"eval.reference_cache={out.parent / 'refs'}",
+           *SMALL, *overrides, f"hydra.run.dir={out}"]  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONWARNINGS": "ignore",
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    }
+    env.pop("HYDRA_FULL_ERROR", None)
+    return cmd, env
 
 
 def _reference(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -346,6 +344,32 @@ def test_failure_writes_failed(tmp_path):
     assert done.returncode != 0
     assert "missing.ckpt does not exist" in done.stderr
     assert (out / "FAILED").read_text().startswith("FileNotFoundError: checkpoint")
+
+
+def test_full_disk_is_one_line_and_keeps_the_samples(ckpt, tmp_path, fake_extractor):
+    """On a 64 KiB disk the two sample shards fit but their merge (samples.npz) does not: one line, exit 1, and
+    the shards stay whole, so the same command resumes from them once there is room."""
+    with tmpfs(tmp_path / "disk", "64k") as disk:
+        out = disk / "eval"
+        cmd, env = eval_cli(ckpt, out)
+        done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+        (line,) = done.stderr.strip().splitlines()
+        folder = out / "samples" / "ddim3_eta0_w0_balanced_n30_seed0"
+        assert line.startswith(f"error: no space left on device while writing {folder / 'samples.npz'} (")
+        assert line.endswith("Free space on that filesystem or write the run elsewhere (hydra.run.dir=...)")
+        assert (out / "FAILED").read_text().startswith("DiskFullError: no space left on device")
+        shards = {p.name: p.read_bytes() for p in folder.iterdir()}
+        assert sorted(shards) == ["manifest.json", "shard_00000.npz", "shard_00001.npz"]  # no temp file left
+        assert sum(len(np.load(folder / f)["labels"]) for f in shards if f.startswith("shard")) == 30
+
+        subprocess.run(["mount", "-o", "remount,size=1m", str(disk)], check=True)  # room again
+        results = run_eval(ckpt, out)
+        assert results["num_samples"] == 30 and (out / "results.json").is_file()
+        assert fake_extractor.images_seen == 30  # the reference features came from the cache
+        assert all(
+            (folder / name).read_bytes() == data for name, data in shards.items()
+        )  # resumed, not redrawn
 
 
 @pytest.mark.parametrize("multirun", [False, True])
