@@ -30,7 +30,8 @@ from diffrop.atomic_write import atomic_write
 from diffrop.data.datamodule import LongTailDataModule
 from diffrop.diffusion.sampling import SamplerSpec
 from diffrop.metrics import ReferenceCache, weights_fingerprint
-from diffrop.runtime.entry import stop_on_user_error
+from diffrop.run_lock import RunDirLocked, run_dir_lock
+from diffrop.runtime.entry import stop, stop_on_user_error
 
 NO_CKPT = (
     "error: no checkpoint to evaluate: pass ckpt_path=<run>/checkpoints/last.ckpt "
@@ -220,7 +221,12 @@ def main(cfg: DictConfig) -> None:
         sys.exit(NO_CKPT)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     rank = int(os.environ.get("RANK", 0))
-    evaluate(cfg, run_dir, rank)
+    try:  # one evaluation per eval dir: two would mix their samples and results (diffrop.run_lock)
+        with run_dir_lock(run_dir, rank=rank):  # rank 0 only: torchrun's ranks share the dir by design
+            evaluate(cfg, run_dir, rank)
+    except RunDirLocked as err:  # not marked FAILED: the eval dir belongs to the live holder
+        stop(str(err))
+        raise
 
 
 def evaluate(cfg: DictConfig, run_dir: Path, rank: int) -> None:

@@ -2,7 +2,8 @@
 <eval overrides>`` is ``python src/eval.py <eval overrides>`` scoring with ``FakeExtractor`` (for subprocess tests).
 
 With ``HOLD_EVAL=1`` the run stops once it holds its eval dir (where it would build the extractor): it prints
-``holding <pid>`` and sleeps until killed.
+``holding <pid>`` and sleeps until killed. With ``START_WHEN=<file>`` it imports its modules, then waits for that file
+to exist before it starts: a test can pay two processes' start-up at once and still order what they do.
 """
 
 from __future__ import annotations
@@ -46,8 +47,11 @@ def _build_extractor(kind, weights, device) -> FakeExtractor:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO / "src"))
-    from diffrop import evaluation
+    from diffrop import build, evaluation  # noqa: F401  (build: most of src/eval.py's import time)
 
     evaluation.build_extractor = _build_extractor
+    if gate := os.environ.get("START_WHEN"):
+        while not Path(gate).exists():
+            time.sleep(0.05)
     sys.argv = [str(REPO / "src" / "eval.py"), *sys.argv[1:]]
     runpy.run_path(sys.argv[0], run_name="__main__")

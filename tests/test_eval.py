@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -23,7 +24,10 @@ import scipy.linalg
 import torch
 from eval_fake_extractor import FakeExtractor
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from inception_weights import write_fidelity_weights
+from omegaconf import open_dict
 from test_disk_full import tmpfs
 
 from diffrop import build, evaluation
@@ -93,6 +97,21 @@ def eval_cli(ckpt: Path, out: Path, *overrides: str) -> tuple[list[str], dict[st
     }
     env.pop("HYDRA_FULL_ERROR", None)
     return cmd, env
+
+
+def eval_in_process(ckpt: Path, out: Path, *overrides: str) -> None:
+    """What ``eval_cli`` runs, through ``src/eval.py``'s entry point in this process (monkeypatches apply)."""
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("eval", overrides=[f"ckpt_path={ckpt}", f"eval.reference_cache={out.parent / 'refs'}",
+                      *SMALL, *overrides, f"hydra.run.dir={out}"], return_hydra_config=True)  # fmt: skip
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(out)  # Hydra's job runner sets these
+        cfg.hydra.mode = RunMode.RUN
+    HydraConfig.instance().set_config(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    eval_entry.main.__wrapped__(cfg)
 
 
 def _reference(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -370,6 +389,38 @@ def test_full_disk_is_one_line_and_keeps_the_samples(ckpt, tmp_path, fake_extrac
         assert all(
             (folder / name).read_bytes() == data for name, data in shards.items()
         )  # resumed, not redrawn
+
+
+def test_second_eval_on_the_same_dir_stops_naming_the_holder_and_a_killed_one_blocks_nothing(
+    ckpt, tmp_path, fake_extractor
+):
+    out = tmp_path / "eval"
+    cmd, env = eval_cli(ckpt, out)
+    holder = subprocess.Popen(cmd, cwd=REPO, env={**env, "HOLD_EVAL": "1"}, stdout=subprocess.PIPE, text=True)
+    gate = tmp_path / "holding"  # the second eval starts up alongside the first but goes on once this exists
+    second = subprocess.Popen(
+        cmd, cwd=REPO, env={**env, "START_WHEN": str(gate)}, stderr=subprocess.PIPE, text=True
+    )
+    try:  # the holder stops once it holds the dir, before drawing any sample
+        while (line := holder.stdout.readline()) and not line.startswith("holding"):
+            pass
+        assert line.strip() == f"holding {holder.pid}", "the holding eval died"
+        gate.touch()
+        stderr = second.communicate(timeout=300)[1]
+        assert second.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
+        (line,) = stderr.strip().splitlines()
+        assert line.startswith(
+            f"error: run directory {out} is in use by pid {holder.pid} on host {socket.gethostname()}"
+        )
+        assert not (out / "FAILED").exists()  # the holder's evaluation is not marked failed by the loser
+        assert not (out / "samples").exists() and not (tmp_path / "refs").exists()  # stopped before any work
+    finally:
+        for proc in (holder, second):
+            proc.kill()  # the holder: SIGKILL, no clean-up of any kind
+            proc.wait()
+    eval_in_process(ckpt, out)  # the kernel dropped the dead holder's lock: the same evaluation now runs
+    assert json.loads((out / "results.json").read_text())["num_samples"] == 30
+    assert not (out / "FAILED").exists()
 
 
 @pytest.mark.parametrize("multirun", [False, True])
