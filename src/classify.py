@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import traceback
 from pathlib import Path
 
 import hydra
@@ -14,11 +13,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
+from diffrop import build
 from diffrop.data.datasets import ImageSet, load_cifar
 from diffrop.data.longtail import longtail_counts, select_longtail, shot_groups
 from diffrop.evaluation.classification import classification_metrics, load_generated, split_per_class
 from diffrop.runtime.atomic_write import atomic_write
 from diffrop.runtime.console import quiet_third_party_noise
+from diffrop.runtime.entry import stop_on_user_error
+from diffrop.runtime.run_status import clear_failed, write_failed
 from diffrop.training.classifier import ClassifierModule
 
 
@@ -90,13 +92,15 @@ def main(cfg: DictConfig) -> None:
             "config": OmegaConf.to_container(cfg, resolve=True),
         }
         module.classifier.cpu().eval()
-        torch.jit.save(torch.jit.script(module.classifier), str(run_dir / "classifier.pt"))
+        with atomic_write(run_dir / "classifier.pt") as f:  # a full disk: one line, no half-written file
+            torch.jit.save(torch.jit.script(module.classifier), f)
         with atomic_write(run_dir / "results.json", "w") as f:
             f.write(json.dumps(results, indent=2))
-        (run_dir / "FAILED").unlink(missing_ok=True)
+        clear_failed(run_dir)
         print(json.dumps(metrics, indent=2), f"\nresults: {run_dir / 'results.json'}")
     except BaseException as err:
-        (run_dir / "FAILED").write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
+        write_failed(run_dir, f"{type(err).__name__}: {err}")
+        stop_on_user_error(err, build.is_multirun())  # e.g. a missing generated=... file: one line, exit 1
         raise
 
 

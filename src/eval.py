@@ -7,11 +7,9 @@ seeds), scores it against cached reference features of the balanced training set
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
-import traceback
 from dataclasses import asdict, fields
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +31,9 @@ from diffrop.evaluation import plots
 from diffrop.evaluation import wandb_log as eval_wandb
 from diffrop.evaluation.metrics import ReferenceCache, weights_fingerprint
 from diffrop.runtime.atomic_write import atomic_write
+from diffrop.runtime.entry import stop, stop_on_user_error
+from diffrop.runtime.run_lock import RunDirLocked, run_dir_lock
+from diffrop.runtime.run_status import clear_failed, write_failed
 
 NO_CKPT = (
     "error: no checkpoint to evaluate: pass ckpt_path=<run>/checkpoints/last.ckpt "
@@ -222,10 +223,20 @@ def main(cfg: DictConfig) -> None:
         sys.exit(NO_CKPT)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     rank = int(os.environ.get("RANK", 0))
+    try:  # one evaluation per eval dir: two would mix their samples and results (diffrop.runtime.run_lock)
+        with run_dir_lock(run_dir, rank=rank):  # rank 0 only: torchrun's ranks share the dir by design
+            evaluate(cfg, run_dir, rank)
+    except RunDirLocked as err:  # not marked FAILED: the eval dir belongs to the live holder
+        stop(str(err), build.is_multirun())
+        raise
+
+
+def evaluate(cfg: DictConfig, run_dir: Path, rank: int) -> None:
+    """``run``, the table and W&B; a failure writes <run_dir>/FAILED, a user error ends as one line (exit 1)."""
     try:
         results = run(cfg, run_dir)
         if rank == 0 and results is not None:
-            (run_dir / "FAILED").unlink(missing_ok=True)
+            clear_failed(run_dir)
             print_table(results, run_dir)
             if cfg.wandb.enabled and cfg.wandb.mode != "disabled":
                 try:
@@ -236,8 +247,10 @@ def main(cfg: DictConfig) -> None:
                     print(f"W&B logging failed ({type(err).__name__}: {err}); results are in {run_dir}")
     except BaseException as err:
         if rank == 0:
-            with contextlib.suppress(OSError):  # a full disk must not hide the error itself
-                (run_dir / "FAILED").write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
+            write_failed(run_dir, f"{type(err).__name__}: {err}")
+        stop_on_user_error(
+            err, build.is_multirun()
+        )  # e.g. a full disk: one line, exit 1; what was written stays (atomic writes)
         raise
 
 

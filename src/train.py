@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import sys
 import warnings
@@ -13,23 +12,18 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from diffrop import build
 from diffrop.runtime import resolvers
-from diffrop.runtime.atomic_write import DiskFullError, remove_stale_temps
+from diffrop.runtime.atomic_write import remove_stale_temps
 from diffrop.runtime.console import quiet_third_party_noise
+from diffrop.runtime.entry import stop, stop_on_user_error, user_error
 from diffrop.runtime.run_lock import RunDirLocked, run_dir_lock
 from diffrop.runtime.run_status import clear_failed, write_failed
 from diffrop.training.checkpoint_io import check_compatible
-from diffrop.training.nonfinite import NonFiniteLossError
-
-# Expected user errors (bad config values, missing data, wrong/corrupt checkpoint, a NaN loss): one line on stderr
-# and exit code 1; HYDRA_FULL_ERROR=1 shows the whole traceback, which <run dir>/FAILED always keeps.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, NonFiniteLossError, DiskFullError)
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
@@ -69,19 +63,6 @@ def mark_failed(run_dir: Path, err: BaseException) -> None:
     write_failed(run_dir, headline, {k: v for k, v in slurm_job().items() if k != "restarts"})
 
 
-def user_error(err: BaseException) -> str | None:
-    """The message of an expected user error, looking through Hydra's InstantiationException wrapper."""
-    key = None
-    while err is not None:
-        if m := re.search(r"full_key: (\S+)", str(err)):
-            key = m[1]
-        if isinstance(err, USER_ERRORS):
-            where = f" [config key {key}]" if key and key not in str(err) else ""
-            return f"{type(err).__name__}: {err}{where}"
-        err = err.__cause__
-    return None
-
-
 resolvers.register()  # before Hydra composes: configs/hydra/launcher/slurm.yaml uses them
 
 # The EMA copy is in eval mode on purpose.
@@ -118,9 +99,7 @@ def main(cfg: DictConfig) -> float | None:
                 remove_stale_temps(run_dir / "checkpoints")
             return train(cfg, run_dir)
     except RunDirLocked as err:  # not marked FAILED: the run dir belongs to the live holder
-        print(f"error: {err}", file=sys.stderr)
-        if HydraConfig.get().mode != RunMode.MULTIRUN:
-            sys.exit(1)
+        stop(str(err), build.is_multirun())
         raise
 
 
@@ -163,10 +142,9 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
             step = trainer.global_step
             print(f"error: SIGTERM at step {step}; resume with the same command", file=sys.stderr)
             sys.exit(128 + signal.SIGTERM)  # not 0: SLURM and shells must see an interrupted job
-        if (message := user_error(err)) and not os.environ.get("HYDRA_FULL_ERROR"):
-            print(f"error: {message.split(': ', 1)[1]}", file=sys.stderr)
-            if HydraConfig.get().mode != RunMode.MULTIRUN:
-                sys.exit(1)
+        stop_on_user_error(
+            err, build.is_multirun()
+        )  # one line and exit 1 for an expected user error (diffrop.runtime.entry)
         raise  # in a multirun Hydra records the failure, runs the remaining jobs, then exits non-zero
     finally:
         if wandb := sys.modules.get("wandb"):  # only if a W&B logger imported it

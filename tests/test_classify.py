@@ -116,3 +116,20 @@ def test_classify_runs_on_digits_with_generated_images(tmp_path):
     assert record.name == "classify-digits_lt-s0" and record.config["generated"] == str(npz)
     exported = torch.jit.load(str(run / "classifier.pt"))
     assert exported(torch.zeros(2, 3, 16, 16, dtype=torch.uint8)).shape == (2, 10)
+
+
+def test_missing_generated_file_is_one_line(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "src/classify.py", "data=digits_lt", f"generated={tmp_path / 'nope.npz'}",
+           f"hydra.run.dir={run}"]  # fmt: skip
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()  # after Lightning's "Seed set to 0"
+    assert [line for line in lines if line.startswith("error:")] == [lines[-1]], done.stderr
+    assert (
+        lines[-1]
+        == f"error: generated samples {tmp_path / 'nope.npz'} not found; run src/eval.py on a checkpoint first"
+    )
+    assert (run / "FAILED").read_text().startswith("FileNotFoundError: generated samples")

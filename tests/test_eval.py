@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -21,8 +22,13 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from eval_fake_extractor import FakeExtractor
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from inception_weights import write_fidelity_weights
+from omegaconf import open_dict
+from test_disk_full import tmpfs
 
 from diffrop import build
 from diffrop.data.datamodule import LongTailDataModule
@@ -39,25 +45,6 @@ SMALL = [  # 30 balanced samples of 10 digits, 4 reference images per class, 3 D
     "eval.prd_runs=2", "eval.feature_batch_size=16", "eval.progress=false", "sampler.steps=3",
     "sampler.batch_size=16", "wandb.enabled=false", "device=cpu",
 ]  # fmt: skip
-
-
-class FakeExtractor:
-    """Features = a fixed random projection of the pixels (8-d), logits = a projection of those (5 classes)."""
-
-    name, has_logits, weights_path = "fake-pixels", True, None
-
-    def __init__(self) -> None:
-        g = torch.Generator().manual_seed(0)
-        self.proj, self.head = torch.randn(3 * 16 * 16, 8, generator=g), torch.randn(8, 5, generator=g)
-        self.images_seen = 0
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() / 255).flatten(1) @ self.proj
-
-    def extract(self, images, batch_size=100, progress=True):
-        self.images_seen += len(images)
-        feats = self.features(images)
-        return feats, feats @ self.head
 
 
 @pytest.fixture
@@ -96,6 +83,36 @@ def run_eval(ckpt: Path, out: Path, *overrides: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     cfg = eval_cfg(f"ckpt_path={ckpt}", f"eval.reference_cache={out.parent / 'refs'}", *SMALL, *overrides)
     return eval_entry.run(cfg, out)
+
+
+def eval_cli(ckpt: Path, out: Path, *overrides: str) -> tuple[list[str], dict[str, str]]:
+    """``src/eval.py`` with ``FakeExtractor`` and the SMALL settings as a command line (run it with ``cwd=REPO``)
+    and its environment: what ``run_eval`` does, in a process of its own."""
+    script = REPO / "tests" / "eval_fake_extractor.py"
+    cmd = [sys.executable, str(script), f"ckpt_path={ckpt}", f"eval.reference_cache={out.parent / 'refs'}",
+           *SMALL, *overrides, f"hydra.run.dir={out}"]  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONWARNINGS": "ignore",
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    }
+    env.pop("HYDRA_FULL_ERROR", None)
+    return cmd, env
+
+
+def eval_in_process(ckpt: Path, out: Path, *overrides: str) -> None:
+    """What ``eval_cli`` runs, through ``src/eval.py``'s entry point in this process (monkeypatches apply)."""
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("eval", overrides=[f"ckpt_path={ckpt}", f"eval.reference_cache={out.parent / 'refs'}",
+                      *SMALL, *overrides, f"hydra.run.dir={out}"], return_hydra_config=True)  # fmt: skip
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(out)  # Hydra's job runner sets these
+        cfg.hydra.mode = RunMode.RUN
+    HydraConfig.instance().set_config(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    eval_entry.main.__wrapped__(cfg)
 
 
 def _reference(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -347,6 +364,64 @@ def test_failure_writes_failed(tmp_path):
     assert done.returncode != 0
     assert "missing.ckpt does not exist" in done.stderr
     assert (out / "FAILED").read_text().startswith("FileNotFoundError: checkpoint")
+
+
+def test_full_disk_is_one_line_and_keeps_the_samples(ckpt, tmp_path, fake_extractor):
+    """On a 64 KiB disk the two sample shards fit but their merge (samples.npz) does not: one line, exit 1, and
+    the shards stay whole, so the same command resumes from them once there is room."""
+    with tmpfs(tmp_path / "disk", "64k") as disk:
+        out = disk / "eval"
+        cmd, env = eval_cli(ckpt, out)
+        done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+        (line,) = done.stderr.strip().splitlines()
+        folder = out / "samples" / "ddim3_eta0_w0_balanced_n30_seed0"
+        assert line.startswith(f"error: no space left on device while writing {folder / 'samples.npz'} (")
+        assert line.endswith("Free space on that filesystem or write the run elsewhere (hydra.run.dir=...)")
+        assert (out / "FAILED").read_text().startswith("DiskFullError: no space left on device")
+        shards = {p.name: p.read_bytes() for p in folder.iterdir()}
+        assert sorted(shards) == ["manifest.json", "shard_00000.npz", "shard_00001.npz"]  # no temp file left
+        assert sum(len(np.load(folder / f)["labels"]) for f in shards if f.startswith("shard")) == 30
+
+        subprocess.run(["mount", "-o", "remount,size=1m", str(disk)], check=True)  # room again
+        results = run_eval(ckpt, out)
+        assert results["num_samples"] == 30 and (out / "results.json").is_file()
+        assert fake_extractor.images_seen == 30  # the reference features came from the cache
+        assert all(
+            (folder / name).read_bytes() == data for name, data in shards.items()
+        )  # resumed, not redrawn
+
+
+def test_second_eval_on_the_same_dir_stops_naming_the_holder_and_a_killed_one_blocks_nothing(
+    ckpt, tmp_path, fake_extractor
+):
+    out = tmp_path / "eval"
+    cmd, env = eval_cli(ckpt, out)
+    holder = subprocess.Popen(cmd, cwd=REPO, env={**env, "HOLD_EVAL": "1"}, stdout=subprocess.PIPE, text=True)
+    gate = tmp_path / "holding"  # the second eval starts up alongside the first but goes on once this exists
+    second = subprocess.Popen(
+        cmd, cwd=REPO, env={**env, "START_WHEN": str(gate)}, stderr=subprocess.PIPE, text=True
+    )
+    try:  # the holder stops once it holds the dir, before drawing any sample
+        while (line := holder.stdout.readline()) and not line.startswith("holding"):
+            pass
+        assert line.strip() == f"holding {holder.pid}", "the holding eval died"
+        gate.touch()
+        stderr = second.communicate(timeout=300)[1]
+        assert second.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
+        (line,) = stderr.strip().splitlines()
+        assert line.startswith(
+            f"error: run directory {out} is in use by pid {holder.pid} on host {socket.gethostname()}"
+        )
+        assert not (out / "FAILED").exists()  # the holder's evaluation is not marked failed by the loser
+        assert not (out / "samples").exists() and not (tmp_path / "refs").exists()  # stopped before any work
+    finally:
+        for proc in (holder, second):
+            proc.kill()  # the holder: SIGKILL, no clean-up of any kind
+            proc.wait()
+    eval_in_process(ckpt, out)  # the kernel dropped the dead holder's lock: the same evaluation now runs
+    assert json.loads((out / "results.json").read_text())["num_samples"] == 30
+    assert not (out / "FAILED").exists()
 
 
 @pytest.mark.parametrize("multirun", [False, True])

@@ -8,6 +8,8 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -17,6 +19,11 @@ from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.losses.objective import Objective
 from diffrop.runtime.run_status import run_id
 from diffrop.training.module import DiffusionModule
+
+
+def is_multirun() -> bool:
+    """This process is one job of a Hydra multirun (``-m``): a failure must not end the other jobs."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def build_datamodule(cfg: DictConfig) -> LongTailDataModule:

@@ -22,13 +22,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from diffrop.runtime.entry import UserError
+
 FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
 TEMP_NAME = re.compile(
     r"^\..+\.\d+-[0-9a-f]{8}\.tmp$"
 )  # .<name>.<pid>-<8 hex>.tmp, as atomic_write names them
 
 
-class DiskFullError(OSError):
+class DiskFullError(OSError, UserError):
     """A write failed because the filesystem (or the user's quota) is full."""
 
     def __str__(self) -> str:  # the message alone, without OSError's "[Errno 28] " prefix

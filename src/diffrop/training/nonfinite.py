@@ -23,10 +23,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from diffrop.runtime.entry import UserError
+
 NONFINITE = ("stop", "skip")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RuntimeError, UserError):
     """Training produced a NaN or inf loss (or gradient) with ``optim.nonfinite=stop``."""
 
 
