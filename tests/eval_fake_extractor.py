@@ -47,7 +47,8 @@ def _build_extractor(kind, weights, device) -> FakeExtractor:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO / "src"))
-    from diffrop import build, evaluation  # noqa: F401  (build: most of src/eval.py's import time)
+    from diffrop import build  # noqa: F401  (most of src/eval.py's import time)
+    from diffrop.evaluation import pipeline as evaluation
 
     evaluation.build_extractor = _build_extractor
     if gate := os.environ.get("START_WHEN"):
