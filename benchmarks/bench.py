@@ -372,28 +372,7 @@ def random_inception(path: Path) -> Path:
     return path
 
 
-PR_CHILD = """
-import json, sys, time, torch
-from diffrop.evaluation.metrics.scores import precision_recall
-n, chunk = int(sys.argv[1]), int(sys.argv[2])
-g = torch.Generator().manual_seed(0)
-dev = "cuda" if torch.cuda.is_available() else "cpu"
-real, fake = (torch.randn(n, 2048, generator=g).to(dev) for _ in range(2))
-def rss(field):  # kB, Linux
-    return int(next(l for l in open("/proc/self/status") if l.startswith(field)).split()[1])
-open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
-base = rss("VmRSS")
-if dev == "cuda":
-    torch.cuda.reset_peak_memory_stats(); start = torch.cuda.memory_allocated()
-t0 = time.perf_counter()
-precision_recall(real, fake, k=5, chunk=chunk, dtype=torch.float32)
-if dev == "cuda":
-    torch.cuda.synchronize()
-sec = time.perf_counter() - t0
-peak = (torch.cuda.max_memory_allocated() - start) if dev == "cuda" else \
-    (rss("VmHWM") - base) * 1024
-print(json.dumps({"seconds": sec, "peak_extra_bytes": peak}))
-"""
+WORKER = Path(__file__).resolve().parent / "_worker.py"  # child-process measurements (fresh peak memory)
 
 
 def kid_row(n: int) -> dict:
@@ -422,7 +401,7 @@ def bench_eval(args) -> list[dict]:
     ]
     chunk = min(10000, max(1, args.pr_n // 5))  # the library default (10000) at N = 50000
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    cmd = [sys.executable, "-c", PR_CHILD, str(args.pr_n), str(chunk)]
+    cmd = [sys.executable, str(WORKER), "precision_recall", str(args.pr_n), str(chunk)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
         raise RuntimeError(out.stderr)
