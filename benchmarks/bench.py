@@ -19,7 +19,8 @@ shared machine (another job starting, thermal limits) hits both sides of a pair 
    speed-ups vs DDIM-100 and the minutes 50k samples take.
 5. eval: Inception feature extraction images/s (random weights in torch-fidelity's format: the real ones may be
    absent), time / peak memory of improved precision-recall on N x N features (chunked), and KID on them.
-6. profile (on request): ``--profile-steps`` Lightning training steps under ``torch.profiler`` (CPU + CUDA
+6. kmeans (on request): one F_8 / F_1/8 k-means run (torch on the device; sklearn with ``--kmeans-sklearn``).
+7. profile (on request): ``--profile-steps`` Lightning training steps under ``torch.profiler`` (CPU + CUDA
    activities): a Chrome trace, the top kernels / ops, and where the step's wall time goes: GPU kernels (CPU: ops),
    the GPU idle while the host dispatches (launch overhead), and host-only time (Python, hooks, data).
 """
@@ -425,7 +426,43 @@ def bench_eval(args) -> list[dict]:
     return rows
 
 
-# --- 6: profile of the training step ------------------------------------------------------------------------------
+# --- 6: PRD k-means -----------------------------------------------------------------------------------------------
+def mixture_features(n: int, dim: int = 2048, modes: int = 100, seed: int = 0) -> torch.Tensor:
+    """n rows of a Gaussian mixture (``modes`` equal modes, within-mode spread as large as the spread of the means):
+    a stand-in for Inception features that has cluster structure, unlike plain noise, so k-means converges as on
+    real features rather than wandering."""
+    g = torch.Generator().manual_seed(seed)
+    centres = 0.5 * torch.randn(modes, dim, generator=g)
+    return centres[torch.randint(0, modes, (n,), generator=g)] + 0.5 * torch.randn(n, dim, generator=g)
+
+
+def bench_kmeans(args) -> list[dict]:
+    """One PRD k-means run (F_8 / F_1/8 do ``eval.prd_runs`` = 10 of them) on ``--kmeans-n`` x 2048 features into
+    ``--kmeans-k`` clusters (paper size: 100000 = 50k generated + 50k reference, 20 x 100 = 2000): torch on the
+    device, and with ``--kmeans-sklearn`` the reference code's sklearn ``MiniBatchKMeans(n_init=10)`` (CPU)."""
+    from diffrop.evaluation.metrics.scores import cluster_labels
+
+    x = mixture_features(args.kmeans_n)
+    backends = ["torch", *(["sklearn"] if args.kmeans_sklearn else [])]
+    rows = []
+    for backend in backends:
+        feats = x.to("cuda" if CUDA and backend == "torch" else "cpu")
+        t_cpu = time.process_time()
+        sec = timed(lambda f=feats, b=backend: cluster_labels(f, args.kmeans_k, seed=0, kmeans=b))
+        rows.append(
+            {
+                "what": f"PRD k-means, 1 run ({backend})",
+                "device": str(feats.device),
+                "n": args.kmeans_n,
+                "k": args.kmeans_k,
+                "seconds": sec,
+                "cpu_seconds": time.process_time() - t_cpu,
+            }
+        )
+    return rows
+
+
+# --- 7: profile of the training step ------------------------------------------------------------------------------
 def merge(intervals: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
     """Union of [start, end) intervals as sorted disjoint intervals."""
     out: list[tuple[float, float]] = []
@@ -563,6 +600,7 @@ SECTIONS = {
     "samplers": bench_samplers,
     "eval": bench_eval,
     "profile": bench_profile,
+    "kmeans": bench_kmeans,
 }
 DEFAULT_SECTIONS = (
     "train,losses,samplers,eval"  # compile, profile: on request (minutes of compilation; a trace)
@@ -605,6 +643,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fe-images", type=int, default=5000 if CUDA else 64)
     p.add_argument(
         "--pr-n", type=int, default=50000 if CUDA else 5000, help="N of the N x N precision/recall"
+    )
+    p.add_argument("--kmeans-n", type=int, default=100000 if CUDA else 10000, help="kmeans: rows clustered")
+    p.add_argument("--kmeans-k", type=int, default=2000 if CUDA else 200, help="kmeans: clusters")
+    p.add_argument(
+        "--kmeans-sklearn", action="store_true", help="kmeans: sklearn too (CPU; minutes at paper size)"
     )
     p.add_argument("--profile-steps", type=int, default=5, help="profile: profiled steps (after --warmup)")
     p.add_argument(

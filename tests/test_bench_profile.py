@@ -1,5 +1,6 @@
 """The training-step profile of benchmarks/bench.py (``--only profile``): the Chrome trace is written and its
-breakdown partitions the step's wall time; and the child-process worker (benchmarks/_worker.py) runs."""
+breakdown partitions the step's wall time; the child-process worker (benchmarks/_worker.py) runs; the PRD k-means
+section times both backends."""
 
 from __future__ import annotations
 
@@ -78,3 +79,22 @@ def test_worker_precision_recall_prints_one_json_line():
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["seconds"] > 0 and result["peak_extra_bytes"] >= 0
+
+
+def test_kmeans_section_times_both_backends(bench, tmp_path):
+    argv = [
+        "--only",
+        "kmeans",
+        "--kmeans-n",
+        "300",
+        "--kmeans-k",
+        "5",
+        "--kmeans-sklearn",
+        "--out",
+        str(tmp_path),
+    ]
+    assert bench.main(argv) == 0
+    (result,) = Path(tmp_path).glob("cpu_*.json")
+    rows = json.loads(result.read_text())["sections"]["kmeans"]
+    assert [r["what"] for r in rows] == ["PRD k-means, 1 run (torch)", "PRD k-means, 1 run (sklearn)"]
+    assert all(r["seconds"] > 0 and r["n"] == 300 and r["k"] == 5 for r in rows)
