@@ -1,10 +1,10 @@
 """k-means in torch, on the features' device, for the PRD scores F_8 / F_1/8 (``scores.prd_f_beta``).
 
 Why torch here: scikit-learn's k-means has no GPU path, and at the paper's size (CIFAR-100-LT: 50k + 50k Inception
-features of 2048 dims, 20 x 100 = 2,000 clusters, 10 runs) its CPU cost is minutes per run (see
-benchmarks/README or ``benchmarks/bench.py --only eval``), while the features already sit on the GPU. Where the
+features of 2048 dims, 20 x 100 = 2,000 clusters, 10 runs) its CPU cost is minutes per run (README, "Speed";
+``benchmarks/bench.py --only kmeans --kmeans-sklearn``), while the features already sit on the GPU. Where the
 features are on the CPU scikit-learn stays the default (``eval.kmeans: auto``): it is the reference code's choice
-and is well tuned there.
+and is well tuned there. Matmuls run in full float32 unless TF32 is switched on globally (it is off by default).
 
 The protocol follows scikit-learn's ``MiniBatchKMeans(n_init=10)`` of the reference code (Sajjadi et al. 2018) for
 the initialisation: ``n_init`` greedy k-means++ seedings (sklearn's ``_kmeans_plusplus``: 2 + ln k candidates per
