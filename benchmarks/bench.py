@@ -496,7 +496,8 @@ def trace_breakdown(trace: Mapping) -> dict:
     ``dispatch_gap`` = the GPU is idle while the host is inside an op or a CUDA API call (launch and dispatch
     overhead: the GPU waits for work being issued); 0 on a CPU run; ``host_outside_ops`` = neither: Python,
     Lightning hooks, logging, data loading, idle. ``host_in_ops`` (not part of the sum) is the share of W the host
-    spends inside ops / CUDA calls, overlapping GPU work or not: near 1 means the host is the bottleneck.
+    spends inside ops / CUDA calls (cuda*Synchronize excluded; an op that blocks, like ``.item()``, still counts),
+    overlapping GPU work or not: near 1 with a sizeable ``dispatch_gap`` means the host is the bottleneck.
     """
     events = [e for e in trace["traceEvents"] if e.get("ph") == "X" and "dur" in e]
     steps = [  # the host-side spans (a CUDA trace repeats them on the GPU as gpu_user_annotation)
@@ -507,7 +508,11 @@ def trace_breakdown(trace: Mapping) -> dict:
     if not steps:
         raise ValueError("no ProfilerStep# spans in the trace: profile with a schedule and call step()")
     device = [(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") in DEVICE_CATS]
-    host = [(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") in HOST_OP_CATS]
+    host = [  # a cuda*Synchronize call is the host waiting for the GPU, not dispatching
+        (e["ts"], e["ts"] + e["dur"])
+        for e in events
+        if e.get("cat") in HOST_OP_CATS and "Synchronize" not in str(e.get("name", ""))
+    ]
     wall = covered(steps, steps)
     compute_iv = device if device else host
     compute = covered(compute_iv, steps)

@@ -43,6 +43,7 @@ def test_breakdown_of_a_hand_made_gpu_trace(bench):
         _x("cudaLaunchKernel", "cuda_runtime", 0, 20),
         _x("aten::add", "cpu_op", 70, 10),
         _x("aten::mul", "cpu_op", 100, 5),
+        _x("cudaDeviceSynchronize", "cuda_runtime", 190, 10),  # waiting, not dispatching: host outside ops
         {"ph": "M", "name": "process_name"},
     ]
     b = bench.trace_breakdown({"traceEvents": events})
