@@ -19,11 +19,16 @@ shared machine (another job starting, thermal limits) hits both sides of a pair 
    speed-ups vs DDIM-100 and the minutes 50k samples take.
 5. eval: Inception feature extraction images/s (random weights in torch-fidelity's format: the real ones may be
    absent), time / peak memory of improved precision-recall on N x N features (chunked), and KID on them.
+6. kmeans (on request): one F_8 / F_1/8 k-means run (torch on the device; sklearn with ``--kmeans-sklearn``).
+7. profile (on request): ``--profile-steps`` Lightning training steps under ``torch.profiler`` (CPU + CUDA
+   activities): a Chrome trace, the top kernels / ops, and where the step's wall time goes: GPU kernels (CPU: ops),
+   the GPU idle while the host dispatches (launch overhead), and host-only time (Python, hooks, data).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import logging
 import os
@@ -372,28 +377,7 @@ def random_inception(path: Path) -> Path:
     return path
 
 
-PR_CHILD = """
-import json, sys, time, torch
-from diffrop.evaluation.metrics.scores import precision_recall
-n, chunk = int(sys.argv[1]), int(sys.argv[2])
-g = torch.Generator().manual_seed(0)
-dev = "cuda" if torch.cuda.is_available() else "cpu"
-real, fake = (torch.randn(n, 2048, generator=g).to(dev) for _ in range(2))
-def rss(field):  # kB, Linux
-    return int(next(l for l in open("/proc/self/status") if l.startswith(field)).split()[1])
-open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
-base = rss("VmRSS")
-if dev == "cuda":
-    torch.cuda.reset_peak_memory_stats(); start = torch.cuda.memory_allocated()
-t0 = time.perf_counter()
-precision_recall(real, fake, k=5, chunk=chunk, dtype=torch.float32)
-if dev == "cuda":
-    torch.cuda.synchronize()
-sec = time.perf_counter() - t0
-peak = (torch.cuda.max_memory_allocated() - start) if dev == "cuda" else \
-    (rss("VmHWM") - base) * 1024
-print(json.dumps({"seconds": sec, "peak_extra_bytes": peak}))
-"""
+WORKER = Path(__file__).resolve().parent / "_worker.py"  # child-process measurements (fresh peak memory)
 
 
 def kid_row(n: int) -> dict:
@@ -422,7 +406,7 @@ def bench_eval(args) -> list[dict]:
     ]
     chunk = min(10000, max(1, args.pr_n // 5))  # the library default (10000) at N = 50000
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    cmd = [sys.executable, "-c", PR_CHILD, str(args.pr_n), str(chunk)]
+    cmd = [sys.executable, str(WORKER), "precision_recall", str(args.pr_n), str(chunk)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
         raise RuntimeError(out.stderr)
@@ -442,6 +426,177 @@ def bench_eval(args) -> list[dict]:
     return rows
 
 
+# --- 6: PRD k-means -----------------------------------------------------------------------------------------------
+def mixture_features(n: int, dim: int = 2048, modes: int = 100, seed: int = 0) -> torch.Tensor:
+    """n rows of a Gaussian mixture (``modes`` equal modes, within-mode spread as large as the spread of the means):
+    a stand-in for Inception features that has cluster structure, unlike plain noise, so k-means converges as on
+    real features rather than wandering."""
+    g = torch.Generator().manual_seed(seed)
+    centres = 0.5 * torch.randn(modes, dim, generator=g)
+    return centres[torch.randint(0, modes, (n,), generator=g)] + 0.5 * torch.randn(n, dim, generator=g)
+
+
+def bench_kmeans(args) -> list[dict]:
+    """One PRD k-means run (F_8 / F_1/8 do ``eval.prd_runs`` = 10 of them) on ``--kmeans-n`` x 2048 features into
+    ``--kmeans-k`` clusters (paper size: 100000 = 50k generated + 50k reference, 20 x 100 = 2000): torch on the
+    device, and with ``--kmeans-sklearn`` the reference code's sklearn ``MiniBatchKMeans(n_init=10)`` (CPU)."""
+    from diffrop.evaluation.metrics.scores import cluster_labels
+
+    x = mixture_features(args.kmeans_n)
+    backends = ["torch", *(["sklearn"] if args.kmeans_sklearn else [])]
+    rows = []
+    for backend in backends:
+        feats = x.to("cuda" if CUDA and backend == "torch" else "cpu")
+        t_cpu = time.process_time()
+        sec = timed(lambda f=feats, b=backend: cluster_labels(f, args.kmeans_k, seed=0, kmeans=b))
+        rows.append(
+            {
+                "what": f"PRD k-means, 1 run ({backend})",
+                "device": str(feats.device),
+                "n": args.kmeans_n,
+                "k": args.kmeans_k,
+                "seconds": sec,
+                "cpu_seconds": time.process_time() - t_cpu,
+            }
+        )
+    return rows
+
+
+# --- 7: profile of the training step ------------------------------------------------------------------------------
+def merge(intervals: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Union of [start, end) intervals as sorted disjoint intervals."""
+    out: list[tuple[float, float]] = []
+    for start, end in sorted(i for i in intervals if i[1] > i[0]):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+def covered(intervals: Sequence[tuple[float, float]], windows: Sequence[tuple[float, float]]) -> float:
+    """Length of the union of ``intervals`` inside the union of ``windows``."""
+    total, ws = 0.0, merge(windows)
+    for start, end in merge(intervals):
+        for w0, w1 in ws:
+            total += max(0.0, min(end, w1) - max(start, w0))
+    return total
+
+
+DEVICE_CATS = {"kernel", "gpu_memcpy", "gpu_memset"}  # work on the GPU's timeline
+HOST_OP_CATS = {"cpu_op", "cuda_runtime", "cuda_driver"}  # the host inside an ATen op or a CUDA API call
+
+
+def trace_breakdown(trace: Mapping) -> dict:
+    """Where the profiled steps' wall time goes, from a Chrome trace of ``torch.profiler`` (``traceEvents``).
+
+    The steps are the ``ProfilerStep#k`` spans (batch end to batch end, each ending in a device sync: the whole loop).
+    Their wall time W is split into three exclusive parts, so the fractions sum to 1:
+    ``compute`` = the GPU runs a kernel / memcpy / memset (CUDA), or the host is inside an ATen op (CPU run);
+    ``dispatch_gap`` = the GPU is idle while the host is inside an op or a CUDA API call (launch and dispatch
+    overhead: the GPU waits for work being issued); 0 on a CPU run; ``host_outside_ops`` = neither: Python,
+    Lightning hooks, logging, data loading, idle. ``host_in_ops`` (not part of the sum) is the share of W the host
+    spends inside ops / CUDA calls (cuda*Synchronize excluded; an op that blocks, like ``.item()``, still counts),
+    overlapping GPU work or not: near 1 with a sizeable ``dispatch_gap`` means the host is the bottleneck.
+    """
+    events = [e for e in trace["traceEvents"] if e.get("ph") == "X" and "dur" in e]
+    steps = [  # the host-side spans (a CUDA trace repeats them on the GPU as gpu_user_annotation)
+        (e["ts"], e["ts"] + e["dur"])
+        for e in events
+        if e.get("cat") == "user_annotation" and str(e.get("name", "")).startswith("ProfilerStep#")
+    ]
+    if not steps:
+        raise ValueError("no ProfilerStep# spans in the trace: profile with a schedule and call step()")
+    device = [(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") in DEVICE_CATS]
+    host = [  # a cuda*Synchronize call is the host waiting for the GPU, not dispatching
+        (e["ts"], e["ts"] + e["dur"])
+        for e in events
+        if e.get("cat") in HOST_OP_CATS and "Synchronize" not in str(e.get("name", ""))
+    ]
+    wall = covered(steps, steps)
+    compute_iv = device if device else host
+    compute = covered(compute_iv, steps)
+    busy = covered([*compute_iv, *host], steps)  # compute or host in ops
+    return {
+        "steps": len(steps),
+        "step_ms": wall / len(steps) / 1e3,  # trace times are microseconds
+        "timeline": "gpu" if device else "cpu",
+        "compute": compute / wall,
+        "dispatch_gap": (busy - compute) / wall,
+        "host_outside_ops": (wall - busy) / wall,
+        "host_in_ops": covered(host, steps) / wall,
+    }
+
+
+class ProfileSteps(L.Callback):
+    """Profile training steps ``skip`` .. ``skip + steps - 1`` with ``torch.profiler`` (CPU, plus CUDA when there is
+    a GPU); one ``ProfilerStep#k`` span per step, from batch end to batch end after a device sync."""
+
+    def __init__(self, trace_path: Path, skip: int, steps: int) -> None:
+        from torch.profiler import ProfilerActivity, profile, schedule
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if CUDA else [])
+        self.trace_path = trace_path
+        self.prof = profile(
+            activities=activities,
+            schedule=schedule(wait=max(0, skip - 1), warmup=1 if skip else 0, active=steps, repeat=1),
+            on_trace_ready=lambda p: p.export_chrome_trace(str(trace_path)),
+            record_shapes=False,
+            with_stack=False,
+        )
+
+    def on_train_start(self, trainer, module) -> None:
+        self.prof.start()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        sync()
+        self.prof.step()
+
+    def on_train_end(self, trainer, module) -> None:
+        sync()
+        self.prof.stop()
+
+
+def profile_step(cfg, trace_path: Path, skip: int, steps: int) -> tuple[dict, str]:
+    """Profile ``steps`` Lightning steps after ``skip`` unprofiled ones; (breakdown, top-ops table)."""
+    L.seed_everything(0, verbose=False)
+    datamodule = build.build_datamodule(cfg)
+    module = build.build_module(cfg, datamodule)
+    trainer = build.build_trainer(
+        cfg, cfg.paths.output_dir, enable_progress_bar=False, enable_model_summary=False
+    )
+    profiler = ProfileSteps(trace_path, skip, steps)
+    trainer.callbacks.append(profiler)
+    trainer.fit(module, datamodule=datamodule)
+    opener = gzip.open if trace_path.suffix == ".gz" else open
+    with opener(trace_path, "rt") as f:
+        breakdown = trace_breakdown(json.load(f))
+    sort = "self_cuda_time_total" if CUDA else "self_cpu_time_total"
+    table = profiler.prof.key_averages().table(sort_by=sort, row_limit=12, max_name_column_width=60)
+    return breakdown, table
+
+
+def bench_profile(args) -> list[dict]:
+    """The Lightning training step under ``torch.profiler``: a Chrome trace (open in https://ui.perfetto.dev or
+    chrome://tracing) and the breakdown of ``trace_breakdown``, plus the top kernels / ops."""
+    model, size, batch = train_cases(args)[0]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^a-z0-9]+", "_", device_name().lower()).strip("_")
+    trace = Path(args.profile_trace) if args.profile_trace else out / f"trace_{slug}_{model}_b{batch}.json.gz"
+    steps = args.profile_steps
+    cfg = config(model, size, batch, f"trainer.max_steps={args.warmup + steps + 1}")
+    breakdown, table = profile_step(cfg, trace, args.warmup, steps)
+    console.print(table, soft_wrap=True, markup=False, highlight=False)
+    ms = breakdown["step_ms"]
+    parts = ", ".join(
+        f"{k} {100 * breakdown[k]:.1f} % ({ms * breakdown[k]:.2f} ms)"
+        for k in ("compute", "dispatch_gap", "host_outside_ops")
+    )
+    console.print(f"profiled step {ms:.2f} ms ({breakdown['timeline']} timeline): {parts}; trace {trace}")
+    return [{"model": model, "image_size": size, "batch": batch, **breakdown, "trace": trace.name}]
+
+
 # --- main ---------------------------------------------------------------------------------------------------------
 SECTIONS = {
     "train": bench_train,
@@ -449,8 +604,12 @@ SECTIONS = {
     "compile": bench_compile,
     "samplers": bench_samplers,
     "eval": bench_eval,
+    "profile": bench_profile,
+    "kmeans": bench_kmeans,
 }
-DEFAULT_SECTIONS = "train,losses,samplers,eval"  # compile: on request (minutes of compilation per round)
+DEFAULT_SECTIONS = (
+    "train,losses,samplers,eval"  # compile, profile: on request (minutes of compilation; a trace)
+)
 
 
 def show(name: str, rows: list[dict]) -> None:
@@ -489,6 +648,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fe-images", type=int, default=5000 if CUDA else 64)
     p.add_argument(
         "--pr-n", type=int, default=50000 if CUDA else 5000, help="N of the N x N precision/recall"
+    )
+    p.add_argument("--kmeans-n", type=int, default=100000 if CUDA else 10000, help="kmeans: rows clustered")
+    p.add_argument("--kmeans-k", type=int, default=2000 if CUDA else 200, help="kmeans: clusters")
+    p.add_argument(
+        "--kmeans-sklearn", action="store_true", help="kmeans: sklearn too (CPU; minutes at paper size)"
+    )
+    p.add_argument("--profile-steps", type=int, default=5, help="profile: profiled steps (after --warmup)")
+    p.add_argument(
+        "--profile-trace",
+        default=None,
+        help="profile: Chrome trace path (.json or .json.gz; default in --out)",
     )
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument(

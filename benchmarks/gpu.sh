@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The GPU measurements of issue 15 in one go, within 8 minutes on one lent GPU (H200-class):
-#   1. training step: Lightning vs plain PyTorch (ddpm_unet, batch 128, bf16), then eager vs model.compile=true;
+#   1. training step: Lightning vs plain PyTorch (ddpm_unet, batch 128, bf16); a torch.profiler trace of 5 steps
+#      (<out>/trace_*.json.gz, open in https://ui.perfetto.dev) with the breakdown: GPU kernels, GPU idle while the
+#      host dispatches, host-only time; then eager vs model.compile=true;
 #   2. sampling images/s, batch 256: DDIM-100 vs DPM-Solver++(2M)-10 / 20, unguided and guided (w = 1),
 #      fp32 and bf16 (speed-ups, guided cost and minutes per 50k samples);
 #   3. evaluation: Inception features, precision/recall and KID at 50k x 50k;
-#   4. the loss ratios (PCL / CBDM vs DDPM) if time is left.
+#   4. if time is left: one F_8 / F_1/8 k-means run at paper size (torch, on the GPU), then the loss ratios
+#      (PCL / CBDM vs DDPM).
 # Every comparison is interleaved (A B A B ..., median of the paired ratios; see benchmarks/bench.py). Each
 # section has its own time limit, and bench.py merges each finished section into <out>/<device>.json, so a
 # section that runs over loses only itself.
@@ -32,9 +35,16 @@ section() {  # section <seconds> <bench.py arguments...>
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv >>"$LOG" 2>&1 || true
 
 section 90 --only train --rounds 3 --warmup 3 --reps 12
-section 200 --only compile --rounds 1 --compile-warmup 8 --reps 16  # one round: each compiles afresh (1-2 min)
-section 110 --only samplers --rounds 3 --sample-batch 256 --samplers ddim-100,dpmpp2m-10,dpmpp2m-20
+section 50 --only profile --warmup 3 --profile-steps 5
+section 175 --only compile --rounds 1 --compile-warmup 8 --reps 16  # one round: each compiles afresh (1-2 min)
+section 100 --only samplers --rounds 3 --sample-batch 256 --samplers ddim-100,dpmpp2m-10,dpmpp2m-20
 section 60 --only eval --rounds 1 --reps 3 --fe-images 5000 --pr-n 50000
+LEFT=$(( 475 - ($(date +%s) - START) ))
+if [ "$LEFT" -gt 100 ]; then  # one F_8 / F_1/8 k-means run at paper size (100k x 2048, 2000 clusters), torch on the GPU
+    section 40 --only kmeans --kmeans-n 100000 --kmeans-k 2000
+else
+    echo "=== skipped kmeans: ${LEFT}s left of the 8 minutes" | tee -a "$LOG"
+fi
 LEFT=$(( 475 - ($(date +%s) - START) ))
 if [ "$LEFT" -gt 60 ]; then
     section "$LEFT" --only losses --rounds 2 --warmup 3 --reps 8

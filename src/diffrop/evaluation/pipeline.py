@@ -21,6 +21,7 @@ from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.evaluation.generate import generate, merge_shards, save_grid, wait_for_shards
 from diffrop.evaluation.metrics import ReferenceCache, compute_all, make_extractor, make_key, per_class
 from diffrop.evaluation.metrics.features import EXTRACTORS, FidHelperFeatures, InceptionFeatures
+from diffrop.evaluation.metrics.scores import KMEANS_BACKENDS
 
 Extractor = InceptionFeatures | FidHelperFeatures
 
@@ -40,6 +41,7 @@ class EvalSettings:
     is_splits: int = 10
     prd_clusters_per_class: int = 20  # F_8 / F_1/8 k-means clusters = this x C
     prd_runs: int = 10
+    kmeans: str = "auto"  # F_8 / F_1/8 k-means: auto (torch on a GPU, else sklearn) | sklearn | torch
     kid_subsets: int = 100  # KID: mean over this many random subset pairs ...
     kid_subset_size: int = 1000  # ... of this many rows each (capped at a per-shot group's size)
     grid_per_class: int = 10
@@ -155,6 +157,8 @@ def validate(
         raise ValueError(f"eval.grid_per_class must be >= 0, got {settings.grid_per_class}")
     if settings.reference_per_class is not None and settings.reference_per_class <= 0:
         raise ValueError(f"eval.reference_per_class must be > 0 or null, got {settings.reference_per_class}")
+    if settings.kmeans not in KMEANS_BACKENDS:
+        raise ValueError(f"eval.kmeans={settings.kmeans!r} is not one of {list(KMEANS_BACKENDS)}")
     if settings.extractor not in EXTRACTORS:
         raise ValueError(f"eval.extractor={settings.extractor!r} is not one of {sorted(EXTRACTORS)}")
     for spec in specs:
@@ -271,6 +275,7 @@ def evaluate_spec(
         real[0].to(fake_feats.device), real[1], fake_feats, fake_logits, fake_labels,
         groups, num_classes, k=settings.k, is_splits=settings.is_splits,
         prd_clusters_per_class=settings.prd_clusters_per_class, prd_runs=settings.prd_runs, seed=settings.seed,
+        prd_kmeans=settings.kmeans,
         kid_subsets=settings.kid_subsets, kid_subset_size=settings.kid_subset_size,
     )  # fmt: skip
     classes = per_class(  # the per-class plot's data (diffrop.evaluation.plots.plot_per_class)

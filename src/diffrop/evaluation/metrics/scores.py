@@ -211,6 +211,42 @@ def f_beta_score(
     return (1 + beta**2) * precision * recall / (beta**2 * precision + recall + epsilon)
 
 
+KMEANS_BACKENDS = ("auto", "sklearn", "torch", "full", "minibatch")
+
+
+def resolve_kmeans(kmeans: str, device: torch.device) -> str:
+    """``auto`` -> ``torch`` for features on a GPU, ``sklearn`` otherwise; ``minibatch`` is ``sklearn``'s old name."""
+    if kmeans not in KMEANS_BACKENDS:
+        raise ValueError(f"kmeans must be one of {KMEANS_BACKENDS}, got {kmeans!r}")
+    if kmeans == "auto":
+        return "torch" if device.type == "cuda" else "sklearn"
+    return "sklearn" if kmeans == "minibatch" else kmeans
+
+
+def cluster_labels(union: Features, num_clusters: int, seed: int, kmeans: str = "auto") -> np.ndarray:
+    """k-means labels [N] of the rows of ``union`` (one PRD run), by the backend ``kmeans``:
+
+    ``sklearn``: the reference code's ``MiniBatchKMeans(n_init=10)`` (CPU, float64); ``full``: sklearn's Lloyd
+    ``KMeans(n_init=10)``; ``torch``: ``metrics.kmeans.kmeans`` on the features' device (the same seeding protocol,
+    then full-batch Lloyd); sklearn has no GPU path, which is why torch is used here: 100k x 2,000 clusters on a
+    GPU should take seconds per run, not minutes. ``auto``: torch for features on a GPU, sklearn otherwise.
+    """
+    backend = resolve_kmeans(kmeans, union.device if isinstance(union, Tensor) else torch.device("cpu"))
+    if backend == "torch":
+        from diffrop.evaluation.metrics.kmeans import kmeans as torch_kmeans
+
+        u = _matrix(union)
+        dtype = u.dtype if u.dtype in (torch.float32, torch.float64) else torch.float32
+        return torch_kmeans(u.to(dtype), num_clusters, n_init=10, seed=seed)[0].cpu().numpy()
+    algo = MiniBatchKMeans if backend == "sklearn" else KMeans
+    x = union.detach().cpu().numpy() if isinstance(union, Tensor) else np.asarray(union)
+    return (
+        algo(n_clusters=num_clusters, n_init=10, random_state=seed)
+        .fit(x.astype(np.float64, copy=False))
+        .labels_
+    )
+
+
 def prd_f_beta(
     real: Features,
     fake: Features,
@@ -219,36 +255,42 @@ def prd_f_beta(
     num_angles: int = 1001,
     beta: float = 8.0,
     seed: int = 0,
-    kmeans: str = "minibatch",
+    kmeans: str = "auto",
 ) -> tuple[float, float]:
     """(F_beta, F_1/beta) of fake w.r.t. real, following Sajjadi et al.'s reference code
     (``compute_prd_from_embedding`` then ``prd_to_max_f_beta_pair``).
 
     Each run clusters the union of both sets into ``num_clusters`` (20 x C in docs/design.md) and takes the two
     cluster histograms; the PRD curves of the runs are averaged, then F_beta / F_1/beta are the maxima over
-    the averaged curve. F_8 tracks recall, F_1/8 precision. ``kmeans="minibatch"`` is the reference code's
-    ``MiniBatchKMeans(n_init=10)``; ``"full"`` uses Lloyd ``KMeans`` (much slower at 100k x 2048). Sets of
-    unequal size are subsampled (seeded) to the smaller size, since the reference code rejects unequal sets
-    (an unbalanced union biases the clustering towards the larger set).
+    the averaged curve. F_8 tracks recall, F_1/8 precision. ``kmeans`` picks the clustering (``cluster_labels``):
+    ``sklearn`` is the reference code's ``MiniBatchKMeans(n_init=10)``, ``full`` sklearn's Lloyd ``KMeans`` (much
+    slower at 100k x 2048), ``torch`` k-means on the features' device, ``auto`` torch on a GPU and sklearn on the
+    CPU. Sets of unequal size are subsampled (seeded) to the smaller size, since the reference code rejects unequal
+    sets (an unbalanced union biases the clustering towards the larger set).
     """
-    real_np = _matrix(real).detach().cpu().numpy().astype(np.float64)
-    fake_np = _matrix(fake).detach().cpu().numpy().astype(np.float64)
+    real_t, fake_t = _matrix(real), _matrix(fake)
+    device = real_t.device if real_t.is_cuda else fake_t.device
+    backend = resolve_kmeans(kmeans, device)
     rng = np.random.RandomState(seed)
-    n = min(len(real_np), len(fake_np))
-    if len(real_np) > n:
-        real_np = real_np[np.sort(rng.choice(len(real_np), n, replace=False))]
-    if len(fake_np) > n:
-        fake_np = fake_np[np.sort(rng.choice(len(fake_np), n, replace=False))]
+    n = min(len(real_t), len(fake_t))
+    if len(real_t) > n:
+        real_t = real_t[
+            torch.as_tensor(np.sort(rng.choice(len(real_t), n, replace=False)), device=real_t.device)
+        ]
+    if len(fake_t) > n:
+        fake_t = fake_t[
+            torch.as_tensor(np.sort(rng.choice(len(fake_t), n, replace=False)), device=fake_t.device)
+        ]
     if not 1 <= num_clusters <= 2 * n:
         raise ValueError(f"num_clusters must be in [1, {2 * n}] for {n} + {n} samples, got {num_clusters}")
-    if kmeans not in ("minibatch", "full"):
-        raise ValueError(f"kmeans must be 'minibatch' or 'full', got {kmeans!r}")
 
-    union = np.concatenate([fake_np, real_np])
+    if backend == "torch":
+        union: Features = torch.cat([fake_t.to(device), real_t.to(device)])
+    else:
+        union = np.concatenate([t.detach().cpu().numpy().astype(np.float64) for t in (fake_t, real_t)])
     curves = []
     for run in range(num_runs):
-        algo = MiniBatchKMeans if kmeans == "minibatch" else KMeans
-        labels = algo(n_clusters=num_clusters, n_init=10, random_state=seed + run).fit(union).labels_
+        labels = cluster_labels(union, num_clusters, seed + run, backend)
         eval_dist = np.bincount(labels[:n], minlength=num_clusters) / n
         ref_dist = np.bincount(labels[n:], minlength=num_clusters) / n
         curves.append(prd_curve(eval_dist, ref_dist, num_angles))
@@ -338,6 +380,7 @@ def compute_all(
     is_splits: int = 10,
     prd_clusters_per_class: int = 20,
     prd_runs: int = 10,
+    prd_kmeans: str = "auto",
     seed: int = 0,
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
@@ -356,6 +399,7 @@ def compute_all(
         num_clusters=prd_clusters_per_class * num_classes,
         num_runs=prd_runs,
         seed=seed,
+        kmeans=prd_kmeans,
     )
 
     def kid(real_g: Features, fake_g: Features) -> tuple[float, float]:
