@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_utils import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY, load_ckpt
 
 import diffrop.runtime.atomic_write as aw
 from diffrop.evaluation.metrics import ReferenceCache
 from diffrop.runtime.atomic_write import DiskFullError, atomic_write
 from diffrop.training.checkpoint_io import atomic_save
+from tests.helpers.train_utils import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY, load_ckpt
 
 
 @contextlib.contextmanager

@@ -22,12 +22,12 @@ import pytest
 import scipy.linalg
 import torch
 from hydra import compose, initialize_config_dir
-from inception_weights import write_fidelity_weights
 
 from diffrop import build
 from diffrop.data.datamodule import LongTailDataModule
 from diffrop.evaluation import pipeline as evaluation
 from diffrop.training.periodic_fid import PeriodicFID
+from tests.helpers.inception_weights import write_fidelity_weights
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("eval_entry", REPO / "src" / "eval.py")
@@ -269,7 +269,7 @@ def test_checkpoint_of_another_dataset(ckpt, tmp_path):
 
 
 def test_checkpoint_of_another_class_count(ckpt, tmp_path):
-    from fakedata import write_image_folder
+    from tests.helpers.fakedata import write_image_folder
 
     root = write_image_folder(tmp_path / "folder", {"a": 3, "b": 2, "c": 2}, size=16).parent
     with pytest.raises(ValueError, match=r"\(3, 16, 3\).*\(10, 16, 3\)"):

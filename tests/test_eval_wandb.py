@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 from PIL import Image
-from wandb_records import offline_runs, read_run
 
 from diffrop.evaluation.wandb_log import (
     TABLE_COLUMNS,
@@ -22,6 +21,7 @@ from diffrop.evaluation.wandb_log import (
     per_class_rows,
     results_rows,
 )
+from tests.helpers.wandb_records import offline_runs, read_run
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("eval_entry_wandb", REPO / "src" / "eval.py")

@@ -8,7 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO
+
+from tests.helpers.train_utils import REPO
 
 spec = importlib.util.spec_from_file_location("pcl_study", REPO / "experiments" / "pcl_study.py")
 study = importlib.util.module_from_spec(spec)

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TRAIN_PY
+
+from tests.helpers.train_utils import TRAIN_PY
 
 FIRST_STEPS, FINAL_STEPS = 3, 5
 
