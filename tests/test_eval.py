@@ -42,7 +42,11 @@ SMALL = [  # 30 balanced samples of 10 digits, 4 reference images per class, 3 D
 
 
 class FakeExtractor:
-    """Features = a fixed random projection of the pixels (8-d), logits = a projection of those (5 classes)."""
+    """Features = a fixed random projection of the pixels (8-d), logits = a projection of those (5 classes).
+
+    An in-process object, not a weights file (tests/helpers/inception_weights.py, diffrop.paper.smoke): the tests
+    recompute its features to check the scores exactly, count the images it sees, and need logits (IS, accuracy).
+    """
 
     name, has_logits, weights_path = "fake-pixels", True, None
 
