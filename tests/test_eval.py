@@ -8,7 +8,6 @@ on a test-made weights file through ``src/eval.py`` in a subprocess.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -28,11 +27,9 @@ from diffrop.data.datamodule import LongTailDataModule
 from diffrop.evaluation import pipeline as evaluation
 from diffrop.training.periodic_fid import PeriodicFID
 from tests.helpers.inception_weights import write_fidelity_weights
+from tests.helpers.train_utils import REPO, load_script
 
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("eval_entry", REPO / "src" / "eval.py")
-eval_entry = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(eval_entry)
+eval_entry = load_script(REPO / "src" / "eval.py", "eval_entry")
 
 SMALL = [  # 30 balanced samples of 10 digits, 4 reference images per class, 3 DDIM steps
     "eval.num_samples=30", "eval.shard_size=16", "eval.reference_per_class=4", "eval.prd_clusters_per_class=2",
