@@ -156,9 +156,9 @@ def test_dotted_metric_paths() -> None:
 
 def test_failure_descriptions() -> None:
     assert run_status.describe_failure("") == "no reason given"
-    assert run_status.describe_failure(json.dumps({"error": "NaN loss", "job_id": 77, "log_path": "a/b.log"})) == (
-        "NaN loss; job 77; log a/b.log"
-    )
+    assert run_status.describe_failure(
+        json.dumps({"error": "NaN loss", "job_id": 77, "log_path": "a/b.log"})
+    ) == ("NaN loss; job 77; log a/b.log")
     trace = 'Traceback (most recent call last):\n  File "x.py", line 1\nValueError: bad\nslurm_job_id = 9\n'
     assert run_status.describe_failure(trace) == "ValueError: bad; job 9"
 
@@ -184,7 +184,8 @@ def test_unknown_table_and_bad_input(tmp_path: Path, paper: Path, runs: Path, ca
     with pytest.raises(ValueError, match=r"unknown table 'table9'; valid tables: tbl, acc"):
         report.report("table9", runs, tmp_path / "out", paper)
     assert (
-        report.main(["table9", "--runs", str(runs), "--out", str(tmp_path / "out"), "--paper", str(paper)]) == 2
+        report.main(["table9", "--runs", str(runs), "--out", str(tmp_path / "out"), "--paper", str(paper)])
+        == 2
     )
     assert "unknown table 'table9'; valid tables: tbl, acc" in capsys.readouterr().err
     assert report.main(["tbl", "--runs", str(tmp_path / "nope"), "--paper", str(paper)]) == 2
