@@ -31,11 +31,11 @@ quickstart: install ## CPU, no download, a few minutes: tiny model on digits_lt,
 
 test: install ## everything CI runs: lint, the pytest suite (slow tests and `make smoke` included), test-slurm
 	@$(MAKE) --no-print-directory lint
-	$(PY) -m pytest -q -m "not slurm" --ignore=tests/slurm tests $(ARGS)
+	$(PY) -m pytest -q -m "not slurm" tests $(ARGS)
 	@$(MAKE) --no-print-directory test-slurm
 
 test-fast: install ## the suite without slow tests
-	$(PY) -m pytest -q -m "not slow and not slurm" --ignore=tests/slurm tests $(ARGS)
+	$(PY) -m pytest -q -m "not slow and not slurm" tests $(ARGS)
 
 lint: install ## ruff lint + format check, and the package's import layers (lint-imports, pyproject.toml)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/lint-imports

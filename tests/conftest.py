@@ -1,11 +1,10 @@
-"""Shared fixtures: fake CIFAR trees in torchvision's real format, and tiny `src/train.py` runs in a subprocess."""
+"""Shared fixtures: fake CIFAR trees in torchvision's real format, tiny `src/train.py` runs in a subprocess, and a
+tiny UNet. Constants and functions that tests import live in tests/helpers, never here."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,34 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fakedata import bypass_cifar_md5, write_fake_cifar10, write_fake_cifar100
 
-# Tests use tiny tensors: one intra-op thread is as fast on a quiet machine and up to 100x faster on a busy one
-# (OpenMP threads spin-waiting for a core). OMP_NUM_THREADS=N in the environment overrides this.
-THREADS = int(os.environ.get("OMP_NUM_THREADS", "1"))
-torch.set_num_threads(THREADS)
+from diffrop.nets.unet import ClassConditionalUNet
+from tests.helpers.fakedata import bypass_cifar_md5, write_fake_cifar10, write_fake_cifar100
+from tests.helpers.train_utils import THREADS, TINY_RUN_OVERRIDES, train_subprocess
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO / "configs"
-TRAIN_PY = REPO / "src" / "train.py"
-
-# A run of a few seconds on a CPU: tiny UNet on 16x16 digits, CSV logging every step, a 1-image-per-class,
-# 2-step sample grid at the end. Append trainer.max_steps=K and hydra.run.dir=DIR.
-TINY_RUN_OVERRIDES = [
-    "data=digits_lt",
-    "model=tiny",
-    "trainer=cpu",
-    "logger=csv",
-    "data.batch_size=8",
-    "trainer.log_every_n_steps=1",
-    "optim.warmup_steps=0",
-    "optim.ema_decay=0.5",
-    "callbacks.sample_grid.every_n_steps=0",
-    "callbacks.sample_grid.steps=2",
-    "callbacks.sample_grid.per_class=1",
-    "~callbacks.progress_bar",
-    "~callbacks.model_summary",
-]
+torch.set_num_threads(THREADS)  # one by default: see THREADS
 
 
 @dataclass(frozen=True)
@@ -64,19 +41,6 @@ def cifar_md5_bypass(monkeypatch) -> None:
     bypass_cifar_md5(monkeypatch)
 
 
-def train_subprocess(*overrides: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python src/train.py *overrides`` from the repo root, W&B offline, captured output."""
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": str(THREADS)}
-    return subprocess.run(
-        [sys.executable, str(TRAIN_PY), *overrides],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 @pytest.fixture(scope="session")
 def tiny_run_overrides() -> tuple[str, ...]:
     return tuple(TINY_RUN_OVERRIDES)
@@ -86,3 +50,16 @@ def tiny_run_overrides() -> tuple[str, ...]:
 def run_train() -> Callable[..., subprocess.CompletedProcess]:
     """``run_train(*overrides, timeout=...)``: see ``train_subprocess``."""
     return train_subprocess
+
+
+@pytest.fixture(scope="module")
+def unet() -> ClassConditionalUNet:
+    """A random 8x8, 3-class UNet (one per test module) whose labels visibly change its output."""
+    torch.manual_seed(0)
+    net = ClassConditionalUNet(
+        num_classes=3, image_size=8, in_channels=3, base_channels=16, channel_mult=[1, 2],
+        num_res_blocks=1, attn_resolutions=[], dropout=0.0, norm_groups=8,
+    )  # fmt: skip
+    with torch.no_grad():  # a visible label effect, so conditional and unconditional outputs differ
+        net.label_embedding.weight.normal_(0, 3.0)
+    return net.eval()

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from train_utils import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY, train_in_process
+
+from tests.helpers.train_utils import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY, train_in_process
 
 TINY = [*TINY_RUN_OVERRIDES, "trainer.max_steps=1"]
 

@@ -3,21 +3,18 @@ cancel a load that changes between rounds, where a ratio of separately taken med
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+from tests.helpers.train_utils import REPO, load_script
+
+BENCH = REPO / "benchmarks" / "bench.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("diffrop_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCH, "diffrop_bench")
 
 
 def test_interleaved_runs_round_robin_and_paired_ratios_cancel_load_changes(bench):

@@ -5,24 +5,19 @@ section times both backends."""
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers.train_utils import REPO, child_env, load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("diffrop_bench_profile", REPO / "benchmarks" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "benchmarks" / "bench.py", "diffrop_bench_profile")
 
 
 def _x(name: str, cat: str, ts: float, dur: float) -> dict:
@@ -75,7 +70,7 @@ def test_profile_section_writes_a_trace_and_a_breakdown_that_sums_to_one(bench, 
 
 
 def test_worker_precision_recall_prints_one_json_line():
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    env = child_env(OMP_NUM_THREADS="1")
     cmd = [sys.executable, str(REPO / "benchmarks" / "_worker.py"), "precision_recall", "300", "100"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])

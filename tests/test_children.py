@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from train_utils import REPO
+
+from tests.helpers.train_utils import child_env
 
 # The child: starts a grandchild (like DDP or data-loader workers), writes both pids to its log, sleeps.
 # IGNORE_TERM=1 makes it ignore SIGTERM, as a hung child would.
@@ -62,8 +63,7 @@ def wait_dead(pids: list[int], timeout: float = 20) -> list[int]:
 def start_driver(tmp_path: Path, driver: str, grace: float = 5, ignore_term: bool = False):
     """The driver process and its child's and grandchild's pids, once both run."""
     log = tmp_path / "logs" / "child.log"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    env["IGNORE_TERM"] = "1" if ignore_term else "0"
+    env = child_env(IGNORE_TERM="1" if ignore_term else "0")
     cmd = [sys.executable, "-c", DRIVERS[driver], str(log), CHILD, str(grace)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60

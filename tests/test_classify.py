@@ -6,19 +6,17 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from wandb_records import offline_runs, read_run
 
 from diffrop.data.datasets import ImageSet
 from diffrop.evaluation.classification import classification_metrics, load_generated, split_per_class
 from diffrop.nets.resnet import CifarResNet, Uint8Classifier
 from diffrop.training.classifier import random_crop_flip
-
-REPO = Path(__file__).resolve().parents[1]  # not from conftest: tests/slurm has its own conftest
+from tests.helpers.train_utils import REPO
+from tests.helpers.wandb_records import offline_runs, read_run
 
 
 def test_metrics_by_hand():

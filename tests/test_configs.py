@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIG_DIR
-from fakedata import write_image_folder
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
@@ -25,6 +23,8 @@ from diffrop.losses.ddpm import EpsMSE
 from diffrop.losses.pcl import PCL
 from diffrop.losses.tau import Constant, Cosine, ExpDecay, Linear
 from diffrop.nets.unet import ClassConditionalUNet
+from tests.helpers.fakedata import write_image_folder
+from tests.helpers.train_utils import CONFIG_DIR
 
 SKIP_DIRS = {"local"}  # untracked machine config, may be empty
 # Pieces that other options include (loss recipes = terms; paper experiments = recipe + method [+ preset]).

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from fakedata import write_image_folder
 
 from diffrop.data.balance import StepBatchSampler, class_balancing_weights
 from diffrop.data.datamodule import LongTailDataModule
+from tests.helpers.fakedata import write_image_folder
 
 # --- imagefolder_lt --------------------------------------------------------------------------------------
 

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from train_utils import TINY_RUN_OVERRIDES, train_in_process
 
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.losses.ddpm import EpsMSE
@@ -16,6 +15,7 @@ from diffrop.losses.objective import Objective
 from diffrop.losses.pcl import PCL
 from diffrop.losses.step import Step
 from diffrop.losses.tau import Constant
+from tests.helpers.train_utils import TINY_RUN_OVERRIDES, train_in_process
 
 T = 1000
 

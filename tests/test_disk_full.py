@@ -6,38 +6,21 @@ same behaviour is also checked everywhere by a file whose writes fail with ENOSP
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from train_utils import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY, load_ckpt
 
 import diffrop.runtime.atomic_write as aw
 from diffrop.evaluation.metrics import ReferenceCache
 from diffrop.runtime.atomic_write import DiskFullError, atomic_write
 from diffrop.training.checkpoint_io import atomic_save
-
-
-@contextlib.contextmanager
-def tmpfs(where: Path, size: str):
-    where.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True
-    )
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", str(where)], check=False)
+from tests.helpers.disk import tmpfs
+from tests.helpers.train_utils import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY, load_ckpt
 
 
 class FillingFile:

@@ -24,7 +24,6 @@ from diffrop.diffusion.sampling import (
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.evaluation.generate import sample_images
 from diffrop.evaluation.pipeline import sample_dir
-from diffrop.nets.unet import ClassConditionalUNet
 
 SCHEDULE = NoiseSchedule(1000)
 M, S = 0.05, 0.2  # data x0 ~ N(M, S^2 I): M + 4.5 S < 1, so clipping x0 to [-1, 1] never acts
@@ -144,18 +143,6 @@ def test_logsnr_grid_is_strictly_decreasing_from_t_max_to_zero(steps):
         assert (h.max() - h.min()) / h.mean() < 0.5
     with pytest.raises(ValueError, match="steps"):
         logsnr_grid(SCHEDULE, 1001)
-
-
-@pytest.fixture(scope="module")
-def unet() -> ClassConditionalUNet:
-    torch.manual_seed(0)
-    net = ClassConditionalUNet(
-        num_classes=3, image_size=8, in_channels=3, base_channels=16, channel_mult=[1, 2],
-        num_res_blocks=1, attn_resolutions=[], dropout=0.0, norm_groups=8,
-    )  # fmt: skip
-    with torch.no_grad():
-        net.label_embedding.weight.normal_(0, 3.0)
-    return net.eval()
 
 
 @pytest.mark.parametrize(("steps", "guidance"), [(6, 0.0), (10, 1.5)])

@@ -8,7 +8,6 @@ on a test-made weights file through ``src/eval.py`` in a subprocess.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -22,23 +21,21 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from eval_fake_extractor import FakeExtractor
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from inception_weights import write_fidelity_weights
 from omegaconf import open_dict
-from test_disk_full import tmpfs
 
 from diffrop import build
 from diffrop.data.datamodule import LongTailDataModule
 from diffrop.evaluation import pipeline as evaluation
 from diffrop.training.periodic_fid import PeriodicFID
+from tests.helpers.disk import tmpfs
+from tests.helpers.eval_fake_extractor import FakeExtractor
+from tests.helpers.inception_weights import write_fidelity_weights
+from tests.helpers.train_utils import REPO, child_env, load_script
 
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("eval_entry", REPO / "src" / "eval.py")
-eval_entry = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(eval_entry)
+eval_entry = load_script(REPO / "src" / "eval.py", "eval_entry")
 
 SMALL = [  # 30 balanced samples of 10 digits, 4 reference images per class, 3 DDIM steps
     "eval.num_samples=30", "eval.shard_size=16", "eval.reference_per_class=4", "eval.prd_clusters_per_class=2",
@@ -88,14 +85,10 @@ def run_eval(ckpt: Path, out: Path, *overrides: str) -> dict:
 def eval_cli(ckpt: Path, out: Path, *overrides: str) -> tuple[list[str], dict[str, str]]:
     """``src/eval.py`` with ``FakeExtractor`` and the SMALL settings as a command line (run it with ``cwd=REPO``)
     and its environment: what ``run_eval`` does, in a process of its own."""
-    script = REPO / "tests" / "eval_fake_extractor.py"
+    script = REPO / "tests" / "helpers" / "eval_fake_extractor.py"
     cmd = [sys.executable, str(script), f"ckpt_path={ckpt}", f"eval.reference_cache={out.parent / 'refs'}",
            *SMALL, *overrides, f"hydra.run.dir={out}"]  # fmt: skip
-    env = {
-        **os.environ,
-        "PYTHONWARNINGS": "ignore",
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-    }
+    env = child_env(PYTHONWARNINGS="ignore", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     env.pop("HYDRA_FULL_ERROR", None)
     return cmd, env
 
@@ -286,7 +279,7 @@ def test_checkpoint_of_another_dataset(ckpt, tmp_path):
 
 
 def test_checkpoint_of_another_class_count(ckpt, tmp_path):
-    from fakedata import write_image_folder
+    from tests.helpers.fakedata import write_image_folder
 
     root = write_image_folder(tmp_path / "folder", {"a": 3, "b": 2, "c": 2}, size=16).parent
     with pytest.raises(ValueError, match=r"\(3, 16, 3\).*\(10, 16, 3\)"):

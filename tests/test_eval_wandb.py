@@ -4,7 +4,6 @@ for all), the sample grid, the guidance sweep against w; and the checkpoint arti
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,7 +12,6 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 from PIL import Image
-from wandb_records import offline_runs, read_run
 
 from diffrop.evaluation.wandb_log import (
     TABLE_COLUMNS,
@@ -22,11 +20,10 @@ from diffrop.evaluation.wandb_log import (
     per_class_rows,
     results_rows,
 )
+from tests.helpers.train_utils import REPO, load_script
+from tests.helpers.wandb_records import offline_runs, read_run
 
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("eval_entry_wandb", REPO / "src" / "eval.py")
-eval_entry = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(eval_entry)
+eval_entry = load_script(REPO / "src" / "eval.py", "eval_entry_wandb")
 
 
 def _scores(fid: float, accuracy: float | None = None) -> dict:

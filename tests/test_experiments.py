@@ -13,7 +13,6 @@ import re
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,8 +21,8 @@ from hydra import compose, initialize_config_dir
 
 from diffrop.paper.cells import Options, load_cells, model_dir, override_value, training_state
 from diffrop.paper.reproduce import Driver
+from tests.helpers.train_utils import REPO
 
-REPO = Path(__file__).resolve().parents[1]  # not from conftest: tests/slurm has its own conftest
 CONFIG_DIR = REPO / "configs"
 PAPER_RUNS = sorted(
     p.relative_to(CONFIG_DIR / "experiment").with_suffix("").as_posix()

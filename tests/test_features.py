@@ -1,5 +1,6 @@
 """Inception feature extractors on weights files this test writes itself in the real on-disk formats:
-a torch-fidelity state_dict (random init of its own architecture) and a small TorchScript file."""
+a torch-fidelity state_dict (random init of its own architecture, tests/helpers/inception_weights.py) and a small
+TorchScript file."""
 
 from __future__ import annotations
 
@@ -8,34 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
 from torch import nn
 
 from diffrop.evaluation.metrics.features import FidHelperFeatures, InceptionFeatures, make_extractor
+from tests.helpers.inception_weights import write_fidelity_weights
 
 
 @pytest.fixture(scope="module")
 def fidelity_weights(tmp_path_factory) -> Path:
-    """A state_dict in torch-fidelity's format: its own InceptionV3 module, randomly initialised.
-
-    torch-fidelity loads weights in ``__init__`` (``torch.load(path)`` then ``load_state_dict``), so the
-    module is built once with loading switched off, and its state_dict saved as the file it expects.
-    """
-    cls = tf_inception.FeatureExtractorInceptionV3
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tf_inception, "load_state_dict_from_url", lambda *a, **k: None)
-        mp.setattr(cls, "load_state_dict", lambda self, state_dict: None)
-        torch.manual_seed(0)
-        net = cls("inception-v3-compat", ["2048"])
-    for module in net.modules():  # He init and spread batch-norm statistics: features that differ by image
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-    path = tmp_path_factory.mktemp("weights") / "pt_inception-random.pth"
-    torch.save(net.state_dict(), path)
-    return path
+    """A state_dict in torch-fidelity's format: its own InceptionV3 module, randomly initialised."""
+    return write_fidelity_weights(tmp_path_factory.mktemp("weights") / "pt_inception-random.pth")
 
 
 def _images(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -84,7 +67,10 @@ def test_extraction_rejects_float_images(fidelity_weights):
 
 
 class _InputProbe(nn.Module):
-    """Stands in for the TorchScript Inception: returns [min, max, H, W, mean] of its input, padded to 2048."""
+    """Stands in for the TorchScript Inception: returns [min, max, H, W, mean] of its input, padded to 2048.
+
+    Not diffrop.paper.smoke's random extractor: this one reports what FidHelperFeatures feeds the network
+    (range, size), which is what the test checks."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]

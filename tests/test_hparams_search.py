@@ -10,9 +10,9 @@ import sys
 
 import pytest
 import yaml
-from conftest import REPO, THREADS
 
 from diffrop.paper.smoke import write_smoke_extractor
+from tests.helpers.train_utils import REPO, THREADS
 
 
 @pytest.mark.slow

@@ -4,8 +4,6 @@ reproducible under a seed."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -15,8 +13,7 @@ from sklearn.metrics import adjusted_rand_score
 from diffrop.evaluation.metrics.kmeans import default_init_size, kmeans
 from diffrop.evaluation.metrics.scores import cluster_labels, prd_f_beta, resolve_kmeans
 from diffrop.evaluation.pipeline import EvalSettings, validate
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers.train_utils import REPO
 
 
 def _mixture(centres: torch.Tensor, n: int, scale: float, seed: int, modes: int | None = None):

@@ -6,7 +6,8 @@ import csv
 from pathlib import Path
 
 import pytest
-from train_utils import TINY_RUN_OVERRIDES, train_in_process
+
+from tests.helpers.train_utils import TINY_RUN_OVERRIDES, train_in_process
 
 
 def logged_steps(run_dir: Path, column_prefix: str) -> list[int]:

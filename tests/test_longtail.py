@@ -7,10 +7,10 @@ import itertools
 
 import numpy as np
 import pytest
-from fakedata import decode_index
 
 from diffrop.data.datamodule import LongTailDataModule
 from diffrop.data.longtail import longtail_counts, select_longtail, shot_groups
+from tests.helpers.fakedata import decode_index
 
 CIFAR10LT_COUNTS = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]  # docs/design.md section 2
 

@@ -7,7 +7,8 @@ import shutil
 import subprocess
 
 import pytest
-from train_utils import REPO
+
+from tests.helpers.train_utils import REPO
 
 PAPER_TARGETS = [f"reproduce-table{i}" for i in range(1, 6)] + [
     "reproduce-fig2",

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 
 import numpy as np
 import pytest
-from conftest import REPO
 
-spec = importlib.util.spec_from_file_location("pcl_study", REPO / "experiments" / "pcl_study.py")
-study = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = study  # dataclasses look their module up there
-spec.loader.exec_module(study)
+from tests.helpers.train_utils import REPO, load_script
+
+study = load_script(REPO / "experiments" / "pcl_study.py", "pcl_study")
 
 
 def _entry(few_fid: list[float]) -> dict[int, dict]:

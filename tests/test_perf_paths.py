@@ -8,12 +8,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from train_utils import REPO, TINY_RUN_OVERRIDES
 
 from diffrop import build
 from diffrop.data.device_batches import DeviceBatches, use_device_batches
 from diffrop.nets.unet import ClassConditionalUNet
 from diffrop.training.module import DiffusionModule, _Compiled
+from tests.helpers.train_utils import REPO, TINY_RUN_OVERRIDES
 
 
 def tiny_net(seed: int = 0) -> ClassConditionalUNet:
@@ -168,7 +168,7 @@ def test_gradient_clipping_is_done_by_the_module(algorithm, grad, expected):
 
 def test_bf16_mixed_with_fused_adam_trains(tmp_path):
     """The GPU config's precision (bf16-mixed) with fused Adam and clipping: the step Lightning used to refuse."""
-    from train_utils import load_ckpt, train_in_process
+    from tests.helpers.train_utils import load_ckpt, train_in_process
 
     train_in_process(
         [*TINY_RUN_OVERRIDES, "trainer.precision=bf16-mixed", "trainer.max_steps=2", "optim.fused_adam=true"],

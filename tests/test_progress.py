@@ -78,9 +78,8 @@ def test_track_writes_plain_lines_off_a_terminal_from_rank_zero_only(lines, monk
 
 
 def test_generation_reports_shards_from_rank_zero_only(lines, tmp_path):
-    from test_generate import SCHEDULE, SPEC, CountingNet
-
     from diffrop.evaluation.generate import generate
+    from tests.test_generate import SCHEDULE, SPEC, CountingNet
 
     labels = torch.arange(6) % 4
     generate(CountingNet(), SCHEDULE, labels, tmp_path, SPEC, shard_size=2, rank=1, world_size=2)

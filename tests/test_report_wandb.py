@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-from wandb_records import offline_runs, read_run
 
 from diffrop.paper import wandb_upload
 from diffrop.paper.cells import Options
 from diffrop.paper.reproduce import Driver
+from tests.helpers.wandb_records import offline_runs, read_run
 
 REPO = Path(__file__).resolve().parents[1]
 

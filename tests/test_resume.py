@@ -15,9 +15,18 @@ import time
 from pathlib import Path
 
 import pytest
-from train_utils import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY, load_ckpt, state_diff, train_in_process
 
 from diffrop.training.nonfinite import NonFiniteLossError
+from tests.helpers.train_utils import (
+    REPO,
+    THREADS,
+    TINY_RUN_OVERRIDES,
+    TRAIN_PY,
+    load_ckpt,
+    state_diff,
+    train_env,
+    train_in_process,
+)
 
 # warm-up across the interruption (LR schedule), per-sample label drop (device RNG), flips (device RNG), EMA
 BASE = [
@@ -52,7 +61,7 @@ def test_resume_is_bitwise_exact(tmp_path):
 
     # A NaN at step 4 stops the run; the periodic checkpoint of step 3 is kept and resuming from it (without the
     # bad term) ends exactly where the uninterrupted run did. The bad term adds exactly 0 before step 4.
-    bad = ["+loss.terms.bad._target_=nan_term.NaNFrom", "+loss.terms.bad.step=4"]
+    bad = ["+loss.terms.bad._target_=tests.helpers.nan_term.NaNFrom", "+loss.terms.bad.step=4"]
     with pytest.raises(SystemExit) as exit_info:
         train_in_process([*BASE, *bad, "trainer.max_steps=6"], crashed)
     assert exit_info.value.code == 1
@@ -65,11 +74,9 @@ def test_resume_is_bitwise_exact(tmp_path):
 
 
 def _popen(run_dir: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": str(THREADS)}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, str(TRAIN_PY), *BASE, f"hydra.run.dir={run_dir}", *extra]
     return subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd, cwd=REPO, env=train_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
 
 
@@ -141,7 +148,7 @@ FAULT = [
     f"trainer.max_steps={FAULT_STEPS}",
     f"callbacks.checkpoint.every_n_train_steps={SAVE_EVERY}",
     f"callbacks.sample_grid.every_n_steps={GRID_EVERY}",
-    "+callbacks.kill_at._target_=kill_at.KillAt",
+    "+callbacks.kill_at._target_=tests.helpers.kill_at.KillAt",
 ]
 
 

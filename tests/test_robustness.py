@@ -3,26 +3,32 @@
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
-from train_utils import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY, load_ckpt, state_diff, train_in_process
 
 from diffrop.training.checkpoint_io import AtomicCheckpointIO, atomic_save
 from diffrop.training.nonfinite import NonFiniteGuard, NonFiniteLossError
+from tests.helpers.train_utils import (
+    REPO,
+    TINY_RUN_OVERRIDES,
+    TRAIN_PY,
+    load_ckpt,
+    state_diff,
+    train_env,
+    train_in_process,
+)
 
 
 def bad_term(step: int) -> list[str]:
-    return ["+loss.terms.bad._target_=nan_term.NaNFrom", f"+loss.terms.bad.step={step}"]
+    return ["+loss.terms.bad._target_=tests.helpers.nan_term.NaNFrom", f"+loss.terms.bad.step={step}"]
 
 
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": str(THREADS)}
+    env = train_env()
     env.pop("HYDRA_FULL_ERROR", None)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, str(TRAIN_PY), *args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -138,7 +144,7 @@ def test_multirun_with_a_failing_job_finishes_the_others_and_the_table_shows_it(
         "-m",
         *TINY_RUN_OVERRIDES,
         "trainer.max_steps=2",
-        "+loss.terms.bad._target_=nan_term.NaNFrom",
+        "+loss.terms.bad._target_=tests.helpers.nan_term.NaNFrom",
         "+loss.terms.bad.step=0,1000",  # job 0: NaN at once; job 1: never
         f"hydra.sweep.dir={runs}/t",
         "hydra.sweep.subdir=cell${hydra.job.num}",

@@ -9,10 +9,10 @@ import subprocess
 import sys
 
 import pytest
-from train_utils import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY, train_in_process
 
 from diffrop import build
 from diffrop.runtime.run_lock import RunDirLocked, run_dir_lock
+from tests.helpers.train_utils import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY, child_env, train_in_process
 
 # A process that takes the lock, says so, and sleeps until killed.
 HOLDER = """
@@ -26,9 +26,8 @@ with run_dir_lock(Path(sys.argv[1])):
 
 
 def start_holder(run_dir) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-c", HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True, env=child_env()
     )
     assert proc.stdout.readline().strip() == "locked"
     return proc

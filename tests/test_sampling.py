@@ -17,20 +17,6 @@ from diffrop.diffusion.sampling import (
 )
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.evaluation.generate import sample_images
-from diffrop.nets.unet import ClassConditionalUNet
-
-
-@pytest.fixture(scope="module")
-def unet() -> ClassConditionalUNet:
-    torch.manual_seed(0)
-    net = ClassConditionalUNet(
-        num_classes=3, image_size=8, in_channels=3, base_channels=16, channel_mult=[1, 2],
-        num_res_blocks=1, attn_resolutions=[], dropout=0.0, norm_groups=8,
-    )  # fmt: skip
-    with torch.no_grad():  # a visible label effect, so conditional and unconditional outputs differ
-        net.label_embedding.weight.normal_(0, 3.0)
-    return net.eval()
-
 
 SCHEDULE = NoiseSchedule(50)  # short chains keep the UNet tests fast
 

@@ -7,9 +7,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from submitit.slurm.slurm import _make_sbatch_string
-from train_utils import REPO
 
 from diffrop.runtime import resolvers
+from tests.helpers.train_utils import REPO
 
 
 def launcher(*overrides: str) -> dict:

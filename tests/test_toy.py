@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.losses.pcl import PHI
 from diffrop.losses.tau import Constant, ExpDecay
 from diffrop.paper.toy import Toy, argmin_2d, diffusion_loss, gaussian_expectation, landscapes, pcl_loss
+from tests.helpers.train_utils import REPO, load_script
 
 STEP = 0.02
 M1 = torch.arange(-0.3, 0.3 + 1e-9, STEP, dtype=torch.float64)
@@ -129,11 +129,7 @@ def test_bad_toy_inputs_raise() -> None:
 
 
 def test_script_writes_png_and_json(tmp_path: Path) -> None:
-    sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
-    try:
-        import fig2_toy
-    finally:
-        sys.path.pop(0)
+    fig2_toy = load_script(REPO / "experiments" / "fig2_toy.py", "fig2_toy")
     result = fig2_toy.main(["--out", str(tmp_path), "--step", "0.05", "--num-t", "4"])
     assert (tmp_path / "fig2_toy.png").stat().st_size > 10_000
     saved = json.loads((tmp_path / "fig2_toy.json").read_text())

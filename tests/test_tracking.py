@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY
-from wandb_records import offline_runs, read_run
 
 from diffrop.evaluation.wandb_log import checkpoint_artifact
+from tests.helpers.train_utils import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY
+from tests.helpers.wandb_records import offline_runs, read_run
 
 # the tiny run of conftest, but with W&B on
 OVERRIDES = [o for o in TINY_RUN_OVERRIDES if o not in ("logger=csv", "~callbacks.progress_bar")]

@@ -4,7 +4,6 @@ directory with more steps resumes it exactly (the same weights, optimizer state 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -12,16 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TRAIN_PY
+
+from tests.helpers.train_utils import TRAIN_PY, load_script
 
 FIRST_STEPS, FINAL_STEPS = 3, 5
 
 
 def _train_module():
-    spec = importlib.util.spec_from_file_location("train_entry", TRAIN_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(TRAIN_PY, "train_entry")
 
 
 def _load(path: Path) -> dict:

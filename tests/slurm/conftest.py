@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from slurm_runs import cancel_sweep
+
+from tests.helpers.slurm_runs import cancel_sweep
+from tests.helpers.train_utils import REPO, child_env
 
 DEFAULT_DIR = "/tmp/diffrop-slurm"
 PARTITION = "debug"
@@ -126,7 +128,6 @@ def wait_result() -> Callable[..., Any]:
     return _wait_result
 
 
-REPO = Path(__file__).resolve().parents[2]
 # The smallest real training run: tiny UNet on the bundled digits, CPU, CSV metrics, one row per step.
 TINY_RUN = [
     "data=digits_lt",
@@ -175,8 +176,8 @@ class Multirun:
 def start_multirun(slurm_cluster: SlurmCluster) -> Iterator[Callable[..., Multirun]]:
     """`start_multirun(sweep_dir, *overrides, trainer="cpu")`: a tiny training sweep through configs/hydra/launcher/slurm.yaml.
 
-    Runs from the repository root, with tests/slurm on PYTHONPATH (the job inherits it) so test-only
-    callbacks like `rank_probe.RankProbe` import inside the job. Jobs left over at teardown are cancelled.
+    Runs from the repository root with `child_env()` (the job inherits it) so test-only callbacks like
+    `tests.helpers.rank_probe.RankProbe` import inside the job. Jobs left over at teardown are cancelled.
     """
     started: list[Multirun] = []
 
@@ -184,8 +185,7 @@ def start_multirun(slurm_cluster: SlurmCluster) -> Iterator[Callable[..., Multir
         sweep_dir = Path(sweep_dir)
         log = sweep_dir.parent / f"{sweep_dir.name}.submitter.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
-        env = {**os.environ, "PYTHONPATH": path, "HYDRA_FULL_ERROR": "1"}
+        env = child_env(HYDRA_FULL_ERROR="1")
         command = [
             sys.executable,
             "src/train.py",

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 import torch
-from rank_probe import weights_sha256
-from slurm_runs import loss_steps, sweep_job_ids
+
+from tests.helpers.rank_probe import weights_sha256
+from tests.helpers.slurm_runs import loss_steps, sweep_job_ids
 
 pytestmark = pytest.mark.slurm
 
@@ -27,7 +28,7 @@ def test_ddp_training_two_slurm_tasks(start_multirun: Any, tmp_path: Path) -> No
         f"trainer.max_steps={MAX_STEPS}",
         "loss=pcl_exp",
         "loss.terms.pcl.pairs=global",  # PCL all-gathers mu across the two ranks inside real training
-        "+callbacks.rank_probe._target_=rank_probe.RankProbe",
+        "+callbacks.rank_probe._target_=tests.helpers.rank_probe.RankProbe",
         f"+callbacks.rank_probe.out_dir={sweep_dir}/probe",
         trainer="ddp_cpu",  # devices=2, strategy=ddp; the launcher asks SLURM for tasks_per_node=trainer.devices
     )

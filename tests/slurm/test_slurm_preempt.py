@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 import torch
-from rank_probe import weights_sha256
-from slurm_runs import loss_steps
+
+from tests.helpers.rank_probe import weights_sha256
+from tests.helpers.slurm_runs import loss_steps
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from slurm_runs import loss_steps, sweep_job_ids
 
 from diffrop.paper.report import report
+from tests.helpers.slurm_runs import loss_steps, sweep_job_ids
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

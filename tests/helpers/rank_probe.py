@@ -1,6 +1,7 @@
 """Test-only Lightning callback: every DDP rank reports how it ended, so a test can compare ranks.
 
-Used by tests/slurm as `+callbacks.rank_probe._target_=rank_probe.RankProbe` with tests/slurm on PYTHONPATH
+Used by tests/slurm as `+callbacks.rank_probe._target_=tests.helpers.rank_probe.RankProbe`, importable in the job through
+`train_utils.child_env()`'s PYTHONPATH
 (sbatch exports the submitter's environment to the job). It is the only file a non-zero rank writes.
 """
 

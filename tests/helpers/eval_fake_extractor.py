@@ -1,4 +1,4 @@
-"""A stand-in for the Inception network, and ``src/eval.py`` run with it: ``python tests/eval_fake_extractor.py
+"""A stand-in for the Inception network, and ``src/eval.py`` run with it: ``python tests/helpers/eval_fake_extractor.py
 <eval overrides>`` is ``python src/eval.py <eval overrides>`` scoring with ``FakeExtractor`` (for subprocess tests).
 
 With ``HOLD_EVAL=1`` the run stops once it holds its eval dir (where it would build the extractor): it prints
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class FakeExtractor:
@@ -46,7 +46,6 @@ def _build_extractor(kind, weights, device) -> FakeExtractor:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO / "src"))
     from diffrop import build  # noqa: F401  (most of src/eval.py's import time)
     from diffrop.evaluation import pipeline as evaluation
 

@@ -1,6 +1,7 @@
 """A test-only loss term that turns NaN from a given training step on (tests/test_robustness.py).
 
-Pass it with ``+loss.terms.bad._target_=nan_term.NaNFrom +loss.terms.bad.step=3`` and PYTHONPATH=tests.
+Pass it with ``+loss.terms.bad._target_=tests.helpers.nan_term.NaNFrom +loss.terms.bad.step=3``; a subprocess needs
+``train_utils.child_env()`` to import it.
 """
 
 from __future__ import annotations

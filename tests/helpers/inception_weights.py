@@ -1,8 +1,16 @@
 """A test-made Inception weights file in torch-fidelity's real on-disk format (the real one cannot be downloaded here).
 
-Same approach as test_features.py's fixture: torch-fidelity's own ``FeatureExtractorInceptionV3``, built with its
-weight loading switched off, He-initialised so that different images give different features, and its
-state_dict saved where ``eval.inception_weights`` / ``make_extractor("torch-fidelity", path)`` expects a file.
+torch-fidelity's own ``FeatureExtractorInceptionV3``, built with its weight loading switched off, He-initialised so
+that different images give different features, and its state_dict saved where ``eval.inception_weights`` /
+``make_extractor("torch-fidelity", path)`` expects a file.
+
+The stand-ins for the Inception network, one per need:
+- this file: the real torch-fidelity architecture and loading path (test_features, test_eval's end-to-end test);
+  slow on a CPU (a 299x299 InceptionV3).
+- ``diffrop.paper.smoke.write_smoke_extractor``: a tiny random TorchScript net in fid-helper's format, fast; the
+  SMOKE reproduction presets ship it, and tests that only need *some* features file use it too.
+- test_features.py's ``_InputProbe``: a TorchScript net that reports its input, to check fid-helper's preprocessing.
+- test_eval.py's ``FakeExtractor``: an in-process object with known features and logits, to check scores exactly.
 """
 
 from __future__ import annotations

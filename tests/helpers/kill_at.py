@@ -1,6 +1,7 @@
 """A test-only callback that SIGKILLs its own training process at a chosen moment (tests/test_resume.py).
 
-Add it with ``+callbacks.kill_at._target_=kill_at.KillAt`` and PYTHONPATH=tests; the moment comes from the
+Add it with ``+callbacks.kill_at._target_=tests.helpers.kill_at.KillAt`` in a process started with
+``train_utils.child_env()`` (which makes it importable); the moment comes from the
 environment, ``DIFFROP_KILL_AT=<where>:<global step>``, so every run of a test is the same command line:
 
 - ``step``: right after the optimizer step of that step, before its periodic checkpoint is written;
