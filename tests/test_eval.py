@@ -22,9 +22,6 @@ import pytest
 import scipy.linalg
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import open_dict
 
 from diffrop import build
 from diffrop.data.datamodule import LongTailDataModule
@@ -33,7 +30,7 @@ from diffrop.training.periodic_fid import PeriodicFID
 from tests.helpers.disk import tmpfs
 from tests.helpers.eval_fake_extractor import FakeExtractor
 from tests.helpers.inception_weights import write_fidelity_weights
-from tests.helpers.train_utils import REPO, child_env, load_script
+from tests.helpers.train_utils import REPO, child_env, load_script, main_in_process
 
 eval_entry = load_script(REPO / "src" / "eval.py", "eval_entry")
 
@@ -95,17 +92,8 @@ def eval_cli(ckpt: Path, out: Path, *overrides: str) -> tuple[list[str], dict[st
 
 def eval_in_process(ckpt: Path, out: Path, *overrides: str) -> None:
     """What ``eval_cli`` runs, through ``src/eval.py``'s entry point in this process (monkeypatches apply)."""
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose("eval", overrides=[f"ckpt_path={ckpt}", f"eval.reference_cache={out.parent / 'refs'}",
-                      *SMALL, *overrides, f"hydra.run.dir={out}"], return_hydra_config=True)  # fmt: skip
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(out)  # Hydra's job runner sets these
-        cfg.hydra.mode = RunMode.RUN
-    HydraConfig.instance().set_config(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    eval_entry.main.__wrapped__(cfg)
+    overrides = [f"ckpt_path={ckpt}", f"eval.reference_cache={out.parent / 'refs'}", *SMALL, *overrides]
+    main_in_process("eval", overrides, out, eval_entry.main)
 
 
 def _reference(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -82,14 +82,17 @@ def load_script(path: str | Path, name: str) -> ModuleType:
     return module
 
 
-def train_in_process(overrides: list[str], run_dir: Path) -> None:
-    """What ``python src/train.py *overrides hydra.run.dir=run_dir`` does, without a new interpreter."""
+def main_in_process(config_name: str, overrides: list[str], run_dir: Path, main) -> None:
+    """Compose ``config_name`` with ``overrides`` as Hydra's job runner would for ``hydra.run.dir=run_dir`` and call
+    the undecorated entry point ``main`` (``@hydra.main``'s ``__wrapped__``) in this process."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[*overrides, f"hydra.run.dir={run_dir}"], return_hydra_config=True)
+        cfg = compose(
+            config_name, overrides=[*overrides, f"hydra.run.dir={run_dir}"], return_hydra_config=True
+        )
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(run_dir)  # Hydra's job runner sets these
         cfg.hydra.mode = RunMode.RUN
@@ -97,7 +100,12 @@ def train_in_process(overrides: list[str], run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     with open_dict(cfg):
         del cfg["hydra"]
-    load_script(TRAIN_PY, "diffrop_train_entry").main.__wrapped__(cfg)
+    main.__wrapped__(cfg)
+
+
+def train_in_process(overrides: list[str], run_dir: Path) -> None:
+    """What ``python src/train.py *overrides hydra.run.dir=run_dir`` does, without a new interpreter."""
+    main_in_process("train", overrides, run_dir, load_script(TRAIN_PY, "diffrop_train_entry").main)
 
 
 def load_ckpt(path: Path) -> dict[str, Any]:
