@@ -6,7 +6,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from diffrop.paper.tables import Table, metric, off_protocol
+from diffrop.paper.tables import Table, off_protocol, our_value
 
 
 def plot_bars(table: Table, out_png: Path | str, column: str | None = None) -> Path:
@@ -17,9 +17,9 @@ def plot_bars(table: Table, out_png: Path | str, column: str | None = None) -> P
     labels, ours, paper = [], [], []
     for row in table.spec.rows:
         run = table.runs[row.cell]
-        value = metric(run.results, col.key) if run.status == "ok" else None
+        value = our_value(run, col)
         labels.append(f"{row.dataset}\n{row.method}")
-        ours.append(float("nan") if value is None else value * col.scale)
+        ours.append(float("nan") if value is None else value)
         paper.append(float("nan") if row.paper.get(col.key) is None else row.paper[col.key])
     x = range(len(labels))
     fig = Figure(figsize=(max(4.0, 0.9 * len(labels)), 3.5), layout="constrained")

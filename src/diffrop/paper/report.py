@@ -24,8 +24,8 @@ from diffrop.paper.tables import (
     collect,
     get_spec,
     load_paper,
-    metric,
     off_protocol,
+    our_value,
     sampler_of,
 )
 
@@ -88,8 +88,7 @@ def grid(table: Table) -> tuple[list[str], list[list[str]], list[str]]:
             w = sampler_of(run.results)[1] if run.status == "ok" else None
             cells.append("" if w is None else f"{w:g}")
         for col in table.spec.columns:
-            value = metric(run.results, col.key) if run.status == "ok" else None
-            value = None if value is None else value * col.scale
+            value = our_value(run, col)
             ours = "n/a" if value is None else f"{value:.2f}{mark}"
             ours = {"missing": "missing", "failed": f"FAILED [{len(failures)}]"}.get(run.status, ours)
             cells.append(format_cell(ours, value, row.paper.get(col.key)))

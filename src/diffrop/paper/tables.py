@@ -136,6 +136,12 @@ def metric(results: dict[str, Any], key: str) -> float | None:
     return float(node) if isinstance(node, int | float) and not isinstance(node, bool) else None
 
 
+def our_value(run: Run, col: Column) -> float | None:
+    """Our value of one column for a cell, in the column's scale; None unless the run finished with that metric."""
+    value = metric(run.results, col.key) if run.status == "ok" else None
+    return None if value is None else value * col.scale
+
+
 def sampler_of(results: dict[str, Any]) -> tuple[str, float | None]:
     """(description without w, guidance scale w) of a run's sampler dict, whatever keys it uses."""
     sampler = results.get("sampler")

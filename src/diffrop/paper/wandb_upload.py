@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from diffrop.paper.tables import Table, metric
+from diffrop.paper.tables import Table, our_value
 
 JOB_TYPE = "report"
 
@@ -31,9 +31,8 @@ def cell_rows(table: Table) -> tuple[list[str], list[list[Any]]]:
         run = table.runs[row.cell]
         values: list[Any] = [row.cell, row.dataset, row.method]
         for col in table.spec.columns:
-            ours = metric(run.results, col.key) if run.status == "ok" else None
             paper = row.paper.get(col.key)
-            values += [None if ours is None else ours * col.scale, None if paper is None else float(paper)]
+            values += [our_value(run, col), None if paper is None else float(paper)]
         values += [run.status, run.results.get("num_samples"), run.reason]
         rows.append(values)
     return columns, rows
