@@ -207,6 +207,30 @@ def test_unfinished_checkpoint_is_trained_further(tmp_path):
     assert training_state(tmp_path / "none")[0] == "missing"
 
 
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        {"name": "dpmpp2m", "steps": 20, "eta": None, "guidance": 1.6},
+        {"name": "ddim", "steps": 50, "eta": 0.5, "guidance": 0.8},
+    ],
+)
+def test_eval_command_passes_the_models_own_sampler(tmp_path, recipe):
+    """The evaluation of a cell uses the sampler stored in the model's checkpoint; null eta must stay null."""
+    from diffrop.diffusion.sampling import SamplerSpec
+    from diffrop.paper.cells import Cell
+
+    cell = Cell("table4", "cifar10lt__ddpm", "cifar10lt/ddpm", 100)
+    ckpt = model_dir(tmp_path, cell.experiment) / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"global_step": 1, "diffrop_config": {"sampler": recipe}}, ckpt)
+    args = Driver("table4", Options(root=tmp_path)).eval_command(cell, tmp_path / "eval", 100)
+    sampler_args = [a for a in args if a.startswith("sampler")]
+    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("eval", overrides=[f"ckpt_path={ckpt}", *sampler_args])
+    spec = SamplerSpec(**cfg.sampler)
+    assert (spec.name, spec.steps, spec.eta, spec.guidance) == tuple(recipe.values())
+
+
 def test_dry_run_shows_missing_cells_and_the_commands(fake, tmp_path, capsys):
     md, calls = fake("table1", dry_run=True, launcher="slurm", devices=8)
     assert calls == []  # nothing executed

@@ -59,7 +59,8 @@ class Commands:
         ]
         if sampler:  # the model's own evaluation recipe (sampler, steps, guidance w), stored at training time
             args += [f"sampler={sampler['name']}", f"sampler.steps={sampler['steps']}"]
-            args += [f"sampler.eta={sampler['eta']}", f"sampler.guidance={sampler['guidance']}"]
+            eta = "null" if sampler["eta"] is None else sampler["eta"]  # Hydra reads "None" as a string
+            args += [f"sampler.eta={eta}", f"sampler.guidance={sampler['guidance']}"]
         args += TABLE_EVAL.get(self.table, [])
         if o.smoke:
             args += [
