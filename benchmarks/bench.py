@@ -19,6 +19,8 @@ shared machine (another job starting, thermal limits) hits both sides of a pair 
    speed-ups vs DDIM-100 and the minutes 50k samples take.
 5. eval: Inception feature extraction images/s (random weights in torch-fidelity's format: the real ones may be
    absent), time / peak memory of improved precision-recall on N x N features (chunked), and KID on them.
+   sampler-compile (on request): the last of them guided, eager vs ``sampler.compile=true`` (CUDA graphs on a
+   GPU), images/s and the largest pixel difference.
 6. kmeans (on request): one F_8 / F_1/8 k-means run (torch on the device; sklearn with ``--kmeans-sklearn``).
 7. profile (on request): ``--profile-steps`` Lightning training steps under ``torch.profiler`` (CPU + CUDA
    activities): a Chrome trace, the top kernels / ops, and where the step's wall time goes: GPU kernels (CPU: ops),
@@ -359,6 +361,54 @@ def bench_samplers(args) -> list[dict]:
     return rows
 
 
+def bench_sampler_compile(args) -> list[dict]:
+    """Eager vs ``sampler.compile=true`` (static shapes; CUDA graphs on a GPU) for the last of ``--samplers``,
+    guided (w = 1), in the last of the precisions; plus the largest pixel difference between the two on the same
+    noise (uint8 levels), so that a speed-up is never read without its effect on the images."""
+    from diffrop.diffusion.sampling import StackedGenerator, sampling_net, to_uint8
+
+    model, size, _ = TRAIN_CASES["cuda" if CUDA else "cpu"][0]
+    cfg = config(model, size, 8)
+    device = torch.device("cuda" if CUDA else "cpu")
+    net = build.build_net(cfg, 10).to(device).eval()
+    if CUDA:
+        net = net.to(memory_format=torch.channels_last)
+    b = args.sample_batch
+    name, steps = parse_samplers(args.samplers)[-1]
+    precision = (args.precisions or ("bf16" if CUDA else "fp32")).split(",")[-1]
+    eta = 0.0 if name == "ddim" else None
+    specs = {
+        c: SamplerSpec(name, steps, eta, 1.0, batch_size=b, precision=precision, compile=bool(c)) for c in (0, 1)
+    }
+    nets = {c: sampling_net(net, spec, device) for c, spec in specs.items()}
+    schedule = instantiate(cfg.diffusion).to(device)
+    y = torch.arange(b, device=device) % 10
+
+    def draw(c: int) -> torch.Tensor:
+        gen = StackedGenerator(range(b), device)
+        return sample(nets[c], schedule, y, (b, 3, size, size), specs[c], gen)
+
+    t0 = time.perf_counter()
+    images = {c: to_uint8(draw(c)) for c in (1, 0)}  # the first compiled call compiles (and records graphs)
+    first_s = time.perf_counter() - t0
+    secs = interleaved({c: lambda c=c: timed(lambda: draw(c)) for c in (0, 1)}, args.rounds)
+    return [
+        {
+            "sampler": f"{name}-{steps}",
+            "guidance": 1.0,
+            "precision": precision,
+            "batch": b,
+            "cuda_graphs": CUDA,
+            "eager_images_per_s": b / statistics.median(secs[0]),
+            "compiled_images_per_s": b / statistics.median(secs[1]),
+            "speedup": paired_ratio(secs[0], secs[1]),
+            "minutes_per_50k_compiled": 50000 * statistics.median(secs[1]) / b / 60,
+            "first_calls_s": first_s,
+            "max_pixel_diff": int((images[0].int() - images[1].int()).abs().max()),
+        }
+    ]
+
+
 # --- 5: evaluation ------------------------------------------------------------------------------------------------
 def random_inception(path: Path) -> Path:
     """torch-fidelity's Inception-V3 with random (He) weights, saved in its on-disk format."""
@@ -603,13 +653,12 @@ SECTIONS = {
     "losses": bench_losses,
     "compile": bench_compile,
     "samplers": bench_samplers,
+    "sampler-compile": bench_sampler_compile,
     "eval": bench_eval,
     "profile": bench_profile,
     "kmeans": bench_kmeans,
 }
-DEFAULT_SECTIONS = (
-    "train,losses,samplers,eval"  # compile, profile: on request (minutes of compilation; a trace)
-)
+DEFAULT_SECTIONS = "train,losses,samplers,eval"  # compile, sampler-compile, profile, kmeans: on request (compilation, a trace)
 
 
 def show(name: str, rows: list[dict]) -> None:

@@ -6,8 +6,8 @@
 #   2. sampling images/s, batch 256: DDIM-100 vs DPM-Solver++(2M)-10 / 20, unguided and guided (w = 1),
 #      fp32 and bf16 (speed-ups, guided cost and minutes per 50k samples);
 #   3. evaluation: Inception features, precision/recall and KID at 50k x 50k;
-#   4. if time is left: one F_8 / F_1/8 k-means run at paper size (torch, on the GPU), then the loss ratios
-#      (PCL / CBDM vs DDPM).
+#   4. if time is left: DPM-Solver++(2M)-20 guided in bf16, eager vs sampler.compile=true (static shapes, CUDA
+#      graphs); one F_8 / F_1/8 k-means run at paper size (torch, on the GPU); the loss ratios (PCL / CBDM vs DDPM).
 # Every comparison is interleaved (A B A B ..., median of the paired ratios; see benchmarks/bench.py). Each
 # section has its own time limit, and bench.py merges each finished section into <out>/<device>.json, so a
 # section that runs over loses only itself.
@@ -39,6 +39,12 @@ section 50 --only profile --warmup 3 --profile-steps 5
 section 175 --only compile --rounds 1 --compile-warmup 8 --reps 16  # one round: each compiles afresh (1-2 min)
 section 100 --only samplers --rounds 3 --sample-batch 256 --samplers ddim-100,dpmpp2m-10,dpmpp2m-20
 section 60 --only eval --rounds 1 --reps 3 --fe-images 5000 --pr-n 50000
+LEFT=$(( 475 - ($(date +%s) - START) ))
+if [ "$LEFT" -gt 150 ]; then  # DPM-Solver++(2M)-20 guided bf16, eager vs sampler.compile=true (CUDA graphs)
+    section 140 --only sampler-compile --rounds 3 --sample-batch 256 --samplers dpmpp2m-20 --precisions bf16
+else
+    echo "=== skipped sampler-compile: ${LEFT}s left of the 8 minutes" | tee -a "$LOG"
+fi
 LEFT=$(( 475 - ($(date +%s) - START) ))
 if [ "$LEFT" -gt 100 ]; then  # one F_8 / F_1/8 k-means run at paper size (100k x 2048, 2000 clusters), torch on the GPU
     section 40 --only kmeans --kmeans-n 100000 --kmeans-k 2000

@@ -16,10 +16,11 @@ import os
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from torchvision.utils import save_image
 
 from diffrop.build import net_from_checkpoint
-from diffrop.diffusion.sampling import ddim_sample, ddpm_sample
+from diffrop.diffusion.sampling import SamplerSpec, sample
 from diffrop.paper.cells import Cell, Options, model_dir
 from diffrop.paper.reproduce import Driver
 
@@ -38,13 +39,10 @@ def pick_classes(run: Path, n: int, seed: int = 0) -> dict[str, list[int]]:
 def draw(ckpt: Path, classes: list[int], per_class: int, seed: int, device: torch.device) -> torch.Tensor:
     net, schedule, cfg, _ = net_from_checkpoint(ckpt)
     net, schedule = net.to(device), schedule.to(device)
-    s = cfg.sampler
+    spec = SamplerSpec(**OmegaConf.to_container(cfg.sampler, resolve=True))  # the run's own sampler setting
     y = torch.tensor(classes, device=device).repeat_interleave(per_class)
     shape = (len(y), net.in_channels, net.image_size, net.image_size)
-    gen = torch.Generator(device).manual_seed(seed)
-    if s.name == "ddpm":
-        return ddpm_sample(net, schedule, y, shape, guidance=s.guidance, generator=gen)
-    return ddim_sample(net, schedule, y, shape, steps=s.steps, eta=s.eta, guidance=s.guidance, generator=gen)
+    return sample(net, schedule, y, shape, spec, torch.Generator(device).manual_seed(seed))
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from rich.table import Table
 
 from diffrop import build
 from diffrop.data.datamodule import LongTailDataModule
-from diffrop.diffusion.sampling import SamplerSpec
+from diffrop.diffusion.sampling import SamplerSpec, sampling_net
 from diffrop.evaluation import pipeline as evaluation
 from diffrop.evaluation import plots
 from diffrop.evaluation import wandb_log as eval_wandb
@@ -109,7 +109,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
     specs = evaluation.sweep_specs(spec, e.guidance_sweep)
     ref_labels = evaluation.reference_images(datamodule, settings.reference_per_class)[1]
     evaluation.validate(settings, specs, datamodule, ref_labels, schedule.num_steps)  # before any slow work
-    net, schedule = net.to(device), schedule.to(device)
+    net, schedule = sampling_net(net.to(device), spec, device), schedule.to(device)  # compiled once, if asked
     extractor = (
         evaluation.build_extractor(settings.extractor, settings.inception_weights, device)
         if rank == 0

@@ -180,6 +180,22 @@ def test_guidance_sweep_keeps_the_best_w(ckpt, tmp_path, fake_extractor):
     assert len(list((tmp_path / "eval" / "samples").iterdir())) == 2
 
 
+def test_sampler_compile_compiles_once_and_keeps_its_own_samples(ckpt, tmp_path, fake_extractor, monkeypatch):
+    """sampler.compile=true reaches torch.compile once for the whole sweep, static shapes; its samples and
+    results are marked as compiled. (torch.compile is stubbed here; tests/test_compiled_sampling.py compiles.)"""
+    calls = []
+
+    def fake_compile(net, **options):
+        calls.append(options)
+        return net
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    results = run_eval(ckpt, tmp_path / "eval", "sampler.compile=true", "eval.guidance_sweep=[0,1]")
+    assert calls == [{"mode": None, "dynamic": False}]  # CPU: no CUDA graphs
+    assert results["sampler"]["compile"] is True
+    assert all(d.name.endswith("_compiled_n30_seed0") for d in (tmp_path / "eval" / "samples").iterdir())
+
+
 def test_train_label_schedule_is_recorded(ckpt, tmp_path, fake_extractor):
     results = run_eval(ckpt, tmp_path / "eval", "sampler.labels=train", "eval.k=1")
     counts = results["label_counts"]

@@ -38,14 +38,22 @@ def sample_images(
     spec: SamplerSpec,
     device: str | torch.device = "cpu",
 ) -> Tensor:
-    """uint8 images [N, C, H, W] for ``labels`` [N] with per-sample ``seeds`` [N], in batches of spec.batch_size."""
+    """uint8 images [N, C, H, W] for ``labels`` [N] with per-sample ``seeds`` [N], in batches of spec.batch_size.
+
+    With ``spec.compile`` a short last batch is padded to the full batch size (extra rows with their own seeds,
+    dropped afterwards), so a compiled network sees one shape; each row depends only on its own seed.
+    """
     device = torch.device(device)
     shape = (net.in_channels, net.image_size, net.image_size)
     out = []
     for y, s in zip(labels.split(spec.batch_size), seeds.split(spec.batch_size), strict=True):
+        n = len(y)
+        if spec.compile and n < spec.batch_size:
+            pad = spec.batch_size - n
+            y, s = torch.cat([y, y[-1:].expand(pad)]), torch.cat([s, s[-1] + 1 + torch.arange(pad)])
         gen = StackedGenerator(s.tolist(), device)
         x = sample(net, schedule, y.to(device), (len(y), *shape), spec, gen)
-        out.append(to_uint8(x).cpu())
+        out.append(to_uint8(x[:n]).cpu())
     return torch.cat(out)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import random
 import time
-import warnings
 from functools import partial
 from typing import Any
 
@@ -17,6 +16,7 @@ from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.losses.diagnostics import loss_diagnostics
 from diffrop.losses.objective import Objective
 from diffrop.losses.step import Step
+from diffrop.runtime.compile import CompiledNet
 from diffrop.training.nonfinite import NonFiniteGuard
 
 LABEL_DROP = ("batch", "sample")
@@ -172,7 +172,7 @@ class DiffusionModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         if self.compile_net and self._denoiser is None:
-            self._denoiser = _Compiled(self.net, self.device)
+            self._denoiser = CompiledNet(self.net, self.device)
 
     def configure_gradient_clipping(
         self,
@@ -223,36 +223,3 @@ class DiffusionModule(L.LightningModule):
             from lightning.fabric.utilities.seed import _set_rng_states
 
             _set_rng_states(checkpoint["rng_states"])
-
-
-class _Compiled:
-    """``torch.compile(net)`` that falls back to the eager ``net`` (with a warning) when compilation fails.
-
-    Compilation happens lazily at the first call, so failures (no Triton, an old GPU, no C++ compiler for the CPU
-    backend) surface there; the step is then re-run eagerly and training continues.
-    """
-
-    def __init__(self, net: nn.Module, device: torch.device) -> None:
-        self.net, self.fn = net, None
-        if device.type == "cuda" and torch.cuda.get_device_capability(device) < (7, 0):
-            warnings.warn("model.compile=true: this GPU is too old for Triton; running eagerly", stacklevel=2)
-            return
-        try:
-            self.fn = torch.compile(net)
-        except Exception as err:  # torch.compile itself unsupported (e.g. Python version)
-            warnings.warn(
-                f"model.compile=true: torch.compile unavailable ({err}); running eagerly", stacklevel=2
-            )
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
-        if self.fn is None:
-            return self.net(*args, **kwargs)
-        try:
-            return self.fn(*args, **kwargs)
-        except Exception as err:
-            warnings.warn(
-                f"model.compile=true: compilation failed ({type(err).__name__}: {str(err)[:300]}); running eagerly",
-                stacklevel=2,
-            )
-            self.fn = None
-            return self.net(*args, **kwargs)
