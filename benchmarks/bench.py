@@ -378,7 +378,8 @@ def bench_sampler_compile(args) -> list[dict]:
     precision = (args.precisions or ("bf16" if CUDA else "fp32")).split(",")[-1]
     eta = 0.0 if name == "ddim" else None
     specs = {
-        c: SamplerSpec(name, steps, eta, 1.0, batch_size=b, precision=precision, compile=bool(c)) for c in (0, 1)
+        c: SamplerSpec(name, steps, eta, 1.0, batch_size=b, precision=precision, compile=bool(c))
+        for c in (0, 1)
     }
     nets = {c: sampling_net(net, spec, device) for c, spec in specs.items()}
     schedule = instantiate(cfg.diffusion).to(device)

@@ -20,11 +20,23 @@ import lightning as L
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from rich.console import Console
 from rich.progress import track as rich_track
+from torch import Tensor
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 KINDS = ("auto", "rich", "log")
+LOSS_KEY = "train/loss"
+
+
+def with_loss(trainer: L.Trainer, metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` plus the latest training loss, read from the device here, when a bar draws.
+
+    The loss is logged without ``prog_bar=True`` because Lightning turns every prog_bar metric into a Python number
+    after every step: on a GPU that is a host sync per step, which stalls the queue of kernels.
+    """
+    loss = trainer.callback_metrics.get(LOSS_KEY)
+    return metrics | {LOSS_KEY: loss.item()} if isinstance(loss, Tensor) else metrics
 
 
 def progress_bar(
@@ -40,8 +52,26 @@ def progress_bar(
         console = Console()  # rich's own test: the same one that decides whether its live bar draws
         kind = "rich" if console.is_terminal or console.is_jupyter else "log"
     if kind == "rich":
-        return RichProgressBar(refresh_rate=refresh_rate)
+        return RichBar(refresh_rate=refresh_rate)
     return LogProgress(every_n_steps=every_n_steps, every_n_seconds=every_n_seconds)
+
+
+class RichBar(RichProgressBar):
+    """Rich's live bar, whose metrics (the loss: one host sync) are read every ``refresh_rate`` steps only; Lightning's
+    bar reads them after every step."""
+
+    def __init__(self, refresh_rate: int = 10) -> None:
+        super().__init__(refresh_rate=refresh_rate)
+        self._shown: dict[str, Any] | None = None
+
+    def get_metrics(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
+        if (
+            self._shown is None
+            or not trainer.training
+            or trainer.global_step % max(1, self.refresh_rate) == 0
+        ):
+            self._shown = with_loss(trainer, super().get_metrics(trainer, module))
+        return self._shown
 
 
 class LogProgress(ProgressBar):
@@ -76,6 +106,9 @@ class LogProgress(ProgressBar):
     @property
     def is_enabled(self) -> bool:
         return self._enabled
+
+    def get_metrics(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
+        return with_loss(trainer, super().get_metrics(trainer, module))  # read only when a line is written
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         now = time.monotonic()

@@ -107,7 +107,7 @@ class DiffusionModule(L.LightningModule):
         step = self.forward_step(x0, y, *aug)
         total, parts = self.objective(step)
         self.guard.observe_loss(total, parts)
-        self.log("train/loss", total, prog_bar=True)
+        self.log("train/loss", total)  # no prog_bar: a host sync per step (runtime.progress)
         self.log_dict({f"train/loss_{name}": value for name, value in parts.items()})
         self.log_dict({f"train/{name}": value for name, value in step.diagnostics.items()})
         if self.trainer._logger_connector.should_update_logs:  # Lightning writes logs at this step
