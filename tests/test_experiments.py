@@ -169,6 +169,31 @@ def test_driver_trains_evaluates_then_skips_finished_work(fake, tmp_path):
     assert "cifar10lt/ddpm" not in swept and "cifar10lt/cbdm" in swept and len(swept) == 6
 
 
+def test_an_evaluation_another_table_ran_is_copied_not_rerun(fake, tmp_path):
+    """Tables 4 and 5 share the 50k-sample evaluations of CIFAR10LT DDPM and DDPM + PCL (same command, same
+    checkpoint): Table 5 copies them. A checkpoint written since (trained further) is evaluated again."""
+    fake("table4")
+    runs = tmp_path / "runs"
+    md, calls = fake("table5")
+    evaluated = {
+        next(a for a in c if a.startswith("ckpt_path=")).split("/models/")[1]
+        for c in calls
+        if c[0] == "src/eval.py"
+    }
+    shared = {"cifar10lt__ddpm/checkpoints/last.ckpt", "cifar10lt__ddpm_pcl/checkpoints/last.ckpt"}
+    assert len(evaluated) == 6 and not evaluated & shared
+    assert "Cells: 8 done, 0 missing, 0 FAILED" in md
+    for cell5, cell4 in [("cifar10lt__ddpm", "cifar10lt__ddpm"), ("cifar10lt__exp", "cifar10lt__ddpm_pcl")]:
+        copied, source = runs / "table5" / cell5 / "eval", runs / "table4" / cell4 / "eval"
+        assert (copied / "results.json").read_text() == (source / "results.json").read_text()
+    ckpt = model_dir(runs, "cifar10lt/ddpm") / "checkpoints" / "last.ckpt"
+    torch.save(torch.load(ckpt, weights_only=False), ckpt)  # rewritten: another file now
+    (runs / "table1" / "cifar10lt__ddpm").mkdir(parents=True)
+    _, calls = fake("table1")
+    evaluated = [c for c in calls if c[0] == "src/eval.py" and any("/cifar10lt__ddpm/" in a for a in c)]
+    assert len(evaluated) == 1  # not copied from the evaluation of the older file
+
+
 def test_driver_says_cell_stage_eta_and_log(fake, tmp_path, capsys):
     fake("table4")
     out = capsys.readouterr().out

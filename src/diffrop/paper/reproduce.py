@@ -4,13 +4,16 @@ Layout under a runs root (default ``logs/paper``; ``logs/smoke`` for smoke runs)
 
     models/<dataset>__<method>/   one training run per model (configs/experiment/<dataset>/<method>.yaml),
                                   shared by every table that uses the model (Tables 1, 2, 4, 5 share DDPM)
-    <table>/<cell>/eval/          that cell's evaluation (results.json, read by diffrop.paper.report)
+    <table>/<cell>/eval/          that cell's evaluation (results.json, read by diffrop.paper.report;
+                                  evaluation.json: the command and checkpoint it came from)
     <table>/<cell>/FAILED         why the cell has no result (training or evaluation failed)
     <table>/wandb/                the W&B run of the rendered table (job_type report, the table's group)
 
 Every stage looks at the files first: a model whose ``last.ckpt`` reached ``max_steps`` is not trained again, a
 cell with ``eval/results.json`` is not evaluated again, a failed cell is retried on the next call (training
-resumes from ``last.ckpt``) and never stops the others. The stages run ``src/train.py``, ``src/eval.py`` and
+resumes from ``last.ckpt``) and never stops the others. An evaluation that another table already ran (the same
+command on the same checkpoint file, e.g. the 50k-sample DDPM evaluation of Tables 1, 4 and 5) is not run again:
+its results.json is copied. The stages run ``src/train.py``, ``src/eval.py`` and
 ``src/classify.py`` as subprocesses (a Hydra multirun for training, locally or on SLURM), so what the driver
 runs is exactly what a user can type; the commands are printed and their output kept in ``<root>/logs/``.
 """
@@ -30,6 +33,7 @@ from typing import Any
 from diffrop.paper.cells import FIGURES, PAPER, Cell, load_cells, model_dir, override_value, training_state
 from diffrop.paper.commands import Commands
 from diffrop.paper.wandb_upload import upload_table
+from diffrop.runtime.atomic_write import atomic_write
 from diffrop.runtime.children import run_logged
 from diffrop.runtime.run_status import failure_reason, write_failed
 
@@ -110,8 +114,36 @@ class Driver(Commands):
             self.classify(cell)
             return
         log = o.root / "logs" / f"{self.table}-eval-{cell.cell}.log"
-        if self.execute(self.eval_command(cell, cell_dir / "eval", cell.num_samples), log.stem, "eval"):
+        if self.run_evaluation(cell, cell_dir / "eval", log, "eval"):
             self.mark_failed(cell, failure_reason(cell_dir / "eval" / "FAILED", log), log)
+
+    def run_evaluation(self, cell: Cell, out_dir: Path, log: Path, stage: str) -> int:
+        """``src/eval.py`` for ``cell`` into ``out_dir`` (exit code), unless another cell's identical evaluation
+        exists: then its results.json is copied. ``evaluation.json`` records what each one ran."""
+        cmd = self.eval_command(cell, out_dir, cell.num_samples)
+        ckpt = model_dir(self.opts.root, cell.experiment) / "checkpoints" / "last.ckpt"
+        state = ckpt.stat() if ckpt.is_file() else None
+        key = {
+            "command": [a for a in cmd if not a.startswith("hydra.run.dir=")],
+            "checkpoint": [str(ckpt.resolve()), state and state.st_size, state and state.st_mtime_ns],
+        }
+        for marker in sorted(self.opts.root.glob("*/*/*/evaluation.json")):
+            done = marker.parent / "results.json"
+            if marker.parent != out_dir and done.is_file() and json.loads(marker.read_text()) == key:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                self._write(out_dir / "results.json", done.read_text())
+                self._write(out_dir / "evaluation.json", json.dumps(key, indent=1))
+                self.say(f"{self.where}{stage}: the same evaluation as {marker.parent} (results.json copied)")
+                return 0
+        rc = self.execute(cmd, log.stem, stage)
+        if rc == 0 and not self.opts.dry_run:
+            self._write(out_dir / "evaluation.json", json.dumps(key, indent=1))
+        return rc
+
+    @staticmethod
+    def _write(path: Path, text: str) -> None:
+        with atomic_write(path, "w") as f:
+            f.write(text)
 
     def classify(self, cell: Cell) -> None:
         """Table 3: generate the cell's images with its model (unless it has none), then train the classifier."""
@@ -122,7 +154,7 @@ class Driver(Commands):
             gen_results = gen / "results.json"
             if not gen_results.is_file():
                 log = o.root / "logs" / f"{self.table}-generate-{cell.cell}.log"
-                if self.execute(self.eval_command(cell, gen, cell.num_samples), log.stem, "generate"):
+                if self.run_evaluation(cell, gen, log, "generate"):
                     self.mark_failed(cell, failure_reason(gen / "FAILED", log), log)
                     return
             if o.dry_run:
