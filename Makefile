@@ -5,9 +5,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
+# pytest workers (pytest-xdist): one per core, at most 4 (each imports its own torch); TEST_JOBS=1 runs serially
+TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
+PARALLEL = $(if $(filter 1,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist worksteal)
 
 .DEFAULT_GOAL := help
-.PHONY: help install train quickstart test test-fast test-slow lint format clean
+.PHONY: help install train quickstart test test-fast lint format clean
 
 help: ## list the targets
 	@# a rule may name several targets (reproduce-table1 ... reproduce-fig4b): a long list gets a line of its own
@@ -31,11 +34,11 @@ quickstart: install ## CPU, no download, a few minutes: tiny model on digits_lt,
 
 test: install ## everything CI runs: lint, the pytest suite (slow tests and `make smoke` included), test-slurm
 	@$(MAKE) --no-print-directory lint
-	$(PY) -m pytest -q -m "not slurm" tests $(ARGS)
+	$(PY) -m pytest -q $(PARALLEL) -m "not slurm" tests $(ARGS)
 	@$(MAKE) --no-print-directory test-slurm
 
 test-fast: install ## the suite without slow tests
-	$(PY) -m pytest -q -m "not slow and not slurm" tests $(ARGS)
+	$(PY) -m pytest -q $(PARALLEL) -m "not slow and not slurm" tests $(ARGS)
 
 lint: install ## ruff lint + format check, and the package's import layers (lint-imports, pyproject.toml)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/lint-imports

@@ -20,6 +20,12 @@ from tests.helpers.train_utils import THREADS, TINY_RUN_OVERRIDES, train_subproc
 torch.set_num_threads(THREADS)  # one by default: see THREADS
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``first`` run first: with the suite split over workers (``make test`` runs pytest-xdist), a long
+    test that started last would leave the other workers idle at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("first") is None)  # stable: the rest keeps its order
+
+
 @dataclass(frozen=True)
 class FakeCifar:
     root: Path

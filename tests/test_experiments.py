@@ -271,6 +271,7 @@ def test_local_ddp_uses_torchrun_per_model(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.first
 def test_smoke_every_result_end_to_end(tmp_path):
     """`make smoke`: every `make reproduce-* SMOKE=1` target for real (train, evaluate, classify, render) on CPU.
 
