@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import hydra
@@ -102,6 +103,9 @@ def main(cfg: DictConfig) -> None:
         write_failed(run_dir, f"{type(err).__name__}: {err}")
         stop_on_user_error(err, build.is_multirun())  # e.g. a missing generated=... file: one line, exit 1
         raise
+    finally:
+        if wandb := sys.modules.get("wandb"):  # only if a W&B logger imported it: close the run here, as
+            wandb.finish()  # src/train.py does, not in an exit hook
 
 
 if __name__ == "__main__":

@@ -8,7 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffrop.paper.cells import CLASSIFIER_ONLY, TABLE_EVAL, Cell, Options, model_dir, read_checkpoint
-from diffrop.paper.smoke import SMOKE_CLASSIFY, SMOKE_EVAL, SMOKE_TRAIN, write_smoke_extractor
+from diffrop.paper.smoke import (
+    SMOKE_CLASSIFY,
+    SMOKE_EVAL,
+    SMOKE_TABLE_EVAL,
+    SMOKE_TRAIN,
+    write_smoke_extractor,
+)
 
 
 @dataclass
@@ -65,6 +71,7 @@ class Commands:
         if o.smoke:
             args += [
                 *SMOKE_EVAL,
+                *SMOKE_TABLE_EVAL.get(self.table, []),
                 "eval.extractor=fid-helper",
                 f"eval.inception_weights={self.smoke_weights()}",
             ]
