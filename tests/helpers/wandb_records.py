@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,9 +70,26 @@ class OfflineRun:
     used_artifacts: list[pb.UseArtifactRecord] = field(default_factory=list)  # inputs (lineage)
 
 
+def finished_records(wandb_file: Path, timeout_s: float = 60.0, still_s: float = 2.0) -> list[pb.Record]:
+    """The file's records once its writer is done: wandb-core (a process of its own) may still be writing after
+    ``run.finish()`` returned, on a loaded machine for seconds. Done = an ``exit`` record, or (a killed run) the file
+    unchanged for ``still_s``."""
+    deadline, size, since = time.monotonic() + timeout_s, -1, time.monotonic()
+    while True:
+        found = list(records(wandb_file))
+        now = time.monotonic()
+        if any(r.WhichOneof("record_type") == "exit" for r in found) or now > deadline:
+            return found
+        if (new := Path(wandb_file).stat().st_size) != size:
+            size, since = new, now
+        elif now - since >= still_s:
+            return found
+        time.sleep(0.2)
+
+
 def read_run(wandb_file: Path) -> OfflineRun:
     run = OfflineRun()
-    for r in records(wandb_file):
+    for r in finished_records(wandb_file):
         kind = r.WhichOneof("record_type")
         if kind == "run":
             run.run_id, run.name, run.group = r.run.run_id, r.run.display_name, r.run.run_group
