@@ -42,6 +42,7 @@ def user_error(overrides: list[str], run_dir: Path, capsys) -> str:
 
 
 # --- through the command line --------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_unknown_loss_lists_the_options(tmp_path):
     out = cli("loss=pcl_typo", f"hydra.run.dir={tmp_path}")
     assert out.returncode == 1

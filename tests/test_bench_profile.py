@@ -51,6 +51,7 @@ def test_breakdown_of_a_hand_made_gpu_trace(bench):
         bench.trace_breakdown({"traceEvents": events[3:]})
 
 
+@pytest.mark.slow
 def test_profile_section_writes_a_trace_and_a_breakdown_that_sums_to_one(bench, tmp_path):
     """A real CPU profile of two Lightning steps of the tiny net."""
     trace = tmp_path / "trace.json.gz"
@@ -69,6 +70,7 @@ def test_profile_section_writes_a_trace_and_a_breakdown_that_sums_to_one(bench, 
     assert row["step_ms"] > 0 and row["steps"] == 2 and row["trace"] == trace.name
 
 
+@pytest.mark.slow
 def test_worker_precision_recall_prints_one_json_line():
     env = child_env(OMP_NUM_THREADS="1")
     cmd = [sys.executable, str(REPO / "benchmarks" / "_worker.py"), "precision_recall", "300", "100"]

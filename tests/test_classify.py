@@ -116,6 +116,7 @@ def test_classify_runs_on_digits_with_generated_images(tmp_path):
     assert exported(torch.zeros(2, 3, 16, 16, dtype=torch.uint8)).shape == (2, 10)
 
 
+@pytest.mark.slow
 def test_missing_generated_file_is_one_line(tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "src/classify.py", "data=digits_lt", f"generated={tmp_path / 'nope.npz'}",

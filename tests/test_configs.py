@@ -283,6 +283,7 @@ def test_full_module_builds_from_config(tmp_path):
     assert module.run_config["paths"]["output_dir"] == str(tmp_path)  # resolved, ready for the checkpoint
 
 
+@pytest.mark.slow
 def test_bad_choice_lists_the_valid_options(run_train):
     proc = run_train("loss=nope", timeout=120)
     assert proc.returncode != 0

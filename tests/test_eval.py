@@ -353,6 +353,7 @@ def test_default_eval_dir_is_next_to_the_run(ckpt, tmp_path):
     assert eval_entry.eval_dir(str(tmp_path / "x.ckpt")).startswith("logs/eval/runs/")
 
 
+@pytest.mark.slow
 def test_failure_writes_failed(tmp_path):
     out = tmp_path / "failed_eval"
     cmd = [sys.executable, str(REPO / "src" / "eval.py"), f"ckpt_path={tmp_path / 'missing.ckpt'}",
@@ -363,6 +364,7 @@ def test_failure_writes_failed(tmp_path):
     assert (out / "FAILED").read_text().startswith("FileNotFoundError: checkpoint")
 
 
+@pytest.mark.slow
 def test_full_disk_is_one_line_and_keeps_the_samples(ckpt, tmp_path, fake_extractor):
     """On a 64 KiB disk the two sample shards fit but their merge (samples.npz) does not: one line, exit 1, and
     the shards stay whole, so the same command resumes from them once there is room."""
@@ -389,6 +391,7 @@ def test_full_disk_is_one_line_and_keeps_the_samples(ckpt, tmp_path, fake_extrac
         )  # resumed, not redrawn
 
 
+@pytest.mark.slow
 def test_second_eval_on_the_same_dir_stops_naming_the_holder_and_a_killed_one_blocks_nothing(
     ckpt, tmp_path, fake_extractor
 ):
@@ -421,6 +424,7 @@ def test_second_eval_on_the_same_dir_stops_naming_the_holder_and_a_killed_one_bl
     assert not (out / "FAILED").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("multirun", [False, True])
 def test_no_ckpt_path_says_what_to_pass(tmp_path, multirun):
     sweep = ["-m", f"hydra.sweep.dir={tmp_path / 'sweep'}"] if multirun else []

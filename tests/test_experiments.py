@@ -150,6 +150,7 @@ def fake(tmp_path, monkeypatch):
     return run
 
 
+@pytest.mark.slow
 def test_driver_trains_evaluates_then_skips_finished_work(fake, tmp_path):
     md, calls = fake("table4")
     train = [c for c in calls if c[0] == "src/train.py"]
@@ -169,6 +170,7 @@ def test_driver_trains_evaluates_then_skips_finished_work(fake, tmp_path):
     assert "cifar10lt/ddpm" not in swept and "cifar10lt/cbdm" in swept and len(swept) == 6
 
 
+@pytest.mark.slow
 def test_an_evaluation_another_table_ran_is_copied_not_rerun(fake, tmp_path):
     """Tables 4 and 5 share the 50k-sample evaluations of CIFAR10LT DDPM and DDPM + PCL (same command, same
     checkpoint): Table 5 copies them. A checkpoint written since (trained further) is evaluated again."""
@@ -209,6 +211,7 @@ def test_driver_says_cell_stage_eta_and_log(fake, tmp_path, capsys):
     assert "cell 3/3" in out and "ETA" in out.split("cell 3/3", 1)[1].splitlines()[0]
 
 
+@pytest.mark.slow
 def test_failed_training_marks_its_cells_failed_and_is_retried(fake, tmp_path):
     md, _ = fake("table4", fail="cifar10lt/ddpm_reweight")
     row = next(line for line in md.splitlines() if "Reweighting" in line)

@@ -50,6 +50,7 @@ def assert_same_final(a: Path, b: Path) -> None:
     assert ca["lr_schedulers"] == cb["lr_schedulers"]
 
 
+@pytest.mark.slow
 def test_resume_is_bitwise_exact(tmp_path):
     full, split, crashed = tmp_path / "full", tmp_path / "split", tmp_path / "crashed"
     train_in_process([*BASE, "trainer.max_steps=6"], full)

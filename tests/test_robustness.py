@@ -91,6 +91,7 @@ def test_guard_flags_inf_gradients_with_finite_loss():
         guard.check()
 
 
+@pytest.mark.slow
 def test_nan_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
     """NaN from step 3 on; periodic checkpoints every 2 steps: the step-2 checkpoint must survive unchanged."""
     run = tmp_path / "run"

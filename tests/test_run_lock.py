@@ -48,6 +48,7 @@ def test_other_ddp_ranks_do_not_lock(tmp_path):
         assert lock is None
 
 
+@pytest.mark.slow
 def test_train_refuses_a_run_dir_held_by_a_live_process_then_resumes_after_sigkill(tmp_path):
     holder = start_holder(tmp_path)
     try:
