@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import open_dict
+from omegaconf import DictConfig, open_dict
 from rich.console import Console
 from rich.table import Table
 
@@ -312,13 +312,19 @@ def parse_samplers(text: str) -> list[tuple[str, int]]:
     return out
 
 
-def bench_samplers(args) -> list[dict]:
+def sampling_case() -> tuple[str, int, DictConfig, torch.device, torch.nn.Module]:
+    """The device's first training case as a sampling network: (model, image size, config, device, net in eval)."""
     model, size, _ = TRAIN_CASES["cuda" if CUDA else "cpu"][0]
     cfg = config(model, size, 8)
     device = torch.device("cuda" if CUDA else "cpu")
     net = build.build_net(cfg, 10).to(device).eval()
     if CUDA:
         net = net.to(memory_format=torch.channels_last)
+    return model, size, cfg, device, net
+
+
+def bench_samplers(args) -> list[dict]:
+    model, size, cfg, device, net = sampling_case()
     b = args.sample_batch
     y = torch.arange(b, device=device) % 10
     shape = (b, 3, size, size)
@@ -367,12 +373,7 @@ def bench_sampler_compile(args) -> list[dict]:
     noise (uint8 levels), so that a speed-up is never read without its effect on the images."""
     from diffrop.diffusion.sampling import StackedGenerator, sampling_net, to_uint8
 
-    model, size, _ = TRAIN_CASES["cuda" if CUDA else "cpu"][0]
-    cfg = config(model, size, 8)
-    device = torch.device("cuda" if CUDA else "cpu")
-    net = build.build_net(cfg, 10).to(device).eval()
-    if CUDA:
-        net = net.to(memory_format=torch.channels_last)
+    _, size, cfg, device, net = sampling_case()
     b = args.sample_batch
     name, steps = parse_samplers(args.samplers)[-1]
     precision = (args.precisions or ("bf16" if CUDA else "fp32")).split(",")[-1]

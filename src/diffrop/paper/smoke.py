@@ -21,9 +21,8 @@ SMOKE_EVAL = [
     "eval.progress=false",
     "wandb.enabled=false",
 ]
-SMOKE_TABLE_EVAL = {
-    "fig4b": ["eval.guidance_sweep=[0,0.8,1.6]"]
-}  # the sweep's plumbing with 3 of its 7 values
+# per table, after SMOKE_EVAL: fig4b's sweep plumbing with 3 of its 7 guidance values
+SMOKE_TABLE_EVAL = {"fig4b": ["eval.guidance_sweep=[0,0.8,1.6]"]}
 SMOKE_CLASSIFY = ["classifier.depth=8", "trainer.max_epochs=3", "trainer.accelerator=cpu", "batch_size=64",
                   "optim.warmup_epochs=1", "optim.milestones=[2]", "optim.gamma=0.1"]  # fmt: skip
 

@@ -18,8 +18,8 @@ class CompiledNet:
     backend) surface there; that call is then re-run eagerly and the run goes on. ``setting`` names the option in
     the warning. Attributes other than the call (``in_channels``, ``image_size``, ...) are the network's.
 
-    With ``mode="reduce-overhead"`` (``options``) it replays CUDA graphs; a replay overwrites the previous call's output, so outputs are
-    cloned (one small copy per call) and may be kept across calls like eager ones.
+    With ``mode="reduce-overhead"`` (``options``) it replays CUDA graphs; a replay overwrites the previous call's
+    output, so outputs are cloned (one small copy per call) and may be kept across calls like eager ones.
     """
 
     def __init__(
