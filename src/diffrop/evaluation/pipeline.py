@@ -50,16 +50,9 @@ class EvalSettings:
 
 
 def build_extractor(kind: str, weights_path: str | Path | None, device: str | torch.device) -> Extractor:
-    """The Inception extractor; a failed download (weights_path None, no network) says how to work offline."""
-    try:
-        return make_extractor(kind, weights_path, device)
-    except (OSError, RuntimeError) as err:
-        if weights_path is not None or isinstance(err, FileNotFoundError):
-            raise
-        raise RuntimeError(
-            f"could not fetch the {kind} Inception weights ({type(err).__name__}: {err}); offline, pass "
-            "eval.inception_weights=<local weights file> (see diffrop.evaluation.metrics.features for where to get one)"
-        ) from err
+    """The Inception extractor (tests swap this function for a fake one); a failure is an
+    ``InceptionWeightsError`` naming the offline routes."""
+    return make_extractor(kind, weights_path, device)
 
 
 def reference_images(datamodule: LongTailDataModule, per_class: int | None = None) -> tuple[Tensor, Tensor]:
