@@ -128,6 +128,7 @@ def test_results_json_is_complete_and_scores_the_right_sets(ckpt, tmp_path, fake
         "f_1_8",
         "per_shot",
     }
+    assert m["kid_std"] is None  # 30 samples <= kid_subset_size 1000: one subset, no spread to report
     assert set(m["per_shot"]) == {"many", "med", "few"}
     for group in m["per_shot"].values():
         assert set(group) >= {"fid", "kid", "recall", "precision"}

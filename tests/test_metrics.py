@@ -74,12 +74,25 @@ def test_kid_caps_the_subset_at_the_smaller_set():
     rng = np.random.default_rng(1)
     real, fake = rng.normal(size=(12, 4)), rng.normal(size=(9, 4)) + 1
     mean, std = kernel_inception_distance(real, fake, subsets=3, subset_size=1000, seed=0)
-    # fake is used whole (9 rows) in every subset; real is subsampled to 9 rows
-    assert mean > 0 and std >= 0
+    # fake is used whole (9 rows) in every subset, real is subsampled to 9 rows: a std would not describe fake
+    assert mean > 0 and std is None
     one, spread = kernel_inception_distance(real[:9], fake, subsets=5, subset_size=1000, seed=0)
-    assert one == pytest.approx(mmd2_unbiased(real[:9], fake)) and spread < 1e-12  # whole sets, reordered
+    assert one == pytest.approx(mmd2_unbiased(real[:9], fake)) and spread is None  # whole sets, reordered
     with pytest.raises(ValueError, match="subsets"):
         kernel_inception_distance(real, fake, subsets=0)
+
+
+def test_kid_std_is_reported_once_both_sets_are_subsampled():
+    """Subsets of 5 from 12 and 9 rows differ between draws, so their KIDs spread: the std is their np.std."""
+    rng = np.random.default_rng(1)
+    real, fake = rng.normal(size=(12, 4)), rng.normal(size=(9, 4)) + 1
+    mean, std = kernel_inception_distance(real, fake, subsets=4, subset_size=5, seed=0)
+    draw = np.random.RandomState(0)
+    kids = []
+    for _ in range(4):
+        r, f = draw.choice(12, 5, replace=False), draw.choice(9, 5, replace=False)
+        kids.append(mmd2_unbiased(real[r], fake[f]))
+    assert mean == pytest.approx(np.mean(kids)) and std == pytest.approx(np.std(kids)) and std > 0
 
 
 # ------------------------------------------------------------------------------------------------ FID

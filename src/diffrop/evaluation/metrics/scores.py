@@ -99,11 +99,14 @@ def mmd2_unbiased(real: Features, fake: Features) -> float:
 
 def kernel_inception_distance(
     real: Features, fake: Features, subsets: int = 100, subset_size: int = 1000, seed: int = 0
-) -> tuple[float, float]:
+) -> tuple[float, float | None]:
     """KID (Binkowski et al. 2018): mean and (population) std of ``mmd2_unbiased`` over ``subsets`` pairs of
     random subsets of ``subset_size`` rows, drawn without replacement from each set. torch-fidelity's protocol
     and numbers (``kid_features_to_metric``: NumPy ``RandomState(seed)``, the first set's subset drawn first),
     except that the subset size is capped at the smaller set instead of refused, for per-shot groups.
+
+    The std is None when a set fits in one subset (e.g. ``num_samples <= subset_size``): every subset then holds
+    that whole set, so the spread says nothing about it (and is exactly 0 when both sets fit).
     """
     real_t, fake_t = _matrix(real), _matrix(fake)
     size = min(subset_size, real_t.shape[0], fake_t.shape[0])
@@ -115,7 +118,8 @@ def kernel_inception_distance(
         pick_real = torch.as_tensor(rng.choice(real_t.shape[0], size, replace=False), device=real_t.device)
         pick_fake = torch.as_tensor(rng.choice(fake_t.shape[0], size, replace=False), device=fake_t.device)
         values.append(mmd2_unbiased(real_t[pick_real], fake_t[pick_fake]))
-    return float(np.mean(values)), float(np.std(values))
+    whole = size in (real_t.shape[0], fake_t.shape[0])
+    return float(np.mean(values)), None if whole else float(np.std(values))
 
 
 # ------------------------------------------------------------------------------------------------ IS
@@ -402,7 +406,7 @@ def compute_all(
         kmeans=prd_kmeans,
     )
 
-    def kid(real_g: Features, fake_g: Features) -> tuple[float, float]:
+    def kid(real_g: Features, fake_g: Features) -> tuple[float, float | None]:
         return kernel_inception_distance(real_g, fake_g, kid_subsets, kid_subset_size, seed)
 
     def shot_scores(real_g: Tensor, fake_g: Tensor) -> dict[str, float]:
