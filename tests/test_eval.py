@@ -292,6 +292,33 @@ def test_checkpoint_of_another_class_count(ckpt, tmp_path):
         run_eval(ckpt, tmp_path / "eval", "+data.source=imagefolder", f"data.root={root}")
 
 
+def test_reference_set_prints_its_size_and_an_estimate_before_the_long_part(tmp_path, capsys):
+    from diffrop.evaluation.metrics import ReferenceCache
+
+    images = torch.randint(
+        0, 256, (250, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    labels = torch.arange(250) % 5
+    datamodule = SimpleNamespace(
+        full_train_set=lambda: SimpleNamespace(images=images, labels=labels),
+        num_classes=5, name="toy", source="imagefolder", image_size=16,
+    )  # fmt: skip
+    fake = FakeExtractor()
+    features, got, _ = evaluation.reference_features(
+        datamodule, fake, ReferenceCache(tmp_path), None, 100, False
+    )
+    first, second = capsys.readouterr().out.splitlines()[:2]
+    assert first.startswith(
+        "reference set: 250 images (the whole training set of toy, before the long-tail cut)"
+    )
+    assert second.startswith("  about ") and second.endswith(" for the rest")
+    assert torch.allclose(features, fake.features(images)) and torch.equal(
+        got, labels
+    )  # in order, all of them
+    evaluation.reference_features(datamodule, fake, ReferenceCache(tmp_path), None, 100, False)
+    assert capsys.readouterr().out == ""  # cached: nothing to announce
+
+
 def test_missing_inception_weights(ckpt, tmp_path):
     missing = tmp_path / "weights" / "pt_inception.pth"
     with pytest.raises(InceptionWeightsError, match="Inception weights file not found"):

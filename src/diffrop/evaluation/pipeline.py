@@ -5,6 +5,7 @@ sample class accuracy, and the guidance sweep of paper Fig. 4b. Hydra-free: ``sr
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -84,6 +85,10 @@ def rgb(images: Tensor) -> Tensor:
     return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
 def reference_features(
     datamodule: LongTailDataModule,
     extractor: Extractor,
@@ -97,7 +102,25 @@ def reference_features(
     key = reference_key(datamodule, labels, per_class, extractor)
 
     def compute() -> tuple[Tensor, Tensor]:
-        return extractor.extract(rgb(images), batch_size, progress)[0].cpu(), labels
+        x = rgb(images)
+        cap = "the whole" if per_class is None else f"at most {per_class} per class of the"
+        print(
+            f"reference set: {len(x):,} images ({cap} training set of {datamodule.name}, before the long-tail cut); "
+            f"computing their "
+            f"{extractor.name} features once, then cached in {cache.root} (eval.reference_per_class=<n> caps it)",
+            flush=True,
+        )
+        if len(x) <= 2 * batch_size:  # two batches: nothing to estimate
+            return extractor.extract(x, batch_size, progress)[0].cpu(), labels
+        warm = extractor.extract(x[:batch_size], batch_size, False)[0].cpu()  # first call: set-up, not timed
+        start = time.perf_counter()
+        timed = extractor.extract(x[batch_size : 2 * batch_size], batch_size, False)[0].cpu()
+        left = len(x) - 2 * batch_size
+        print(
+            f"  about {_duration((time.perf_counter() - start) / batch_size * left)} for the rest", flush=True
+        )
+        rest = extractor.extract(x[2 * batch_size :], batch_size, progress)[0].cpu()
+        return torch.cat([warm, timed, rest]), labels
 
     features, stored_labels = cache.get_or_compute(key, compute)
     return features, stored_labels, key
