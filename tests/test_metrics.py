@@ -317,10 +317,12 @@ def test_compute_all_keys_and_consistency():
         mmd2_unbiased(real[real_y == 0], fake[fake_y == 0])
     )
     assert 0.0 <= out["f_8"] <= 1.0 and 0.0 <= out["f_1_8"] <= 1.0
-    logits = torch.zeros(120, 1008)
-    assert compute_all(real, real_y, fake, logits, fake_y, groups, 3, prd_runs=1)["is_mean"] == pytest.approx(
-        1.0
-    )
+    logits, stages = torch.zeros(120, 1008), []
+    with_is = compute_all(real, real_y, fake, logits, fake_y, groups, 3, prd_runs=1, stage=stages.append)
+    assert with_is["is_mean"] == pytest.approx(1.0)
+    assert [name.split(" (")[0] for name in stages] == [  # a progress line before each score, IS only with logits
+        "Inception Score", "precision / recall", "F_8 / F_1/8", "KID", "FID", "per-shot FID, KID, precision / recall"
+    ]  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------- reference cache

@@ -23,6 +23,7 @@ from diffrop.evaluation.generate import generate, merge_shards, save_grid, wait_
 from diffrop.evaluation.metrics import ReferenceCache, compute_all, make_extractor, make_key, per_class
 from diffrop.evaluation.metrics.features import EXTRACTORS, FidHelperFeatures, InceptionFeatures
 from diffrop.evaluation.metrics.scores import KMEANS_BACKENDS
+from diffrop.runtime.progress import emit
 
 Extractor = InceptionFeatures | FidHelperFeatures
 
@@ -295,7 +296,10 @@ def evaluate_spec(
         prd_clusters_per_class=settings.prd_clusters_per_class, prd_runs=settings.prd_runs, seed=settings.seed,
         prd_kmeans=settings.kmeans,
         kid_subsets=settings.kid_subsets, kid_subset_size=settings.kid_subset_size,
+        stage=(lambda name: emit(f"scoring: {name}")) if progress else (lambda name: None),
     )  # fmt: skip
+    if progress:
+        emit("scoring: per class")
     classes = per_class(  # the per-class plot's data (diffrop.evaluation.plots.plot_per_class)
         real[0].to(fake_feats.device), real[1], fake_feats, fake_labels, num_classes,
         k=settings.k, min_fid_samples=settings.per_class_fid_min_samples,

@@ -388,15 +388,21 @@ def compute_all(
     seed: int = 0,
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
+    stage: Callable[[str], None] = lambda name: None,
 ) -> dict[str, Any]:
     """Every score of docs/design.md section 3 for one generated set, plus KID from the same features.
+    ``stage(name)`` is called as each score starts (progress lines: some take minutes at paper size).
 
     Returns ``{fid, kid, kid_std, is_mean, is_std, precision, recall, f_8, f_1_8, per_shot: {group: {fid, kid,
     precision, recall}}}``; ``is_mean`` / ``is_std`` are None when ``fake_logits`` is None (an extractor
     without logits). KID is unbiased, so unlike FID it can be compared across the groups' unequal sizes.
     """
+    if fake_logits is not None:
+        stage("Inception Score")
     is_mean, is_std = (None, None) if fake_logits is None else inception_score(fake_logits, is_splits)
+    stage(f"precision / recall (k={k})")
     pr = precision_recall(real_feats, fake_feats, k=k, chunk=chunk)
+    stage(f"F_8 / F_1/8 ({prd_runs} k-means runs of {prd_clusters_per_class * num_classes} clusters)")
     f_8, f_1_8 = prd_f_beta(
         real_feats,
         fake_feats,
@@ -416,9 +422,13 @@ def compute_all(
             **precision_recall(real_g, fake_g, k=k, chunk=chunk),
         }
 
+    stage(f"KID ({kid_subsets} subsets)")
     kid_mean, kid_std = kid(real_feats, fake_feats)
+    stage("FID")
+    fid = fid_from_features(real_feats, fake_feats)
+    stage(f"per-shot FID, KID, precision / recall ({', '.join(groups)})")
     return {
-        "fid": fid_from_features(real_feats, fake_feats),
+        "fid": fid,
         "kid": kid_mean,
         "kid_std": kid_std,
         "is_mean": is_mean,
