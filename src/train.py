@@ -121,9 +121,9 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
         if ckpt_path:
             check_compatible(ckpt_path, module)  # one clear line instead of a size-mismatch listing
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)  # our own files
-        trainer.save_checkpoint(
-            run_dir / "checkpoints" / "last.ckpt"
-        )  # the final step, whatever the interval
+        trainer.save_checkpoint(  # the final step, whatever the interval; the whole state, to resume from
+            run_dir / "checkpoints" / "last.ckpt", weights_only=False
+        )
         value = optimized_value(trainer, cfg.get("optimized_metric"))
         clear_failed(run_dir)
         rank_zero_info(

@@ -80,9 +80,12 @@ def test_a_killed_run_resumes_to_its_end_from_its_directory_alone(tmp_path):
     assert load_ckpt(last)["global_step"] < 300
     stored = (run / ".hydra" / "overrides.yaml").read_text()
 
-    rc, _, err = finish(train(f"hydra.run.dir={run}"))
+    rc, out, err = finish(train(f"hydra.run.dir={run}"))
     assert rc == 0, err[-3000:]
     assert load_ckpt(last)["global_step"] == 300
+    assert (
+        "weights_only" not in out + err
+    )  # every save says what it stores (Lightning logs when one does not)
     assert (run / ".hydra" / "overrides.yaml").read_text() == stored
     assert not (run / "FAILED").exists()
 
