@@ -106,6 +106,8 @@ def test_stored_overrides_come_first_and_max_steps_or_ckpt_path_may_change(tmp_p
     assert finished is None
     argv, _ = adopt_stored_run([f"hydra.run.dir={run}", "ckpt_path=last", "~callbacks.progress_bar"])
     assert argv[-2:] == ["ckpt_path=last", f"hydra.run.dir={run}"]
+    argv, _ = adopt_stored_run([f"hydra.run.dir={run}", "experiment=paper", "experiment=quickstart"])
+    assert "experiment=paper" not in argv  # a key given twice: the last value counts, as in Hydra
 
 
 @pytest.mark.parametrize(

@@ -104,7 +104,9 @@ def adopt_stored_run(argv: list[str]) -> tuple[list[str], str | None]:
     stored_by_key = {override_key(o): o for o in stored}
     task = [o for o in given if not override_key(o).startswith("hydra.")]
     bad = []
-    for o in task:
+    for o in {
+        override_key(o): o for o in task
+    }.values():  # a key given twice: the last one counts, as in Hydra
         key, was = override_key(o), stored_by_key.get(override_key(o))
         resumes = key == "trainer.max_steps" or (key == "ckpt_path" and _value(o) in _RESUME_CKPT)
         if not resumes and (was is None or _shown(was) != _shown(o)):
