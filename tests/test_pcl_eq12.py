@@ -16,9 +16,9 @@ from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.losses.ddpm import EpsMSE
 from diffrop.losses.objective import Objective
 from diffrop.losses.pcl import PCL
-from diffrop.losses.step import Step
 from diffrop.losses.tau import Constant, ExpDecay
-from tests.test_losses import PHI_REF, make_step
+from tests.helpers.steps import make_step
+from tests.test_losses import PHI_REF
 
 T = 1000
 
@@ -84,9 +84,9 @@ def test_noise_cancels_between_members_of_a_group() -> None:
         ti = int(t[i])
         assert torch.allclose(xt[i] - xt[j], abar[ti].sqrt().float() * (x0[i] - x0[j]), atol=1e-5)
         abar_prev = 1.0 if ti == 0 else float(abar[ti - 1])
-        step = Step(x0[[i, j]], xt[[i, j]], t[[i, j]], eps[[i, j]], eps[[i, j]], torch.tensor([0, 1]),
-                    torch.ones(2, dtype=torch.bool), False, sched, torch.ones(2) / 2, None,
-                    group=torch.zeros(2, dtype=torch.long))  # fmt: skip
+        pair = [i, j]
+        step = make_step([0, 1], t[pair], x0=x0[pair], xt=xt[pair], eps=eps[pair], eps_hat=eps[pair],
+                         schedule=sched, group=torch.zeros(2, dtype=torch.long))  # fmt: skip
         term = PCL("neg_l2", Constant(1.0), distance="sum", reduction="pairs_mean", group_size=2)
         d = -term(step).item()  # phi = -d, tau = 1, mean over the 2 ordered pairs
         assert d == pytest.approx(abar_prev * float((x0[i] - x0[j]).square().sum()), rel=1e-3)

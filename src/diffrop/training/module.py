@@ -97,7 +97,8 @@ class DiffusionModule(L.LightningModule):
             if self.trainer.world_size > 1
             else None
         )
-        step = Step(x0, xt, t, eps, eps_hat, y, cond, all_dropped, self.schedule, self.class_freq, net, group)
+        step = Step(x0=x0, xt=xt, t=t, eps=eps, eps_hat=eps_hat, y=y, cond=cond, all_dropped=all_dropped,
+                    schedule=self.schedule, class_freq=self.class_freq, net=net, group=group)  # fmt: skip
         if gather is not None:
             step.gather = gather
         return step
