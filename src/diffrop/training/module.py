@@ -71,6 +71,7 @@ class DiffusionModule(L.LightningModule):
         self.label_drop, self.label_drop_prob, self.fused_adam = label_drop, label_drop_prob, fused_adam
         self.run_config = run_config or {}
         self._clock: tuple[float, int] | None = None
+        self._log_step = False  # set by training_step: does Lightning write logs at this step?
 
     # --- training -------------------------------------------------------------------------------------
     def _condition_mask(self, y: Tensor) -> tuple[Tensor, bool]:
@@ -104,6 +105,8 @@ class DiffusionModule(L.LightningModule):
         return step
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        # the one decision per batch: Lightning writes logs at this step (LogFirstAndLastStep included)
+        self._log_step = self.trainer._logger_connector.should_update_logs
         x0, y, *aug = batch
         step = self.forward_step(x0, y, *aug)
         total, parts = self.objective(step)
@@ -111,16 +114,13 @@ class DiffusionModule(L.LightningModule):
         self.log("train/loss", total)  # no prog_bar: a host sync per step (runtime.progress)
         self.log_dict({f"train/loss_{name}": value for name, value in parts.items()})
         self.log_dict({f"train/{name}": value for name, value in step.diagnostics.items()})
-        if self.trainer._logger_connector.should_update_logs:  # Lightning writes logs at this step
+        if self._log_step:
             self.log_dict({f"train/{k}": v for k, v in loss_diagnostics(step, parts).items()})
-        self._log_throughput(x0.shape[0])
+            self._log_throughput(x0.shape[0])
         return total
 
     def _log_throughput(self, batch_size: int) -> None:
-        """images/s per device over the logging interval, from host time only (no device sync)."""
-        every = self.trainer.log_every_n_steps
-        if not every or self.global_step % every:  # 0: logging off
-            return
+        """images/s per device since the previous logging step, from host time only (no device sync)."""
         now = (time.perf_counter(), self.global_step)
         if self._clock is not None and now[1] > self._clock[1]:
             rate = (now[1] - self._clock[1]) * batch_size / (now[0] - self._clock[0])
@@ -143,11 +143,8 @@ class DiffusionModule(L.LightningModule):
     ) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         self.update_ema()
-        if self.guard.mode == "stop" and (self.device.type == "cpu" or self._is_log_step()):
+        if self.guard.mode == "stop" and (self.device.type == "cpu" or self._log_step):
             self.guard.check()
-
-    def _is_log_step(self) -> bool:
-        return self.global_step % max(1, self.trainer.log_every_n_steps) == 0
 
     @torch.no_grad()
     def update_ema(self) -> None:
