@@ -46,5 +46,4 @@ def test_two_trial_optuna_sweep_reports_its_best_trial(tmp_path) -> None:
     assert result["best_value"] == pytest.approx(best_fid, rel=1e-6)
     for key in ("tau.tau0", "tau.temperature", "loss.terms.pcl.reduction"):
         assert str(result["best_params"][key]) == best_overrides[key]
-    assert 0.01 <= result["best_params"]["tau.tau0"] <= 1000
     assert f"Best value: {result['best_value']}" in done.stderr + done.stdout
