@@ -480,7 +480,7 @@ def test_train_then_eval_end_to_end(tmp_path, run_train, tiny_run_overrides):
         "eval.num_samples=30", "eval.reference_per_class=4", "eval.prd_clusters_per_class=2", "eval.prd_runs=2",
         "sampler.steps=3", "eval.feature_batch_size=10", "wandb.mode=offline",
     ]  # fmt: skip
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env = child_env(WANDB_MODE="offline", WANDB_SILENT="true")
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((run_dir / "eval" / "results.json").read_text())  # the default eval dir

@@ -8,7 +8,6 @@ src/train.py and src/eval.py and records what it was asked to do. The real SMOKE
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from hydra import compose, initialize_config_dir
 
 from diffrop.paper.cells import Options, load_cells, model_dir, override_value, training_state
 from diffrop.paper.reproduce import Driver
-from tests.helpers.train_utils import REPO
+from tests.helpers.train_utils import REPO, child_env
 
 CONFIG_DIR = REPO / "configs"
 PAPER_RUNS = sorted(
@@ -279,7 +278,7 @@ def test_smoke_every_result_end_to_end(tmp_path):
     """`make smoke`: every `make reproduce-* SMOKE=1` target for real (train, evaluate, classify, render) on CPU.
 
     `-o install` and PY: the make targets run with this interpreter and never create a .venv of their own."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = child_env(OMP_NUM_THREADS="1")
     runs, out = tmp_path / "runs", tmp_path / "results"
     cmd = [
         "make",
