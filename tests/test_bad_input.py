@@ -220,3 +220,13 @@ def test_truncated_checkpoint(tmp_path, capsys):
 def test_missing_checkpoint(tmp_path, capsys):
     line = user_error([*TINY, f"ckpt_path={tmp_path / 'nope.ckpt'}"], tmp_path / "run", capsys)
     assert "does not exist" in line
+
+
+def test_eval_and_training_read_a_truncated_checkpoint_with_one_message(tmp_path):
+    from diffrop.build import net_from_checkpoint
+
+    ckpt = tmp_path / "cut.ckpt"
+    _tiny_checkpoint(ckpt, num_classes=10, base_channels=32)
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=f"checkpoint {ckpt} is corrupt or truncated"):
+        net_from_checkpoint(ckpt)

@@ -18,6 +18,7 @@ from diffrop.data.diffaug import NUM_AUG_PARAMS
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.losses.objective import Objective
 from diffrop.runtime.run_status import run_id
+from diffrop.training.checkpoint_io import load_checkpoint_file
 from diffrop.training.module import DiffusionModule
 
 
@@ -131,20 +132,15 @@ def upgrade_targets(node: Any) -> Any:
     return node
 
 
-def net_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", ema: bool = True):
+def net_from_checkpoint(path: str | Path, ema: bool = True):
     """Rebuild the network (EMA weights by default) and schedule from a checkpoint's own stored config."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint {path} does not exist (pass ckpt_path=<run dir>/checkpoints/last.ckpt)"
         )
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # truncated / not a torch file
-        raise ValueError(
-            f"checkpoint {path} is corrupt or not a DiffROP checkpoint ({type(err).__name__}: {err})"
-        ) from err
-    if not isinstance(ckpt, dict) or "diffrop_config" not in ckpt or "state_dict" not in ckpt:
+    ckpt = load_checkpoint_file(path)
+    if "diffrop_config" not in ckpt:
         raise ValueError(f"checkpoint {path} carries no DiffROP config: it was not written by src/train.py")
     cfg = OmegaConf.create(upgrade_stored_config(ckpt["diffrop_config"]))
     num_classes = ckpt["state_dict"]["net.label_embedding.weight"].shape[0]
