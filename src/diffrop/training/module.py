@@ -18,6 +18,7 @@ from diffrop.losses.diagnostics import loss_diagnostics
 from diffrop.losses.objective import Objective
 from diffrop.losses.step import Step
 from diffrop.runtime.compile import CompiledNet
+from diffrop.training.lightning_internals import collect_rng_states, logs_this_step, set_rng_states
 from diffrop.training.nonfinite import NonFiniteGuard
 
 LABEL_DROP = ("batch", "sample")
@@ -106,7 +107,7 @@ class DiffusionModule(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         # the one decision per batch: Lightning writes logs at this step (LogFirstAndLastStep included)
-        self._log_step = self.trainer._logger_connector.should_update_logs
+        self._log_step = logs_this_step(self.trainer)
         x0, y, *aug = batch
         step = self.forward_step(x0, y, *aug)
         total, parts = self.objective(step)
@@ -207,17 +208,13 @@ class DiffusionModule(L.LightningModule):
     # --- checkpoints carry their config ---------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["diffrop_config"] = self.run_config
-        from lightning.fabric.utilities.seed import _collect_rng_states
-
         if self.guard.mode == "stop":
             self.guard.check()  # never write a checkpoint from after a non-finite step
-        checkpoint["rng_states"] = _collect_rng_states()
+        checkpoint["rng_states"] = collect_rng_states()
         checkpoint["nonfinite"] = self.guard.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "nonfinite" in checkpoint:
             self.guard.load_state_dict(checkpoint["nonfinite"], self.device)
         if "rng_states" in checkpoint:
-            from lightning.fabric.utilities.seed import _set_rng_states
-
-            _set_rng_states(checkpoint["rng_states"])
+            set_rng_states(checkpoint["rng_states"])
