@@ -209,6 +209,8 @@ def print_table(results: dict[str, Any], run_dir: Path) -> None:
     table.add_column("value", justify="right")
     for name, value in eval_wandb.flat_numbers(results["metrics"]).items():
         table.add_row(name, f"{value:.4f}")
+    for name in (k for k, v in results["metrics"].items() if v is None):  # e.g. kid_std of a one-subset KID
+        table.add_row(name, "n/a")
     if "best_w" in results:
         for entry in results["guidance_sweep"]:
             table.add_row(f"sweep w={entry['w']:g} fid", f"{entry['fid']:.4f}")

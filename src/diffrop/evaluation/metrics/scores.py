@@ -99,11 +99,14 @@ def mmd2_unbiased(real: Features, fake: Features) -> float:
 
 def kernel_inception_distance(
     real: Features, fake: Features, subsets: int = 100, subset_size: int = 1000, seed: int = 0
-) -> tuple[float, float]:
+) -> tuple[float, float | None]:
     """KID (Binkowski et al. 2018): mean and (population) std of ``mmd2_unbiased`` over ``subsets`` pairs of
     random subsets of ``subset_size`` rows, drawn without replacement from each set. torch-fidelity's protocol
     and numbers (``kid_features_to_metric``: NumPy ``RandomState(seed)``, the first set's subset drawn first),
     except that the subset size is capped at the smaller set instead of refused, for per-shot groups.
+
+    The std is None when a set fits in one subset (e.g. ``num_samples <= subset_size``): every subset then holds
+    that whole set, so the spread says nothing about it (and is exactly 0 when both sets fit).
     """
     real_t, fake_t = _matrix(real), _matrix(fake)
     size = min(subset_size, real_t.shape[0], fake_t.shape[0])
@@ -115,7 +118,8 @@ def kernel_inception_distance(
         pick_real = torch.as_tensor(rng.choice(real_t.shape[0], size, replace=False), device=real_t.device)
         pick_fake = torch.as_tensor(rng.choice(fake_t.shape[0], size, replace=False), device=fake_t.device)
         values.append(mmd2_unbiased(real_t[pick_real], fake_t[pick_fake]))
-    return float(np.mean(values)), float(np.std(values))
+    whole = size in (real_t.shape[0], fake_t.shape[0])
+    return float(np.mean(values)), None if whole else float(np.std(values))
 
 
 # ------------------------------------------------------------------------------------------------ IS
@@ -378,15 +382,21 @@ def compute_all(
     seed: int = 0,
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
+    stage: Callable[[str], None] = lambda name: None,
 ) -> dict[str, Any]:
     """Every score of docs/design.md section 3 for one generated set, plus KID from the same features.
+    ``stage(name)`` is called as each score starts (progress lines: some take minutes at paper size).
 
     Returns ``{fid, kid, kid_std, is_mean, is_std, precision, recall, f_8, f_1_8, per_shot: {group: {fid, kid,
     precision, recall}}}``; ``is_mean`` / ``is_std`` are None when ``fake_logits`` is None (an extractor
     without logits). KID is unbiased, so unlike FID it can be compared across the groups' unequal sizes.
     """
+    if fake_logits is not None:
+        stage("Inception Score")
     is_mean, is_std = (None, None) if fake_logits is None else inception_score(fake_logits, is_splits)
+    stage(f"precision / recall (k={k})")
     pr = precision_recall(real_feats, fake_feats, k=k, chunk=chunk)
+    stage(f"F_8 / F_1/8 ({prd_runs} k-means runs of {prd_clusters_per_class * num_classes} clusters)")
     f_8, f_1_8 = prd_f_beta(
         real_feats,
         fake_feats,
@@ -396,7 +406,7 @@ def compute_all(
         kmeans=prd_kmeans,
     )
 
-    def kid(real_g: Features, fake_g: Features) -> tuple[float, float]:
+    def kid(real_g: Features, fake_g: Features) -> tuple[float, float | None]:
         return kernel_inception_distance(real_g, fake_g, kid_subsets, kid_subset_size, seed)
 
     def shot_scores(real_g: Tensor, fake_g: Tensor) -> dict[str, float]:
@@ -406,9 +416,13 @@ def compute_all(
             **precision_recall(real_g, fake_g, k=k, chunk=chunk),
         }
 
+    stage(f"KID ({kid_subsets} subsets)")
     kid_mean, kid_std = kid(real_feats, fake_feats)
+    stage("FID")
+    fid = fid_from_features(real_feats, fake_feats)
+    stage(f"per-shot FID, KID, precision / recall ({', '.join(groups)})")
     return {
-        "fid": fid_from_features(real_feats, fake_feats),
+        "fid": fid,
         "kid": kid_mean,
         "kid_std": kid_std,
         "is_mean": is_mean,
