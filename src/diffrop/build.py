@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +130,27 @@ def upgrade_targets(node: Any) -> Any:
     if isinstance(node, list | tuple):
         return [upgrade_targets(v) for v in node]
     return node
+
+
+RECIPE_KEYS = ("name", "steps", "eta", "guidance")  # a model's evaluation recipe; the rest is how to run it
+
+
+def eval_sampler(
+    group: Mapping[str, Any], stored: Mapping[str, Any] | None, overrides: Sequence[str]
+) -> dict:
+    """The sampler settings an evaluation of a checkpoint uses.
+
+    The checkpoint's own recipe (``RECIPE_KEYS`` of the ``sampler`` its training config stored: a paper DDPM run
+    keeps DDPM-1000 at w = 0.8) over ``group``, the eval config's composed ``sampler`` node, with this command's
+    ``sampler.<key>=`` overrides on top. ``sampler=<name>`` on the command line picks that group whole, as does a
+    checkpoint that stored no sampler. ``overrides``: the command's Hydra overrides (``hydra:overrides.task``).
+    """
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    if "sampler" in keys or not stored:
+        return dict(group)
+    explicit = {k.split(".", 1)[1] for k in keys if k.startswith("sampler.")}
+    recipe = {k: stored[k] for k in RECIPE_KEYS if k in stored}
+    return {**group, **recipe, **{k: group[k] for k in explicit}}
 
 
 def net_from_checkpoint(path: str | Path, ema: bool = True):
