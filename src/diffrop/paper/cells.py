@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from diffrop.paper.smoke import SMOKE_SAMPLES
 from diffrop.runtime.run_status import describe_failure
-from diffrop.training.checkpoint_io import load_checkpoint_file
 
 PAPER = Path("experiments/paper_numbers.yaml")
 FIGURES = Path("experiments/figures.yaml")
@@ -86,9 +86,9 @@ def override_value(overrides: Sequence[str], key: str) -> str | None:
 
 def read_checkpoint(path: Path) -> dict[str, Any] | None:
     """The checkpoint's step and stored config without reading its tensors (memory-mapped), None if unreadable."""
-    try:
-        ckpt = load_checkpoint_file(path)
-    except ValueError:  # a truncated file counts as no checkpoint; training resumes or restarts
+    try:  # metadata only: any dict with a step will do (a truncated file counts as no checkpoint)
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:
         return None
     return {"global_step": ckpt.get("global_step", 0), "config": ckpt.get("diffrop_config") or {}}
 
