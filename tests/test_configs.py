@@ -128,6 +128,7 @@ def test_data_options_instantiate(option, tmp_path):
         assert dm.train_set.class_names == ["a", "b"] and dm.class_counts == [10, 1]  # 10 * 0.1 = 1
     if option in ("cifar10lt", "cifar100lt"):
         assert dm.imb_factor == 0.01 and dm.batch_size == 128 and dm.image_size == 32
+        assert dm.on_device == "auto" and dm.source == option[:-2]  # CIFAR-100-LT batches live on the GPU too
     if option in ("cifar10", "cifar100"):
         assert dm.imb_factor == 1.0
 

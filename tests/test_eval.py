@@ -76,8 +76,8 @@ def eval_cfg(*overrides: str):
 
 def run_eval(ckpt: Path, out: Path, *overrides: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    cfg = eval_cfg(f"ckpt_path={ckpt}", f"eval.reference_cache={out.parent / 'refs'}", *SMALL, *overrides)
-    return eval_entry.run(cfg, out)
+    overrides = [f"ckpt_path={ckpt}", f"eval.reference_cache={out.parent / 'refs'}", *SMALL, *overrides]
+    return eval_entry.run(eval_cfg(*overrides), out, overrides)
 
 
 def eval_cli(ckpt: Path, out: Path, *overrides: str) -> tuple[list[str], dict[str, str]]:
@@ -522,7 +522,7 @@ def test_train_then_eval_end_to_end(tmp_path, run_train, tiny_run_overrides):
         "eval.num_samples=30", "eval.reference_per_class=4", "eval.prd_clusters_per_class=2", "eval.prd_runs=2",
         "sampler.steps=3", "eval.feature_batch_size=10", "wandb.mode=offline",
     ]  # fmt: skip
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env = child_env(WANDB_MODE="offline", WANDB_SILENT="true")
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((run_dir / "eval" / "results.json").read_text())  # the default eval dir
@@ -535,4 +535,27 @@ def test_train_then_eval_end_to_end(tmp_path, run_train, tiny_run_overrides):
     assert results["extractor"]["name"] == "inception-v3-compat"
     assert not (run_dir / "eval" / "FAILED").exists() and list(
         (run_dir / "eval" / "wandb").glob("offline-run-*")
+    )
+
+
+def test_eval_samples_with_the_checkpoints_own_recipe(ckpt, tmp_path, fake_extractor):
+    """A checkpoint whose training config stored DPM-Solver++ at w = 0.7 is evaluated with it, with no sampler
+    flag; `sampler.steps=3` (in SMALL) changes only the steps; `sampler=ddim` picks eval's group whole."""
+    blob = torch.load(ckpt, weights_only=False)
+    blob["diffrop_config"]["sampler"] |= {"name": "dpmpp2m", "steps": 20, "eta": None, "guidance": 0.7}
+    recipe_ckpt = tmp_path / "recipe.ckpt"
+    torch.save(blob, recipe_ckpt)
+    sampler = run_eval(recipe_ckpt, tmp_path / "eval")["sampler"]
+    assert (sampler["name"], sampler["steps"], sampler["eta"], sampler["guidance_scale"]) == (
+        "dpmpp2m",
+        3,
+        None,
+        0.7,
+    )
+    sampler = run_eval(recipe_ckpt, tmp_path / "eval_ddim", "sampler=ddim")["sampler"]
+    assert (sampler["name"], sampler["steps"], sampler["eta"], sampler["guidance_scale"]) == (
+        "ddim",
+        3,
+        0.0,
+        0.0,
     )

@@ -272,7 +272,7 @@ def test_prd_f_beta_mode_dropping_lowers_f8_only():
     centres = np.eye(4, 6) * 20
     real = _blobs(centres, 100, seed=7)
     fake = _blobs(centres[:2], 200, seed=8)
-    f_8, f_1_8 = prd_f_beta(real, fake, num_clusters=4, num_runs=3, kmeans="full")
+    f_8, f_1_8 = prd_f_beta(real, fake, num_clusters=4, num_runs=3, kmeans="sklearn")
     assert f_8 == pytest.approx(65 / 129, abs=0.01)
     assert f_1_8 == pytest.approx(65 / 66, abs=0.01)
 
