@@ -30,21 +30,21 @@ def test_differences_to_ddpm_are_paired_by_seed():
     # Seed effects are large (0, 10, 20) and shared by both arms; the arm adds 1.0, 1.2, 0.8 in seeds 0, 1, 2.
     ddpm = {0: _run(0.0, 0.1), 1: _run(10.0, 0.2), 2: _run(20.0, 0.3)}
     pcl = {2: _run(20.8, 0.3, 0.05), 0: _run(1.0, 0.1, 0.07), 1: _run(11.2, 0.2, 0.06)}  # another order
-    summary = bench.summarise({"ddpm": ddpm, "pcl_batch_tau0.08": pcl}, [0.0])
-    eps = summary["pcl_batch_tau0.08"]["metrics"]["eps_err"]
+    summary = bench.summarise({"ddpm": ddpm, "pcl_batch_tau0.12": pcl}, [0.0])
+    eps = summary["pcl_batch_tau0.12"]["metrics"]["eps_err"]
     assert eps["per_seed"] == {"0": 1.0, "1": 11.2, "2": 20.8}
     diff = eps["vs_ddpm"]
     # by hand: differences 1.0, 1.2, 0.8 -> mean 1.0, sd 0.2, half-width t_{0.975, 2} * 0.2 / sqrt(3) = 4.303 * 0.11547
     assert diff["mean"] == pytest.approx(1.0) and diff["seeds"] == [0, 1, 2]
     assert diff["high"] - diff["mean"] == pytest.approx(4.3027 * 0.2 / 3**0.5, rel=1e-4)
     assert diff["low"] > 0  # unpaired, the seed spread (sd 10) would swamp it
-    leak = summary["pcl_batch_tau0.08"]["metrics"]["leakage_tail@w0"]["vs_ddpm"]
+    leak = summary["pcl_batch_tau0.12"]["metrics"]["leakage_tail@w0"]["vs_ddpm"]
     assert (
         leak["mean"] == pytest.approx(0)
         and leak["low"] == pytest.approx(0)
         and leak["high"] == pytest.approx(0)
     )
-    assert summary["pcl_batch_tau0.08"]["metrics"]["grad_ratio"]["mean"] == pytest.approx(0.06)
+    assert summary["pcl_batch_tau0.12"]["metrics"]["grad_ratio"]["mean"] == pytest.approx(0.06)
     assert (
         summary["ddpm"]["metrics"]["eps_err"]["vs_ddpm"] is None
         and "grad_ratio" not in summary["ddpm"]["metrics"]
@@ -65,15 +65,15 @@ def test_arms_cover_the_brief():
 
 @pytest.mark.slow
 def test_tiny_benchmark_end_to_end_and_resumes(tmp_path):
-    args = ["--seeds", "0", "1", "--arms", "ddpm", "pcl_batch_tau0.4", "--steps", "12", "--per-class", "40",
+    args = ["--seeds", "0", "1", "--arms", "ddpm", "pcl_batch_tau0.6", "--steps", "12", "--per-class", "40",
             "--eval-per-class", "10", "--sample-steps", "4", "--mc-draws", "2000", "--jobs", "1",
             "--train", "trainer.log_every_n_steps=2",
             "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]  # fmt: skip
     bench.main(args)
     result = json.loads((tmp_path / "out.json").read_text())
-    assert set(result["arms"]) == {"ddpm", "pcl_batch_tau0.4"}
-    pcl = result["arms"]["pcl_batch_tau0.4"]
-    assert pcl["seeds"] == [0, 1] and pcl["tau0"] == 0.4
+    assert set(result["arms"]) == {"ddpm", "pcl_batch_tau0.6"}
+    pcl = result["arms"]["pcl_batch_tau0.6"]
+    assert pcl["seeds"] == [0, 1] and pcl["tau0"] == 0.6
     for name in ("eps_err", "leakage_tail@w0", "kl_tail@w0", "kl_mean@w0", "bc_excess@w0", "slope"):
         metric = pcl["metrics"][name]
         assert set(metric["per_seed"]) == {"0", "1"}
@@ -85,7 +85,7 @@ def test_tiny_benchmark_end_to_end_and_resumes(tmp_path):
     assert set(result["bayes_reference"]) == {"0", "1"}
     assert result["bayes_reference"]["0"]["eps_err"] == pytest.approx(0, abs=1e-10)  # eps* is its own answer
     md = (tmp_path / "out.md").read_text()
-    assert "| PCL exp, batch pairs, tau0=0.4 | 2 |" in md and (tmp_path / "out.png").stat().st_size > 0
+    assert "| PCL exp, batch pairs, tau0=0.6 | 2 |" in md and (tmp_path / "out.png").stat().st_size > 0
     (tmp_path / "out.md").write_text(md + "\n## Reading\n\nhand-written\n")
     stored = (tmp_path / "runs" / "ddpm" / "seed0.json").stat().st_mtime_ns
     bench.main(args)  # resumes: every run's result is kept, the reading too
