@@ -15,6 +15,7 @@ from diffrop.losses.objective import Objective
 from diffrop.losses.pcl import PCL
 from diffrop.losses.step import Step
 from diffrop.losses.tau import Constant
+from tests.helpers.steps import make_step
 from tests.helpers.train_utils import TINY_RUN_OVERRIDES, train_in_process
 
 T = 1000
@@ -31,8 +32,8 @@ def _two_sample_step(seed: int = 0) -> Step:
     xt, eps, eps_hat = (torch.randn(2, 1, 2, 2, generator=g, dtype=torch.float64) for _ in range(3))
     eps_hat.requires_grad_()
     y, t = torch.tensor([0, 1]), torch.tensor([30, 400])
-    return Step(xt, xt, t, eps, eps_hat, y, torch.ones(2, dtype=torch.bool), False,
-                NoiseSchedule(T).double(), torch.full((2,), 0.5), net=None)  # fmt: skip
+    return make_step(y, t, xt=xt, x0=xt, eps=eps, eps_hat=eps_hat, schedule=NoiseSchedule(T).double(),
+                     class_freq=torch.full((2,), 0.5))  # fmt: skip
 
 
 def _hand_ratio(step: Step, tau0: float) -> float:
@@ -59,7 +60,7 @@ def _hand_ratio(step: Step, tau0: float) -> float:
 @pytest.mark.parametrize("tau0", [0.5, 3.0])
 def test_grad_ratio_matches_hand_computation(tau0: float) -> None:
     step = _two_sample_step()
-    pcl = PCL("exp", Constant(tau0), distance="mean", reduction="algorithm1_sum")
+    pcl = PCL("exp", Constant(tau0), distance="mean", reduction="algorithm1_sum", pairing="batch")
     _, parts = Objective({"ddpm": EpsMSE(), "pcl": pcl})(step)
     got = loss_diagnostics(step, parts)["pcl/grad_ratio"].item()
     assert got == pytest.approx(_hand_ratio(step, tau0), rel=1e-4)  # the schedule keeps float32 buffers
@@ -69,7 +70,7 @@ def test_grad_ratio_scales_linearly_with_tau0_and_keeps_the_graph() -> None:
     ratios = []
     for tau0 in (0.1, 1.0, 10.0):
         step = _two_sample_step(seed=3)
-        total, parts = Objective({"ddpm": EpsMSE(), "pcl": PCL("exp", Constant(tau0))})(step)
+        total, parts = Objective({"ddpm": EpsMSE(), "pcl": PCL("exp", Constant(tau0), pairing="batch")})(step)
         ratios.append(loss_diagnostics(step, parts)["pcl/grad_ratio"].item())
         total.backward()  # the training backward still works after the diagnostic's autograd.grad
         assert step.eps_hat.grad is not None
@@ -80,7 +81,7 @@ def test_grad_ratio_scales_linearly_with_tau0_and_keeps_the_graph() -> None:
 def test_grad_ratio_only_for_terms_beside_ddpm() -> None:
     step = _two_sample_step()
     _, parts = Objective({"ddpm": EpsMSE()})(step)
-    assert set(loss_diagnostics(step, parts)) == {"pcl/d_between", "pcl/d_within"}
+    assert set(loss_diagnostics(step, parts)) == {"pcl/d_between", "pcl/d_within", "eps_slope"}
     _, parts = Objective({"ddpm": EpsMSE(), "extra": EpsMSE(weight=3.0)})(step)
     assert loss_diagnostics(step, parts)["extra/grad_ratio"].item() == pytest.approx(3.0)  # same term, 3x
 
@@ -90,13 +91,23 @@ def test_class_distances_by_hand() -> None:
     # mean-over-D squared distances: d01 = 1, d02 = 2, d12 = 1. Different labels: (0,1), (0,2) -> 1.5;
     # same label: (1,2) -> 1 (sample 0's partner 3 is dropped).
     mu = torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 0.0], [2.0, 2.0]])
-    x = torch.zeros(4, 2)
-    step = Step(x, x, torch.zeros(4, dtype=torch.long), x, x, torch.tensor([0, 1, 1, 0]),
-                torch.tensor([True, True, True, False]), False, NoiseSchedule(T), torch.ones(2) / 2, net=None)  # fmt: skip
-    step.__dict__["mu"] = mu  # cached_property storage
+    step = make_step([0, 1, 1, 0], cond=[True, True, True, False], mu=mu, shape=(2,))
     got = class_distances(step)
     assert got["pcl/d_between"].item() == pytest.approx(1.5)
     assert got["pcl/d_within"].item() == pytest.approx(1.0)
+    # groups {0, 1} and {2, 3} (shared t and eps): only (0,1) is a different-label pair, no same-label pair left
+    step.group = torch.tensor([0, 0, 1, 1])
+    got = class_distances(step)
+    assert got["pcl/d_between"].item() == pytest.approx(1.0)
+    assert got["pcl/d_within"].item() == 0.0
+
+
+def test_eps_slope_by_hand() -> None:
+    # eps = (1, 2), (0, 2); eps_hat = (0.5, 1), (0, 0.5): <eps_hat, eps> = 0.5 + 2 + 1 = 3.5, |eps|^2 = 9
+    eps = torch.tensor([[1.0, 2.0], [0.0, 2.0]])
+    eps_hat = torch.tensor([[0.5, 1.0], [0.0, 0.5]])
+    step = make_step([0, 1], eps=eps, eps_hat=eps_hat, shape=(2,))
+    assert loss_diagnostics(step, {})["eps_slope"].item() == pytest.approx(3.5 / 9)
 
 
 @pytest.mark.slow
@@ -109,3 +120,4 @@ def test_training_logs_the_diagnostics_to_metrics_csv(tmp_path) -> None:
     for r in rows:
         assert float(r["train/pcl/grad_ratio"]) > 0
         assert float(r["train/pcl/d_between"]) > 0 and float(r["train/pcl/d_within"]) >= 0
+        assert abs(float(r["train/eps_slope"])) < 1.5  # an untrained net: near 0
