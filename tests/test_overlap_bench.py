@@ -30,21 +30,21 @@ def test_differences_to_ddpm_are_paired_by_seed():
     # Seed effects are large (0, 10, 20) and shared by both arms; the arm adds 1.0, 1.2, 0.8 in seeds 0, 1, 2.
     ddpm = {0: _run(0.0, 0.1), 1: _run(10.0, 0.2), 2: _run(20.0, 0.3)}
     pcl = {2: _run(20.8, 0.3, 0.05), 0: _run(1.0, 0.1, 0.07), 1: _run(11.2, 0.2, 0.06)}  # another order
-    summary = bench.summarise({"ddpm": ddpm, "pcl_batch_tau0.12": pcl}, [0.0])
-    eps = summary["pcl_batch_tau0.12"]["metrics"]["eps_err"]
+    summary = bench.summarise({"ddpm": ddpm, "pcl_batch_tau0.6": pcl}, [0.0])
+    eps = summary["pcl_batch_tau0.6"]["metrics"]["eps_err"]
     assert eps["per_seed"] == {"0": 1.0, "1": 11.2, "2": 20.8}
     diff = eps["vs_ddpm"]
     # by hand: differences 1.0, 1.2, 0.8 -> mean 1.0, sd 0.2, half-width t_{0.975, 2} * 0.2 / sqrt(3) = 4.303 * 0.11547
     assert diff["mean"] == pytest.approx(1.0) and diff["seeds"] == [0, 1, 2]
     assert diff["high"] - diff["mean"] == pytest.approx(4.3027 * 0.2 / 3**0.5, rel=1e-4)
     assert diff["low"] > 0  # unpaired, the seed spread (sd 10) would swamp it
-    leak = summary["pcl_batch_tau0.12"]["metrics"]["leakage_tail@w0"]["vs_ddpm"]
+    leak = summary["pcl_batch_tau0.6"]["metrics"]["leakage_tail@w0"]["vs_ddpm"]
     assert (
         leak["mean"] == pytest.approx(0)
         and leak["low"] == pytest.approx(0)
         and leak["high"] == pytest.approx(0)
     )
-    assert summary["pcl_batch_tau0.12"]["metrics"]["grad_ratio"]["mean"] == pytest.approx(0.06)
+    assert summary["pcl_batch_tau0.6"]["metrics"]["grad_ratio"]["mean"] == pytest.approx(0.06)
     assert (
         summary["ddpm"]["metrics"]["eps_err"]["vs_ddpm"] is None
         and "grad_ratio" not in summary["ddpm"]["metrics"]
@@ -57,7 +57,9 @@ def test_arms_cover_the_brief():
     families = {a.family for a in bench.ARMS}
     assert families == {"ddpm", "grouped_ddpm", "pcl_batch", "pcl_eq12", "hinge_eq12"}
     grouped = next(a for a in bench.ARMS if a.family == "grouped_ddpm")
-    assert "tau.tau0=0" in grouped.overrides and grouped.needs_eq12
+    assert "tau.tau0=0" in grouped.overrides and "loss.terms.pcl.pairing=eq12" in grouped.overrides
+    batch = [a for a in bench.ARMS if a.family == "pcl_batch"]
+    assert all("loss.terms.pcl.pairing=batch" in a.overrides for a in batch)  # eq12 is the config default
     hinge = [a for a in bench.ARMS if a.family == "hinge_eq12"]
     assert all("loss.terms.pcl.margin_schedule=abar" in a.overrides for a in hinge)
     assert len({a.slug for a in bench.ARMS}) == len(bench.ARMS)
