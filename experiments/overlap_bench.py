@@ -282,8 +282,11 @@ def bayes_reference(seed: int, args, truth: list[float]) -> dict:
 def flat_scores(result: dict, guidance: list[float]) -> dict[str, float]:
     """One run's scalar scores under the metric names of the table (``leakage_tail@w0``, ...)."""
     out = {k: result["eps"][k] for k in ("eps_err", "eps_err_tail", "slope")}
-    if "grad_ratio" in result.get("train", {}):
-        out["grad_ratio"] = result["train"]["grad_ratio"]
+    train = result.get("train", {})
+    if "grad_ratio" in train:
+        out["grad_ratio"] = train["grad_ratio"]
+    if "eps_slope" in train:  # train/eps_slope on training batches (median, second half)
+        out["train_eps_slope"] = train["eps_slope"]
     for w in guidance:
         for k in ("leakage_tail", "kl_tail", "kl_mean", "bc_excess"):
             out[f"{k}@w{w:g}"] = result[f"w{w:g}"][k]
@@ -297,7 +300,12 @@ def summarise(results: dict[str, dict[int, dict]], guidance: list[float]) -> dic
     flat = {
         slug: {seed: flat_scores(r, guidance) for seed, r in runs.items()} for slug, runs in results.items()
     }
-    base = flat.get("ddpm", {})
+    base, grouped = flat.get("ddpm", {}), flat.get("grouped_ddpm", {})
+
+    def versus(by_seed: dict[int, float], other: dict[int, dict[str, float]], name: str) -> dict | None:
+        paired = paired_difference(by_seed, {s: v[name] for s, v in other.items() if name in v})
+        return paired.as_dict() if paired else None
+
     out = {}
     for arm in ARMS:
         if arm.slug not in flat:
@@ -307,16 +315,17 @@ def summarise(results: dict[str, dict[int, dict]], guidance: list[float]) -> dic
         for name in next(iter(flat[arm.slug].values())):
             by_seed = {seed: scores[name] for seed, scores in flat[arm.slug].items()}
             values = list(by_seed.values())
-            diff = None
-            if arm.slug != "ddpm" and name != "grad_ratio":
-                paired = paired_difference(by_seed, {s: v[name] for s, v in base.items()})
-                diff = paired.as_dict() if paired else None
+            compare = arm.slug != "ddpm" and name != "grad_ratio"
             metrics[name] = {
                 "per_seed": {str(s): v for s, v in sorted(by_seed.items())},
                 "mean": float(np.mean(values)),
                 "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-                "vs_ddpm": diff,
+                "vs_ddpm": versus(by_seed, base, name) if compare else None,
             }
+            if (
+                arm.family in GROUPED_FAMILIES and name != "grad_ratio"
+            ):  # PCL's own effect, grouping held fixed
+                metrics[name]["vs_grouped_ddpm"] = versus(by_seed, grouped, name)
         entry["metrics"] = metrics
         entry["slope_per_t"] = np.mean(
             [r["eps"]["per_t"]["slope"] for r in results[arm.slug].values()], 0
@@ -324,6 +333,8 @@ def summarise(results: dict[str, dict[int, dict]], guidance: list[float]) -> dic
         out[arm.slug] = entry
     return out
 
+
+GROUPED_FAMILIES = ("pcl_eq12", "hinge_eq12")  # trained on Eq. 12 groups: grouped_ddpm is their control
 
 KEY_METRICS = [  # (metric, header, lower is better)
     ("leakage_tail@w0", "leakage tail→head", True),
@@ -335,15 +346,18 @@ KEY_METRICS = [  # (metric, header, lower is better)
 ]
 
 
+def _diff(d: dict | None, lower: bool, digits: int) -> str:
+    """``+0.0123 [+0.0050, +0.0196]``: **bold** when the interval excludes 0 and the arm is better, _italic_ worse."""
+    if d is None:
+        return "–"
+    real = d["low"] > 0 or d["high"] < 0
+    mark = ("**" if (d["mean"] < 0) == lower else "_") if real else ""
+    return f"{mark}{d['mean']:+.{digits}f}{mark} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]"
+
+
 def _cell(m: dict, lower: bool, digits: int) -> str:
     text = f"{m['mean']:.{digits}f} ± {m['sd']:.{digits}f}"
-    d = m["vs_ddpm"]
-    if d is None:
-        return text
-    low, high = d["low"], d["high"]
-    real = low > 0 or high < 0
-    mark = ("**" if (d["mean"] < 0) == lower else "_") if real else ""
-    return f"{text}<br>{mark}{d['mean']:+.{digits}f}{mark} [{low:+.{digits}f}, {high:+.{digits}f}]"
+    return text if m["vs_ddpm"] is None else f"{text}<br>{_diff(m['vs_ddpm'], lower, digits)}"
 
 
 def metric_digits(name: str) -> int:
@@ -382,6 +396,27 @@ def render(summary: dict, bayes: dict, args, meta: dict) -> str:
         ratio = "–" if gr is None else f"{gr['mean']:.3g}"
         cells = [_cell(e["metrics"][name], lo, metric_digits(name)) for name, _, lo in key]
         lines.append(f"| {e['label']} | {len(e['seeds'])} | {ratio} | " + " | ".join(cells) + " |")
+    grouped_arms = [e for e in summary.values() if e["family"] in GROUPED_FAMILIES]
+    if grouped_arms and "grouped_ddpm" in summary:
+        lines += [
+            "",
+            "## Eq. 12 arms against their own control, grouped DDPM (same groups, tau0 = 0)",
+            "",
+            "PCL's own effect with the shared-(t, eps) grouping held fixed: the arm minus grouped DDPM, paired by "
+            "seed [95% interval].",
+            "",
+            "| Arm | grad ratio | "
+            + " | ".join(f"{h} {'↓' if lo else '↑'}" for _, h, lo in KEY_METRICS)
+            + " |",
+            "|" + "---|" * (2 + len(KEY_METRICS)),
+        ]
+        for e in grouped_arms:
+            cells = [
+                _diff(e["metrics"][name].get("vs_grouped_ddpm"), lower, metric_digits(name))
+                for name, _, lower in KEY_METRICS
+            ]
+            ratio = e["metrics"]["grad_ratio"]["mean"]
+            lines.append(f"| {e['label']} | {ratio:.3g} | " + " | ".join(cells) + " |")
     slope_bayes = np.mean([r["eps"]["per_t"]["slope_bayes"] for r in bayes.values()], 0)
     lines += [
         "",
@@ -396,7 +431,8 @@ def render(summary: dict, bayes: dict, args, meta: dict) -> str:
         ),
         "",
         f"Wall time of this invocation: {meta['wall_s'] / 60:.1f} min ({meta['trained']} runs trained, "
-        f"{args.jobs} in parallel).",
+        f"{args.jobs} in parallel); the runs' own times add up to {meta['runs_s'] / 60:.0f} min "
+        f"(median {meta['run_s_median']:.0f} s per run, each on one thread of a shared 2-core machine).",
         "",
     ]
     return "\n".join(lines)
@@ -542,7 +578,9 @@ def main(argv: list[str] | None = None) -> None:
                   f"leakage {scores['leakage_tail@w0']:+.4f}, KL tail {scores['kl_tail@w0']:.3f} "
                   f"({result['wall_s']:.0f} s; {(time.monotonic() - start) / 60:.1f} min)", flush=True)  # fmt: skip
     summary = summarise(results, args.guidance)
+    run_times = [r["wall_s"] for runs in results.values() for r in runs.values()]
     meta = facts | {"seeds": args.seeds, "wall_s": time.monotonic() - start, "trained": trained,
+                    "runs_s": sum(run_times), "run_s_median": statistics.median(run_times),
                     "steps": args.steps, "guidance": args.guidance}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     bayes_json = {str(s): flat_scores(r, args.guidance) | {"slope_per_t": r["eps"]["per_t"]["slope_bayes"]}

@@ -93,3 +93,17 @@ def test_tiny_benchmark_end_to_end_and_resumes(tmp_path):
     bench.main(args)  # resumes: every run's result is kept, the reading too
     assert (tmp_path / "runs" / "ddpm" / "seed0.json").stat().st_mtime_ns == stored
     assert (tmp_path / "out.md").read_text().endswith("## Reading\n\nhand-written\n")
+
+
+def test_eq12_arms_are_also_compared_with_their_grouped_control():
+    ddpm = {0: _run(0.0, 0.1), 1: _run(10.0, 0.2)}
+    grouped = {0: _run(1.0, 0.1), 1: _run(11.0, 0.2)}  # grouping alone: +1 eps error in both seeds
+    eq12 = {0: _run(1.5, 0.0, 0.1), 1: _run(11.7, 0.1, 0.1)}  # PCL on top: +0.5 and +0.7, leakage -0.1
+    summary = bench.summarise({"ddpm": ddpm, "grouped_ddpm": grouped, "pcl_eq12_tau8": eq12}, [0.0])
+    eps = summary["pcl_eq12_tau8"]["metrics"]["eps_err"]
+    assert eps["vs_ddpm"]["mean"] == pytest.approx(1.6) and eps["vs_grouped_ddpm"]["mean"] == pytest.approx(
+        0.6
+    )
+    leak = summary["pcl_eq12_tau8"]["metrics"]["leakage_tail@w0"]["vs_grouped_ddpm"]
+    assert leak["mean"] == pytest.approx(-0.1)
+    assert "vs_grouped_ddpm" not in summary["grouped_ddpm"]["metrics"]["eps_err"]  # not its own control
