@@ -59,7 +59,7 @@ def _hand_ratio(step: Step, tau0: float) -> float:
 @pytest.mark.parametrize("tau0", [0.5, 3.0])
 def test_grad_ratio_matches_hand_computation(tau0: float) -> None:
     step = _two_sample_step()
-    pcl = PCL("exp", Constant(tau0), distance="mean", reduction="algorithm1_sum")
+    pcl = PCL("exp", Constant(tau0), distance="mean", reduction="algorithm1_sum", pairing="batch")
     _, parts = Objective({"ddpm": EpsMSE(), "pcl": pcl})(step)
     got = loss_diagnostics(step, parts)["pcl/grad_ratio"].item()
     assert got == pytest.approx(_hand_ratio(step, tau0), rel=1e-4)  # the schedule keeps float32 buffers
@@ -69,7 +69,7 @@ def test_grad_ratio_scales_linearly_with_tau0_and_keeps_the_graph() -> None:
     ratios = []
     for tau0 in (0.1, 1.0, 10.0):
         step = _two_sample_step(seed=3)
-        total, parts = Objective({"ddpm": EpsMSE(), "pcl": PCL("exp", Constant(tau0))})(step)
+        total, parts = Objective({"ddpm": EpsMSE(), "pcl": PCL("exp", Constant(tau0), pairing="batch")})(step)
         ratios.append(loss_diagnostics(step, parts)["pcl/grad_ratio"].item())
         total.backward()  # the training backward still works after the diagnostic's autograd.grad
         assert step.eps_hat.grad is not None
@@ -80,7 +80,7 @@ def test_grad_ratio_scales_linearly_with_tau0_and_keeps_the_graph() -> None:
 def test_grad_ratio_only_for_terms_beside_ddpm() -> None:
     step = _two_sample_step()
     _, parts = Objective({"ddpm": EpsMSE()})(step)
-    assert set(loss_diagnostics(step, parts)) == {"pcl/d_between", "pcl/d_within"}
+    assert set(loss_diagnostics(step, parts)) == {"pcl/d_between", "pcl/d_within", "eps_slope"}
     _, parts = Objective({"ddpm": EpsMSE(), "extra": EpsMSE(weight=3.0)})(step)
     assert loss_diagnostics(step, parts)["extra/grad_ratio"].item() == pytest.approx(3.0)  # same term, 3x
 
@@ -97,6 +97,20 @@ def test_class_distances_by_hand() -> None:
     got = class_distances(step)
     assert got["pcl/d_between"].item() == pytest.approx(1.5)
     assert got["pcl/d_within"].item() == pytest.approx(1.0)
+    # groups {0, 1} and {2, 3} (shared t and eps): only (0,1) is a different-label pair, no same-label pair left
+    step.group = torch.tensor([0, 0, 1, 1])
+    got = class_distances(step)
+    assert got["pcl/d_between"].item() == pytest.approx(1.0)
+    assert got["pcl/d_within"].item() == 0.0
+
+
+def test_eps_slope_by_hand() -> None:
+    # eps = (1, 2), (0, 2); eps_hat = (0.5, 1), (0, 0.5): <eps_hat, eps> = 0.5 + 2 + 1 = 3.5, |eps|^2 = 9
+    eps = torch.tensor([[1.0, 2.0], [0.0, 2.0]])
+    eps_hat = torch.tensor([[0.5, 1.0], [0.0, 0.5]])
+    step = Step(eps, eps, torch.zeros(2, dtype=torch.long), eps, eps_hat, torch.tensor([0, 1]),
+                torch.ones(2, dtype=torch.bool), False, NoiseSchedule(T), torch.ones(2) / 2, net=None)  # fmt: skip
+    assert loss_diagnostics(step, {})["eps_slope"].item() == pytest.approx(3.5 / 9)
 
 
 @pytest.mark.slow
@@ -109,3 +123,4 @@ def test_training_logs_the_diagnostics_to_metrics_csv(tmp_path) -> None:
     for r in rows:
         assert float(r["train/pcl/grad_ratio"]) > 0
         assert float(r["train/pcl/d_between"]) > 0 and float(r["train/pcl/d_within"]) >= 0
+        assert abs(float(r["train/eps_slope"])) < 1.5  # an untrained net: near 0

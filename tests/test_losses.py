@@ -133,6 +133,9 @@ def test_tau_rejects_bad_values_naming_the_key(build, key: str) -> None:
         ({"distance": "max"}, "loss.terms.pcl.distance"),
         ({"reduction": "sum"}, "loss.terms.pcl.reduction"),
         ({"pairs": "world"}, "loss.terms.pcl.pairs"),
+        ({"pairing": "same_t"}, "loss.terms.pcl.pairing"),
+        ({"group_size": 1}, "loss.terms.pcl.group_size"),
+        ({"margin_schedule": "linear"}, "loss.terms.pcl.margin_schedule"),
     ],
 )
 def test_pcl_rejects_bad_config_naming_the_key(kwargs, key: str) -> None:
@@ -154,7 +157,9 @@ def test_pcl_hand_computation(phi: str, distance: str, reduction: str) -> None:
     d01, d02 = (1.0, 2.0) if distance == "mean" else (2.0, 4.0)  # mean divides by 2 elements
     value = 1.5 * PHI_REF[phi](d01, 1.5) + 1.75 * PHI_REF[phi](d02, 1.5)
     expected = 2.0 * value / (4 if reduction == "pairs_mean" else 3)  # weight 2; 4 pairs | 3 anchors
-    term = PCL(phi, Linear(1.0), weight=2.0, margin=1.5, distance=distance, reduction=reduction)
+    term = PCL(
+        phi, Linear(1.0), weight=2.0, margin=1.5, distance=distance, reduction=reduction, pairing="batch"
+    )
     step = make_step(HAND_Y, HAND_T, mu=HAND_MU)
     assert term(step).item() == pytest.approx(expected, rel=1e-6, abs=1e-7)
     assert step.diagnostics["pcl/pairs"].item() == 4
@@ -170,7 +175,7 @@ def test_pcl_matches_naive_double_loop(phi: str, distance: str, reduction: str) 
     cond = torch.rand(b, generator=g) > 0.25
     tau = ExpDecay(1.3, 0.4)
     margin = 2.0 if distance == "mean" else 40.0  # keep the hinge active on some pairs
-    term = PCL(phi, tau, weight=0.7, margin=margin, distance=distance, reduction=reduction)
+    term = PCL(phi, tau, weight=0.7, margin=margin, distance=distance, reduction=reduction, pairing="batch")
     got = term(make_step(y, t, cond, mu=mu)).item()
     expected = 0.7 * naive_pcl(mu, y, t, cond, phi, tau, margin, distance, reduction)
     assert got == pytest.approx(expected, rel=1e-4, abs=1e-6)
@@ -189,7 +194,7 @@ def _random_batch(b: int = 8, seed: int = 1):
 @pytest.mark.parametrize("reduction", ["pairs_mean", "algorithm1_sum"])
 def test_pcl_is_invariant_to_batch_order(reduction: str) -> None:
     mu, y, t, cond = _random_batch()
-    term = PCL("exp", ExpDecay(1.0, 0.5), reduction=reduction)
+    term = PCL("exp", ExpDecay(1.0, 0.5), reduction=reduction, pairing="batch")
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(5))
     a = term(make_step(y, t, cond, mu=mu))
     b = term(make_step(y[perm], t[perm], cond[perm], mu=mu[perm]))
@@ -200,7 +205,7 @@ def test_pcl_is_invariant_to_batch_order(reduction: str) -> None:
 def test_pcl_ignores_same_label_pairs(phi: str) -> None:
     mu, _, t, _ = _random_batch()
     step = make_step(torch.full((len(t),), 2), t, mu=mu.requires_grad_())
-    loss = PCL(phi, Constant(1.0))(step)
+    loss = PCL(phi, Constant(1.0), pairing="batch")(step)
     assert loss.item() == 0.0
     assert step.diagnostics["pcl/pairs"].item() == 0
     loss.backward()
@@ -211,7 +216,7 @@ def test_pcl_ignores_same_label_pairs(phi: str) -> None:
 def test_pcl_excludes_label_dropped_samples(reduction: str) -> None:
     mu, y, t, cond = _random_batch(b=10, seed=3)
     assert 0 < int(cond.sum()) < len(cond)
-    term = PCL("recip", Linear(1.0), reduction=reduction)
+    term = PCL("recip", Linear(1.0), reduction=reduction, pairing="batch")
     mu = mu.clone().requires_grad_()
     full = term(make_step(y, t, cond, mu=mu))
     kept = term(make_step(y[cond], t[cond], mu=mu.detach()[cond]))
@@ -415,7 +420,7 @@ def test_objective_with_real_terms_and_gradients() -> None:
     eps = torch.randn(4, 1, 2, 2, generator=g)
     eps_hat = torch.randn(4, 1, 2, 2, generator=g).requires_grad_()
     step = make_step([0, 1, 2, 0], t=[10, 20, 30, 40], eps=eps, eps_hat=eps_hat)
-    terms = {"ddpm": EpsMSE(), "pcl": PCL("exp", Constant(1.0))}
+    terms = {"ddpm": EpsMSE(), "pcl": PCL("exp", Constant(1.0), pairing="batch")}
     total, parts = Objective(terms)(step)
     assert set(parts) == {"ddpm", "pcl"}
     assert total.item() == pytest.approx(sum(p.item() for p in parts.values()), rel=1e-6)

@@ -48,17 +48,28 @@ def _net() -> nn.Linear:
     return lin
 
 
-def _step(mu, y, t, cond, gather=None) -> Step:
+PAIRINGS = ("batch", "eq12")
+GROUP = 2  # eq12: samples 0-1, 2-3, 4 of each rank share (t, eps); groups never span ranks
+
+
+def _global_groups() -> torch.Tensor:
+    """The eq12 groups of the concatenated batch, written independently: rank r's group g is its own."""
+    i = torch.arange(WORLD * LOCAL_B)
+    return (i // LOCAL_B) * 100 + (i % LOCAL_B) // GROUP
+
+
+def _step(mu, y, t, cond, group, gather=None) -> Step:
     x = torch.zeros(len(y), 1)
-    step = Step(x, x, t, x, x, y, cond, False, NoiseSchedule(1000), torch.ones(3) / 3, None)
+    step = Step(x, x, t, x, x, y, cond, False, NoiseSchedule(1000), torch.ones(3) / 3, None, group)
     step.__dict__["mu"] = mu  # the posterior mean under test comes from the tiny "network" below
     if gather is not None:
         step.gather = gather
     return step
 
 
-def _term(reduction: str) -> PCL:
-    return PCL("exp", ExpDecay(1.0, 0.5), weight=1.0, distance="mean", reduction=reduction, pairs="global")
+def _term(reduction: str, pairing: str) -> PCL:
+    return PCL("exp", ExpDecay(1.0, 0.5), weight=1.0, distance="mean", reduction=reduction, pairs="global",
+               pairing=pairing, group_size=GROUP)  # fmt: skip
 
 
 def _gather_cat(x: torch.Tensor) -> torch.Tensor:  # the gather of the issue
@@ -80,13 +91,14 @@ def _worker(rank: int, port: int, out: str) -> None:
         part = slice(rank * LOCAL_B, (rank + 1) * LOCAL_B)
         results = {}
         for name, gather in (("cat", _gather_cat), ("lightning", _gather_lightning)):
-            for reduction in ("pairs_mean", "algorithm1_sum"):
+            for reduction, pairing in [(r, p) for r in ("pairs_mean", "algorithm1_sum") for p in PAIRINGS]:
                 net = DistributedDataParallel(_net())
                 mu = net(x[part])
                 mu.retain_grad()
-                loss = _term(reduction)(_step(mu, y[part], t[part], cond[part], gather))
+                group = torch.arange(LOCAL_B) // GROUP if pairing == "eq12" else None
+                loss = _term(reduction, pairing)(_step(mu, y[part], t[part], cond[part], group, gather))
                 loss.backward()
-                results[name, reduction] = {
+                results[name, reduction, pairing] = {
                     "loss": loss.detach(),
                     "mu_grad": mu.grad.clone(),
                     "weight_grad": net.module.weight.grad.clone(),  # averaged over ranks by DDP
@@ -109,14 +121,17 @@ def test_global_pairs_match_single_process(tmp_path: Path) -> None:
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
     (x, y, t, cond), lin = _batch(), _net()
-    for reduction in ("pairs_mean", "algorithm1_sum"):
+    for reduction, pairing in [(r, p) for r in ("pairs_mean", "algorithm1_sum") for p in PAIRINGS]:
         lin.zero_grad()
         mu = lin(x)
         mu.retain_grad()
-        loss = _term(reduction)(_step(mu, y, t, cond))  # single process, whole batch, no gather
+        group = _global_groups() if pairing == "eq12" else None
+        loss = _term(reduction, pairing)(
+            _step(mu, y, t, cond, group)
+        )  # single process, whole batch, no gather
         loss.backward()
         for name in ("cat", "lightning"):
-            got = [r[name, reduction] for r in ranks]
+            got = [r[name, reduction, pairing] for r in ranks]
             for r in got:  # every rank sees the full-batch loss
                 assert r["loss"].item() == pytest.approx(loss.item(), rel=1e-5)
             mu_grad = torch.cat([r["mu_grad"] for r in got]) / WORLD  # rank r holds W x dL/dmu_r

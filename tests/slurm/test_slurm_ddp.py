@@ -82,7 +82,7 @@ def test_pcl_global_pairs_across_slurm_tasks(submitit_executor: Any, wait_result
         step.__dict__["mu"] = mu  # the posterior mean comes from the tiny linear "network"
         if gather is not None:
             step.gather = gather
-        return PCL("exp", ExpDecay(1.0, 0.5), reduction=reduction, pairs="global")(step)
+        return PCL("exp", ExpDecay(1.0, 0.5), reduction=reduction, pairs="global", pairing="batch")(step)
 
     def on_rank() -> dict[str, Any]:
         import os

@@ -20,7 +20,14 @@ class NoiseSchedule(nn.Module):
         alphas = 1.0 - betas
         alpha_bars = torch.cumprod(alphas, dim=0)
         self.num_steps = num_steps
-        for name, value in {"betas": betas, "alphas": alphas, "alpha_bars": alpha_bars}.items():
+        alpha_bars_prev = torch.cat([alpha_bars.new_ones(1), alpha_bars[:-1]])  # abar_{t-1}, abar_{-1} = 1
+        buffers = {
+            "betas": betas,
+            "alphas": alphas,
+            "alpha_bars": alpha_bars,
+            "alpha_bars_prev": alpha_bars_prev,
+        }
+        for name, value in buffers.items():
             self.register_buffer(name, value.float(), persistent=False)
 
     @staticmethod

@@ -7,7 +7,12 @@
   computation only: the network is neither re-run nor back-propagated.
 - ``pcl/d_between`` and ``pcl/d_within``: the mean distance (the PCL term's own d_ij, mean over pixels) between
   posterior means mu (Eq. 9) of samples with different labels and with the same label. PCL pushes the first up;
-  the within-class value is the yardstick (both include the x_t noise, so only their gap is class signal).
+  the within-class value is the yardstick. When the step shares (t, eps) in groups (PCL pairing eq12), only pairs
+  inside a group count, so the noise cancels (Eq. 12); otherwise both include the x_t noise and only their gap
+  is class signal.
+- ``eps_slope``: <eps_hat, eps> / <eps, eps> over the batch, the least-squares slope of the network's noise
+  estimate on the true noise. A term that widens every posterior mean does so by predicting less noise, which
+  shows as a slope below a DDPM run's.
 
 Logged for every loss (DDPM runs too), so a baseline and a PCL run can be compared on the same dashboard.
 """
@@ -32,11 +37,14 @@ def grad_norm(term: Tensor, wrt: Tensor) -> Tensor:
 
 
 def class_distances(step: Step) -> dict[str, Tensor]:
-    """Mean d_ij over different-label pairs and over same-label pairs (i != j) of conditioned samples."""
+    """Mean d_ij over different-label pairs and over same-label pairs (i != j) of conditioned samples (of one
+    group, when the step has groups)."""
     with torch.no_grad():
         mu = step.mu.detach().flatten(1)
         d = pairwise_sq_dist(mu) / mu.shape[1]
         ok = step.cond[:, None] & step.cond[None, :]
+        if step.group is not None:
+            ok &= step.group[:, None] == step.group[None, :]
         same = step.y[:, None] == step.y[None, :]
         off_diagonal = ~torch.eye(len(step.y), dtype=torch.bool, device=d.device)
         out = {}
@@ -46,8 +54,11 @@ def class_distances(step: Step) -> dict[str, Tensor]:
 
 
 def loss_diagnostics(step: Step, parts: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The values above: class distances always, ``<term>/grad_ratio`` for every term beside a ``ddpm`` one."""
+    """The values above: class distances and eps slope always, ``<term>/grad_ratio`` beside a ``ddpm`` term."""
     out = class_distances(step)
+    with torch.no_grad():
+        eps = step.eps.float()
+        out["eps_slope"] = (step.eps_hat.detach().float() * eps).sum() / eps.square().sum().clamp_min(1e-12)
     if "ddpm" not in parts:
         return out
     ddpm = grad_norm(parts["ddpm"], step.eps_hat).clamp_min(torch.finfo(torch.float32).tiny)

@@ -18,6 +18,11 @@ class Objective:
             raise ValueError("the objective needs at least one loss term (configs/loss/*.yaml: terms: {...})")
         self.terms = dict(terms)
 
+    @property
+    def noise_group_size(self) -> int:
+        """How many samples share one (t, eps) in the training step: the largest any term asks for (PCL eq12)."""
+        return max(getattr(term, "noise_group_size", 1) for term in self.terms.values())
+
     def __call__(self, step: Step) -> tuple[Tensor, dict[str, Tensor]]:
         parts = {name: term(step) for name, term in self.terms.items()}
         return torch.stack(list(parts.values())).sum(), parts

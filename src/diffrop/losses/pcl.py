@@ -1,8 +1,14 @@
-"""Probabilistic contrastive learning (PCL), DiffROP Sec. 4 and Algorithm 1.
+"""Probabilistic contrastive learning (PCL), DiffROP Sec. 4, Eq. 12 and Algorithm 1.
 
-For every pair (i, j) in the batch with different labels, add tau(t_i) * phi(d_ij), where d_ij is the squared
-distance between the posterior means mu_i and mu_j of DiffROP Eq. 9, taken from the same forward pass as the DDPM
-loss: the term costs one [B, B] matrix product and no extra network evaluation.
+For every pair (i, j) with different labels, add tau(t) * phi(d_ij), where d_ij is the squared distance between
+the posterior means mu_i and mu_j of DiffROP Eq. 9, taken from the same forward pass as the DDPM loss: the term
+costs one [B, B] matrix product and no extra network evaluation.
+
+pairing ``eq12`` (the paper's): i and j were noised at the same t with the same eps (the training step draws them
+once per group of ``group_size`` samples, ``diffrop.diffusion.noising``) and only pairs inside a group count, so
+x_t^i - x_t^j = sqrt(abar_t) (x_0^i - x_0^j) and d_ij measures the images, not the noise. ``batch``: every pair
+of the batch, each sample at its own t and eps (d_ij then mostly measures the two noises; kept for comparison,
+docs/design.md section 4).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from torch import Tensor
 from diffrop.losses.step import Step
 
 # phi(d, margin) of paper Sec. 4.2 / Table 5.
-PHI: dict[str, Callable[[Tensor, float], Tensor]] = {
+PHI: dict[str, Callable[[Tensor, float | Tensor], Tensor]] = {
     "neg_l2": lambda d, margin: -d,  # the naive form: moves the optimum (Fig. 2), worse FID
     "hinge": lambda d, margin: (margin - d).clamp_min(0),  # max-margin
     "recip": lambda d, margin: 1 / (1 + d),  # hinge-like, reciprocal (Algorithm 1)
@@ -25,6 +31,8 @@ PHI: dict[str, Callable[[Tensor, float], Tensor]] = {
 DISTANCES = ("mean", "sum")
 REDUCTIONS = ("pairs_mean", "algorithm1_sum")
 PAIRS = ("local", "global")
+PAIRINGS = ("eq12", "batch")
+MARGIN_SCHEDULES = ("constant", "abar")
 
 
 def _choice(name: str, value: str, options) -> str:
@@ -50,8 +58,10 @@ class PCL:
     distance: ``mean`` divides d by the number of pixels (a plain sum over 3072 pixels makes exp(-d) and 1/(1+d)
     vanish); ``sum`` is the literal squared L2. reduction: ``pairs_mean`` averages over valid pairs,
     ``algorithm1_sum`` sums over j for each anchor i and averages over anchors (Algorithm 1, line 6).
-    pairs: ``global`` gathers mu, labels and t from all DDP ranks with gradients, so 8 GPUs x 16 images still see
-    128 x 128 pairs.
+    pairs: ``global`` gathers mu, labels, t and groups from all DDP ranks with gradients (groups never span
+    ranks). margin_schedule (hinge): ``constant``, or ``abar``: margin * abar_{t-1}, the scale of
+    |mu_i - mu_j|^2 = abar_{t-1} |x_0^i - x_0^j|^2 under eq12 with an exact denoiser (the paper's D_t / mu_t
+    depends on t).
     """
 
     def __init__(
@@ -63,6 +73,9 @@ class PCL:
         distance: str = "mean",
         reduction: str = "algorithm1_sum",
         pairs: str = "local",
+        pairing: str = "eq12",
+        group_size: int = 8,
+        margin_schedule: str = "constant",
     ) -> None:
         self.phi = _choice("phi", phi, PHI)
         if not math.isfinite(weight) or weight < 0:
@@ -73,17 +86,43 @@ class PCL:
         self.distance = _choice("distance", distance, DISTANCES)
         self.reduction = _choice("reduction", reduction, REDUCTIONS)
         self.pairs = _choice("pairs", pairs, PAIRS)
+        self.pairing = _choice("pairing", pairing, PAIRINGS)
+        self.margin_schedule = _choice("margin_schedule", margin_schedule, MARGIN_SCHEDULES)
+        if pairing == "eq12" and (not isinstance(group_size, int) or group_size < 2):
+            raise ValueError(
+                f"loss.terms.pcl.group_size must be an integer >= 2 with pairing=eq12 (pairs live inside a group "
+                f"that shares t and eps), got {group_size!r}"
+            )
+        self.group_size = group_size
+        # read by Objective.noise_group_size: the training step draws (t, eps) once per group
+        self.noise_group_size = group_size if pairing == "eq12" else 1
 
     def __call__(self, step: Step) -> Tensor:
         mu, y, t, ok = step.mu.flatten(1), step.y, step.t, step.cond
+        if self.pairing == "eq12" and step.group is None:
+            raise ValueError(
+                "loss.terms.pcl.pairing=eq12 needs a step whose samples share t and eps in groups "
+                "(diffrop.diffusion.noising.draw_noise with group_size >= 2)"
+            )
+        group = step.group if self.pairing == "eq12" else None
         if self.pairs == "global":
             mu, y, t, ok = (step.gather(v) for v in (mu, y, t, ok))
+            if group is not None:  # rank r's groups become r * B + g: pairs never cross ranks
+                b = step.group.shape[0]
+                group = step.gather(group) + torch.arange(len(y), device=y.device) // b * b
         d = pairwise_sq_dist(mu)
         if self.distance == "mean":
             d = d / mu.shape[1]
         pair = (y[:, None] != y[None, :]) & ok[:, None] & ok[None, :]  # [N, N]
-        tau = self.tau(t.float() / step.schedule.num_steps)[:, None]  # tau(t_i) of anchor i
-        value = torch.where(pair, tau * PHI[self.phi](d, self.margin), 0.0)
+        if group is not None:
+            pair &= group[:, None] == group[None, :]
+        tau = self.tau(t.float() / step.schedule.num_steps)[
+            :, None
+        ]  # tau(t_i) of anchor i (= t_j under eq12)
+        margin = self.margin
+        if self.margin_schedule == "abar":
+            margin = self.margin * step.schedule.alpha_bars_prev[t][:, None]
+        value = torch.where(pair, tau * PHI[self.phi](d, margin), 0.0)
         num_pairs = pair.sum()
         step.diagnostics["pcl/pairs"] = num_pairs.float()
         if self.reduction == "pairs_mean":

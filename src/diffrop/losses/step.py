@@ -30,6 +30,9 @@ class Step:
     schedule: NoiseSchedule
     class_freq: Tensor  # [num_classes] training label frequencies (sum 1)
     net: Denoiser
+    group: Tensor | None = (
+        None  # [B] long: samples of one group share t and eps (DiffROP Eq. 12); None: per sample
+    )
     gather: Callable[[Tensor], Tensor] = _identity  # all_gather keeping gradients under DDP
     diagnostics: dict[str, Tensor] = field(default_factory=dict)  # extra values a term wants logged
 

@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from diffrop.diffusion.noising import draw_noise
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.losses.diagnostics import loss_diagnostics
 from diffrop.losses.objective import Objective
@@ -83,8 +84,7 @@ class DiffusionModule(L.LightningModule):
 
         ``aug``: DiffAugment parameters of each sample, fed to the network as conditioning (None without DiffAug).
         """
-        t = torch.randint(0, self.schedule.num_steps, (x0.shape[0],), device=x0.device)
-        eps = torch.randn_like(x0)
+        t, eps, group = draw_noise(x0, self.schedule.num_steps, self.objective.noise_group_size)
         xt = self.schedule.q_sample(x0, t, eps)
         if self.channels_last:
             xt = xt.contiguous(memory_format=torch.channels_last)
@@ -97,7 +97,7 @@ class DiffusionModule(L.LightningModule):
             if self.trainer.world_size > 1
             else None
         )
-        step = Step(x0, xt, t, eps, eps_hat, y, cond, all_dropped, self.schedule, self.class_freq, net)
+        step = Step(x0, xt, t, eps, eps_hat, y, cond, all_dropped, self.schedule, self.class_freq, net, group)
         if gather is not None:
             step.gather = gather
         return step

@@ -1,0 +1,212 @@
+"""PCL as DiffROP Eq. 12 writes it: pairs share t and eps, so the noise cancels between them.
+
+Independent expectations: hand algebra of the forward process, a naive double loop over pairs with groups, and
+the uniform distribution of t that keeps the DDPM loss unbiased.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from diffrop.diffusion.noising import draw_noise
+from diffrop.diffusion.schedule import NoiseSchedule
+from diffrop.losses.ddpm import EpsMSE
+from diffrop.losses.objective import Objective
+from diffrop.losses.pcl import PCL
+from diffrop.losses.step import Step
+from diffrop.losses.tau import Constant, ExpDecay
+from tests.test_losses import PHI_REF, make_step
+
+T = 1000
+
+
+def test_groups_share_t_and_eps_and_nothing_else() -> None:
+    torch.manual_seed(0)
+    x0 = torch.randn(10, 3, 2, 2)
+    t, eps, group = draw_noise(x0, T, group_size=4)  # groups of 4, 4 and 2
+    assert group.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]
+    for g in range(3):
+        members = group == g
+        assert (t[members] == t[members][0]).all()
+        assert (eps[members] == eps[members][:1]).all()
+    assert len(set(t.tolist())) == 3  # three strata: three different timesteps
+    assert not torch.equal(eps[0], eps[4]) and not torch.equal(eps[4], eps[8])
+
+
+def test_group_timesteps_fall_in_distinct_strata() -> None:
+    torch.manual_seed(1)
+    for _ in range(50):
+        t, _, _ = draw_noise(torch.zeros(24, 1), T, group_size=3)  # 8 groups, strata of 125 steps
+        per_group = t[::3]
+        assert sorted((per_group // 125).tolist()) == list(range(8))
+
+
+def test_group_size_one_is_plain_ddpm_noise() -> None:
+    t, eps, group = draw_noise(torch.zeros(5, 2), T, group_size=1)
+    assert group is None and t.shape == (5,) and eps.shape == (5, 2)
+
+
+def test_each_sample_t_is_uniform_so_the_ddpm_loss_stays_unbiased() -> None:
+    # T = 10, batch 7, groups of 3 (3, 3, 1: unequal groups). Each position's t must be uniform on 0..9, so
+    # E[batch mean of f(t)] = mean over t of f(t) for any per-sample loss f (the DDPM loss's expectation over t).
+    torch.manual_seed(2)
+    n, num_steps = 5000, 10
+    counts = torch.zeros(7, num_steps)
+    f = torch.tensor([float(s) ** 3 for s in range(num_steps)])
+    batch_means = torch.zeros(n)
+    for k in range(n):
+        t, _, _ = draw_noise(torch.zeros(7, 1), num_steps, group_size=3)
+        counts[torch.arange(7), t] += 1
+        batch_means[k] = f[t].mean()
+    expected = n / num_steps
+    chi2 = ((counts - expected) ** 2 / expected).sum(1)  # per position, 9 degrees of freedom
+    assert (chi2 < 33.7).all(), chi2  # chi2_{9} 0.9999 quantile: a fair test fails once in 10^4
+    exact = f.mean().item()  # 202.5
+    se = batch_means.std().item() / math.sqrt(n)
+    assert abs(batch_means.mean().item() - exact) < 4 * se
+
+
+def test_noise_cancels_between_members_of_a_group() -> None:
+    # x_t^i - x_t^j = sqrt(abar_t) (x_0^i - x_0^j); with the true noise as the estimate, Eq. 9's means differ by
+    # sqrt(abar_{t-1}) (x_0^i - x_0^j) (the posterior mean's coefficients sum to that), so d_ij under eq12 is
+    # abar_{t-1} |x_0^i - x_0^j|^2: no noise left in it.
+    torch.manual_seed(3)
+    sched = NoiseSchedule(T)
+    x0 = torch.randn(4, 3, 2, 2)
+    t, eps, _ = draw_noise(x0, T, group_size=2)
+    xt = sched.q_sample(x0, t, eps)
+    betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
+    abar = torch.cumprod(1 - betas, 0)
+    for i, j in ((0, 1), (2, 3)):
+        ti = int(t[i])
+        assert torch.allclose(xt[i] - xt[j], abar[ti].sqrt().float() * (x0[i] - x0[j]), atol=1e-5)
+        abar_prev = 1.0 if ti == 0 else float(abar[ti - 1])
+        step = Step(x0[[i, j]], xt[[i, j]], t[[i, j]], eps[[i, j]], eps[[i, j]], torch.tensor([0, 1]),
+                    torch.ones(2, dtype=torch.bool), False, sched, torch.ones(2) / 2, None,
+                    group=torch.zeros(2, dtype=torch.long))  # fmt: skip
+        term = PCL("neg_l2", Constant(1.0), distance="sum", reduction="pairs_mean", group_size=2)
+        d = -term(step).item()  # phi = -d, tau = 1, mean over the 2 ordered pairs
+        assert d == pytest.approx(abar_prev * float((x0[i] - x0[j]).square().sum()), rel=1e-3)
+
+
+def naive_eq12(mu, y, t, cond, group, phi, tau, margin, abar_prev, distance, reduction) -> torch.Tensor:
+    """Algorithm 1 with Eq. 12's pairs: a double loop over pairs of one group, float64, differentiable."""
+    mu = mu.double().flatten(1)
+    total, pairs = mu.new_zeros(()), 0
+    for i in range(len(y)):
+        for j in range(len(y)):
+            if y[i] != y[j] and cond[i] and cond[j] and group[i] == group[j]:
+                d = (mu[i] - mu[j]).square().sum()
+                if distance == "mean":
+                    d = d / mu.shape[1]
+                m = margin * (abar_prev[int(t[i])] if abar_prev is not None else 1.0)
+                w = float(tau(torch.tensor(float(t[i]) / T, dtype=torch.float64)))
+                total = total + w * (torch.clamp(m - d, min=0) if phi == "hinge" else PHI_TORCH[phi](d))
+                pairs += 1
+    return total / max(pairs if reduction == "pairs_mean" else int(cond.sum()), 1)
+
+
+PHI_TORCH = {"neg_l2": lambda d: -d, "recip": lambda d: 1 / (1 + d), "exp": lambda d: torch.exp(-d)}
+
+
+@pytest.mark.parametrize(
+    ("phi", "distance", "reduction", "margin_schedule"),
+    [
+        ("exp", "mean", "algorithm1_sum", "constant"),
+        ("recip", "sum", "pairs_mean", "constant"),
+        ("neg_l2", "mean", "pairs_mean", "constant"),
+        ("hinge", "mean", "algorithm1_sum", "constant"),
+        ("hinge", "mean", "algorithm1_sum", "abar"),
+        ("hinge", "sum", "pairs_mean", "abar"),
+    ],
+)
+def test_eq12_matches_naive_double_loop_in_value_and_gradient(
+    phi, distance, reduction, margin_schedule
+) -> None:
+    g = torch.Generator().manual_seed(4)
+    b, group_size = 11, 4
+    sched = NoiseSchedule(T)
+    mu = (torch.randn(b, 2, 3, 3, generator=g) * 0.5).requires_grad_()
+    y = torch.randint(0, 3, (b,), generator=g)
+    cond = torch.rand(b, generator=g) > 0.2
+    group = torch.arange(b) // group_size
+    t = torch.tensor([50, 500, 900])[group]  # one t per group, as the training step draws them
+    tau, margin = ExpDecay(1.3, 0.4), (2.0 if distance == "mean" else 30.0)
+    step = make_step(y, t, cond, mu=mu)
+    step.group = group
+    term = PCL(phi, tau, weight=0.7, margin=margin, distance=distance, reduction=reduction, group_size=group_size,
+               margin_schedule=margin_schedule)  # fmt: skip
+    got = term(step)
+    abar_prev = sched.alpha_bars_prev.double() if margin_schedule == "abar" else None
+    ref_mu = mu.detach().double().requires_grad_()
+    expected = 0.7 * naive_eq12(ref_mu, y, t, cond, group, phi, tau, margin, abar_prev, distance, reduction)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-7)
+    got.backward()
+    expected.backward()
+    assert torch.allclose(mu.grad.double(), ref_mu.grad, rtol=1e-3, atol=1e-6)
+
+
+def test_hinge_margin_follows_abar_prev_by_hand() -> None:
+    # one pair at t = 0 (abar_{-1} = 1) and one at t = 999: margin 2 * abar_{t-1}; d = 1 (mean over 2 elements)
+    sched = NoiseSchedule(T)
+    mu = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 0.0], [1.0, 1.0]])
+    step = make_step([0, 1, 0, 1], [0, 0, 999, 999], mu=mu)
+    step.group = torch.tensor([0, 0, 1, 1])
+    term = PCL(
+        "hinge", Constant(1.0), margin=2.0, reduction="pairs_mean", group_size=2, margin_schedule="abar"
+    )
+    late = 2.0 * float(sched.alpha_bars[998])  # ~8e-5: the hinge is off there
+    assert late < 1.0
+    assert term(step).item() == pytest.approx((2 * (2.0 - 1.0) + 2 * 0.0) / 4, rel=1e-5)
+
+
+def test_pairs_across_groups_do_not_count() -> None:
+    step = make_step([0, 1, 0, 1], [7, 7, 300, 300], mu=torch.randn(4, 2))
+    step.group = torch.tensor([0, 0, 1, 1])
+    PCL("exp", Constant(1.0), group_size=2)(step)
+    assert (
+        step.diagnostics["pcl/pairs"].item() == 4
+    )  # (0,1), (1,0), (2,3), (3,2); (0,3) and (1,2) cross groups
+
+
+def test_eq12_refuses_a_step_without_groups() -> None:
+    with pytest.raises(ValueError, match="pairing=eq12"):
+        PCL("exp", Constant(1.0))(make_step([0, 1], [1, 2], mu=torch.zeros(2, 2)))
+
+
+def test_objective_asks_for_groups_only_for_eq12() -> None:
+    assert Objective({"ddpm": EpsMSE()}).noise_group_size == 1
+    assert (
+        Objective({"ddpm": EpsMSE(), "pcl": PCL("exp", Constant(1.0), pairing="batch")}).noise_group_size == 1
+    )
+    assert Objective({"ddpm": EpsMSE(), "pcl": PCL("exp", Constant(0.0), group_size=6)}).noise_group_size == 6
+
+
+def test_phi_reference_agrees_with_torch_forms() -> None:  # the two references above describe one phi
+    for name, f in PHI_TORCH.items():
+        assert float(f(torch.tensor(0.3, dtype=torch.float64))) == pytest.approx(PHI_REF[name](0.3, 1.0))
+
+
+def test_training_step_of_loss_pcl_exp_draws_eq12_groups(tmp_path) -> None:
+    """`loss=pcl_exp` as a user composes it: the module's one forward pass shares (t, eps) per group of 8."""
+    from types import SimpleNamespace
+
+    from diffrop.build import build_datamodule, build_module
+    from tests.helpers.train_utils import TINY_RUN_OVERRIDES
+    from tests.test_configs import compose_train
+
+    cfg = compose_train([*TINY_RUN_OVERRIDES, "loss=pcl_exp", "data.batch_size=20"], tmp_path)
+    assert cfg.loss.terms.pcl.pairing == "eq12" and cfg.loss.terms.pcl.group_size == 8
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule)
+    module._trainer = SimpleNamespace(world_size=1)  # forward_step only asks the trainer for the world size
+    torch.manual_seed(0)
+    x0 = torch.rand(20, 3, 16, 16) * 2 - 1
+    step = module.forward_step(x0, torch.arange(20) % 10)
+    assert step.group.tolist() == [0] * 8 + [1] * 8 + [2] * 4
+    abar = module.schedule.alpha_bars[step.t[0]]
+    assert (step.t[:8] == step.t[0]).all() and torch.equal(step.eps[3], step.eps[0])
+    assert torch.allclose(step.xt[0] - step.xt[5], abar.sqrt() * (x0[0] - x0[5]), atol=1e-5)
