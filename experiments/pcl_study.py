@@ -50,7 +50,9 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPE_W = {"ddpm": 0.8, "cbdm": 1.6}  # CBDM's README: DDPM 0.8, CBDM 1.6
 ALG1_TAU0 = (0.01, 0.03, 0.1, 1, 3, 10, 30)  # per-anchor sum, batch 64: from negligible to dominant
 PAIRS_MEAN_TAU0 = (100,)  # mean over pairs: ~56 partners per anchor at batch 64, so ~ alg1 at tau0 / 56
-EQ12_TAU0 = (0.1, 1.0)  # placeholder until measured: grad ratio ~0.01-0.03 and ~0.1-0.3
+# eq12 strengths: 300-step runs (seed 0) logged grad ratio 0.018-0.023 at tau0 = 0.5 and 0.15-0.17 at tau0 = 4 over
+# steps 150-300 (about 1/9 of batch pairing at the same tau0: ~6 different-label partners per anchor, not ~56)
+EQ12_TAU0 = (0.5, 4)
 SAMPLE_STEPS = 50
 PCL = ["loss.terms.pcl.phi=exp", "tau=exp_decay"]
 
@@ -91,7 +93,7 @@ def pcl_arm(
             f"tau.temperature={temperature}",
             f"tau.tau0={tau0}",
             f"loss.terms.pcl.reduction={reduction}",
-            *((f"loss.terms.pcl.pairing={pairing}",) if pairing == "eq12" else ()),
+            f"loss.terms.pcl.pairing={pairing}",  # explicit: the config's default is eq12 since main 9228078
         ),
         reduction,
         tau0,
@@ -189,15 +191,23 @@ TRAIN_KEYS = {  # summary name: metrics.csv column
 }
 
 
+def _no_pairs(row: dict) -> bool:
+    """A logged step whose batch had no two conditioned samples to compare (a batch with every label dropped for
+    classifier-free guidance): its PCL term, grad ratio and class distances are 0 by construction, not readings."""
+    return float(row.get("train/pcl/d_between") or 0) == 0 and float(row.get("train/pcl/d_within") or 0) == 0
+
+
 def train_log_summary(run: Path) -> dict[str, float]:
-    """Medians over the second half of training of the logged diagnostics (absent ones left out)."""
+    """Medians over the second half of training of the logged diagnostics (absent ones left out); the PCL
+    diagnostics leave out steps without pairs (``_no_pairs``)."""
     if not (run / "metrics.csv").is_file():  # a run shorter than one logging interval
         return {}
     with open(run / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     out = {}
     for key, column in TRAIN_KEYS.items():
-        values = [float(r[column]) for r in rows if r.get(column)]
+        pcl = column.startswith("train/pcl/")
+        values = [float(r[column]) for r in rows if r.get(column) and not (pcl and _no_pairs(r))]
         if values:
             out[key] = statistics.median(values[len(values) // 2 :])
     return out

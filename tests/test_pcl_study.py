@@ -107,11 +107,17 @@ def test_train_log_summary_takes_medians_over_the_second_half(tmp_path) -> None:
     rows = ["step,train/loss,train/pcl/grad_ratio,train/eps_slope,train/pcl/d_between,train/pcl/d_within"]
     for step, (ratio, slope) in enumerate([(9.0, 0.1), (9.0, 0.1), (0.1, 0.8), (0.3, 0.9), (0.2, 1.0)]):
         rows += [f"{step},1.0,{ratio},{slope},2.0,1.5", f"{step},,,,,"]  # every other row: another logger's
+    rows += [
+        "5,1.0,0.0,0.7,0.0,0.0",
+        "6,1.0,0.0,0.7,0.0,0.0",
+    ]  # every label dropped: no pairs, no PCL reading
     (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
-    # 5 logged values; the second half is the last 3
+    # PCL keys: 5 readings (the no-pair steps left out), the second half is the last 3: 0.1, 0.3, 0.2 (with the
+    # zeros it would be 0.3, 0.2, 0, 0: median 0.1, d_between 1.0); eps_slope: 7 readings, the last 4 are
+    # 0.9, 1.0, 0.7, 0.7
     assert study.train_log_summary(tmp_path) == {
         "grad_ratio": pytest.approx(0.2),
-        "eps_slope": pytest.approx(0.9),
+        "eps_slope": pytest.approx(0.8),
         "d_between": 2.0,
         "d_within": 1.5,
     }
@@ -125,7 +131,9 @@ def test_default_run_is_the_new_arm_set() -> None:
     assert {"loss.terms.pcl.pairing=eq12", "tau.tau0=0"} <= set(control.overrides)
     eq12 = [a for a in default if a.pairing == "eq12" and a is not control]
     assert len(eq12) == 2 and all("loss.terms.pcl.pairing=eq12" in a.overrides for a in eq12)
-    assert arms["pcl_alg1_tau0.03"].pairing == "batch" and "ddpm" in study.DEFAULT_ARMS
+    batch = arms["pcl_alg1_tau0.03"]  # the config default is eq12: batch pairing must be asked for
+    assert batch.pairing == "batch" and "loss.terms.pcl.pairing=batch" in batch.overrides
+    assert "ddpm" in study.DEFAULT_ARMS and arms["ddpm"].overrides == ("loss=ddpm",)
 
 
 def test_kid_per_group_is_the_unbiased_mmd_by_hand() -> None:
