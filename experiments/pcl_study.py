@@ -1,15 +1,19 @@
-"""Does PCL do anything? A powered CPU study on digits_lt: DDPM, DDPM + PCL over a tau0 grid for both reductions,
-CBDM and CBDM + PCL, several seeds, each model sampled at w = 0 and at its recipe guidance.
+"""Does PCL do anything? A CPU study on digits_lt: DDPM, a grouped-DDPM control, DDPM + PCL with the paper's Eq. 12
+pairing (pairs share t and eps) at two strengths and with batch pairing, several seeds, each model sampled at
+w = 0 and at its recipe guidance.
 
     python experiments/pcl_study.py                      # = make pcl-study; resumable (finished runs are skipped)
-    python experiments/pcl_study.py --seeds 0 --arms ddpm pcl_alg1_tau1    # a subset
+    python experiments/pcl_study.py --seeds 0 --arms ddpm pcl_eq12_tau1    # a subset
+    python experiments/pcl_study.py --arms '*'           # every arm defined, the earlier tau0 grid and CBDM too
 
-Every arm trains the quickstart model (tiny UNet, 8x8 digits, imbalance 0.1, batch 64, lr 1e-3) for 1,000 steps with the same
-seed, batch order and initial weights per seed; only the loss differs. Samples: DDIM-50, ``--per-class`` per class,
-the same initial noise for every arm of a seed (common random numbers: differences are less noisy than the
-values). Scores live in a digits classifier's feature space (diffrop.paper.digits_probe): per-shot FID and recall,
-accuracy, confusion (share of class-c samples assigned to another class) and to_head (assigned to a many-shot
-class). ``grad_ratio`` is the median of ``train/pcl/grad_ratio`` over the second half of training.
+Every arm trains the quickstart model (tiny UNet, 8x8 digits, imbalance 0.1, batch 64, lr 1e-3) for 1,000 steps with
+the same seed, batch order and initial weights per seed; only the loss differs. Samples: DDIM-50, ``--per-class``
+per class, the same initial noise for every arm of a seed (common random numbers). Differences to DDPM are
+therefore paired by seed (diffrop.paper.paired: the t interval of the per-seed differences); Welch's unpaired
+interval only where an arm shares fewer than 2 seeds with DDPM. Scores live in a digits classifier's feature space
+(diffrop.paper.digits_probe): per-shot FID, KID and recall, accuracy, confusion (share of class-c samples assigned to
+another class) and to_head (assigned to a many-shot class). Training diagnostics (``train/pcl/grad_ratio``,
+``train/eps_slope``, ``train/pcl/d_between``, ``train/pcl/d_within``) are medians over the second half of training.
 Writes <out>.md, <out>.json and <out>.png (default experiments/results/pcl_study.*).
 """
 
@@ -39,12 +43,16 @@ from diffrop.data.longtail import longtail_counts, shot_groups
 from diffrop.diffusion.sampling import ddim_sample, to_uint8
 from diffrop.paper.cells import training_state
 from diffrop.paper.digits_probe import PROBE_SIZE, load_or_train_probe, probe_outputs, score_by_group
+from diffrop.paper.paired import paired_difference
 from diffrop.runtime.children import parent_death_signal, stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE_W = {"ddpm": 0.8, "cbdm": 1.6}  # CBDM's README: DDPM 0.8, CBDM 1.6
 ALG1_TAU0 = (0.01, 0.03, 0.1, 1, 3, 10, 30)  # per-anchor sum, batch 64: from negligible to dominant
 PAIRS_MEAN_TAU0 = (100,)  # mean over pairs: ~56 partners per anchor at batch 64, so ~ alg1 at tau0 / 56
+# eq12 strengths: 300-step runs (seed 0) logged grad ratio 0.018-0.023 at tau0 = 0.5 and 0.15-0.17 at tau0 = 4 over
+# steps 150-300 (about 1/9 of batch pairing at the same tau0: ~6 different-label partners per anchor, not ~56)
+EQ12_TAU0 = (0.5, 4)
 SAMPLE_STEPS = 50
 PCL = ["loss.terms.pcl.phi=exp", "tau=exp_decay"]
 
@@ -59,6 +67,7 @@ class Arm:
     tau0: float | None = None
     temperature: float | None = None
     seeds: tuple[int, ...] = (0, 1, 2)
+    pairing: str | None = None  # batch | eq12 (PCL arms and the grouped control)
 
 
 def pcl_arm(
@@ -67,13 +76,16 @@ def pcl_arm(
     base: str = "ddpm",
     temperature: float = 0.5,
     seeds: tuple[int, ...] = (0, 1, 2),
+    pairing: str = "batch",
 ) -> Arm:
     short = {"algorithm1_sum": "alg1", "pairs_mean": "pmean"}[reduction]
     loss = "pcl_exp" if base == "ddpm" else "cbdm_pcl_exp"
     temp = "" if temperature == 0.5 else f"_temp{temperature:g}"
+    kind = "eq12" if pairing == "eq12" else short  # eq12 arms: algorithm1_sum inside each group
     return Arm(
-        f"{'' if base == 'ddpm' else 'cbdm_'}pcl_{short}_tau{tau0:g}{temp}",
-        f"{base.upper()} + PCL {short} tau0={tau0:g}" + (f", temperature {temperature:g}" if temp else ""),
+        f"{'' if base == 'ddpm' else 'cbdm_'}pcl_{kind}_tau{tau0:g}{temp}",
+        f"{base.upper()} + PCL {kind if pairing == 'eq12' else short + ', batch pairs,'} tau0={tau0:g}"
+        + (f", temperature {temperature:g}" if temp else ""),
         base,
         (
             f"loss={loss}",
@@ -81,18 +93,34 @@ def pcl_arm(
             f"tau.temperature={temperature}",
             f"tau.tau0={tau0}",
             f"loss.terms.pcl.reduction={reduction}",
+            f"loss.terms.pcl.pairing={pairing}",  # explicit: the config's default is eq12 since main 9228078
         ),
         reduction,
         tau0,
         temperature,
         seeds,
+        pairing,
     )
 
 
+# The grouped control: the eq12 training step (t and eps drawn once per group) with PCL at weight 0, so that an eq12
+# arm's difference to it is PCL's alone, not the grouped sampling of t and eps.
+CONTROL = "ddpm_eq12"
+# The default run: DDPM, the control, batch-paired PCL at the config default, eq12 PCL at two strengths; 3 seeds each.
+DEFAULT_ARMS = ("ddpm", CONTROL, "pcl_alg1_tau0.03", *(f"pcl_eq12_tau{t:g}" for t in EQ12_TAU0))
 # Two seeds where the effect is many times the seed spread (a 2-core session's budget; n is in the table).
 TWO = (0, 1)
 ARMS = [
     Arm("ddpm", "DDPM", "ddpm", ("loss=ddpm",)),
+    Arm(
+        CONTROL,
+        "DDPM, eq12 groups (PCL tau0=0)",
+        "ddpm",
+        ("loss=pcl_exp", *PCL, "loss.terms.pcl.pairing=eq12", "tau.tau0=0"),
+        pairing="eq12",
+        tau0=0.0,
+    ),
+    *(pcl_arm("algorithm1_sum", t, pairing="eq12") for t in EQ12_TAU0),
     *(pcl_arm("algorithm1_sum", t, seeds=(0, 1, 2) if t <= 1 else TWO) for t in ALG1_TAU0),
     *(pcl_arm("pairs_mean", t, seeds=TWO) for t in PAIRS_MEAN_TAU0),
     pcl_arm(
@@ -103,6 +131,7 @@ ARMS = [
     # why does CBDM trail DDPM here? the regulariser's weight
     Arm("cbdm_weight0.1", "CBDM, weight 0.1", "cbdm", ("loss=cbdm", "loss.terms.cbdm.weight=0.1"), seeds=TWO),
 ]
+assert set(DEFAULT_ARMS) <= {a.slug for a in ARMS}
 
 
 @dataclass
@@ -141,7 +170,9 @@ def train(arm: Arm, seed: int, args, children: Children) -> Path:
     cmd = [sys.executable, str(REPO / "src" / "train.py"), "experiment=quickstart", *arm.overrides,
            f"trainer.max_steps={args.steps}", f"seed={seed}", f"hydra.run.dir={run}", "logger=csv",
            "callbacks.sample_grid.every_n_steps=0", "callbacks.progress_bar=null"]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // args.jobs)))
+    # this checkout's diffrop, whatever the venv has installed
+    path = os.pathsep.join([str(REPO / "src"), str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // args.jobs)), PYTHONPATH=path)
     start = time.monotonic()
     rc = children.run(cmd, run.with_suffix(".log"), env)
     if rc:
@@ -152,15 +183,31 @@ def train(arm: Arm, seed: int, args, children: Children) -> Path:
     return run
 
 
+TRAIN_KEYS = {  # summary name: metrics.csv column
+    "grad_ratio": "train/pcl/grad_ratio",
+    "eps_slope": "train/eps_slope",
+    "d_between": "train/pcl/d_between",
+    "d_within": "train/pcl/d_within",
+}
+
+
+def _no_pairs(row: dict) -> bool:
+    """A logged step whose batch had no two conditioned samples to compare (a batch with every label dropped for
+    classifier-free guidance): its PCL term, grad ratio and class distances are 0 by construction, not readings."""
+    return float(row.get("train/pcl/d_between") or 0) == 0 and float(row.get("train/pcl/d_within") or 0) == 0
+
+
 def train_log_summary(run: Path) -> dict[str, float]:
-    """Medians over the second half of training of the logged PCL diagnostics (absent ones left out)."""
+    """Medians over the second half of training of the logged diagnostics (absent ones left out); the PCL
+    diagnostics leave out steps without pairs (``_no_pairs``)."""
     if not (run / "metrics.csv").is_file():  # a run shorter than one logging interval
         return {}
     with open(run / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     out = {}
-    for key in ("grad_ratio", "d_between", "d_within"):
-        values = [float(r[f"train/pcl/{key}"]) for r in rows if r.get(f"train/pcl/{key}")]
+    for key, column in TRAIN_KEYS.items():
+        pcl = column.startswith("train/pcl/")
+        values = [float(r[column]) for r in rows if r.get(column) and not (pcl and _no_pairs(r))]
         if values:
             out[key] = statistics.median(values[len(values) // 2 :])
     return out
@@ -169,7 +216,8 @@ def train_log_summary(run: Path) -> dict[str, float]:
 def score(run: Path, arm: Arm, seed: int, args, probe, real, groups) -> dict:
     """Scores of one trained run at w = 0 and at its recipe w, cached in <run>/study_scores.json."""
     cache = run / "study_scores.json"
-    key = {"per_class": args.per_class, "steps": SAMPLE_STEPS, "w": [0.0, RECIPE_W[arm.family]]}
+    key = {"per_class": args.per_class, "steps": SAMPLE_STEPS, "w": [0.0, RECIPE_W[arm.family]], "kid": True,
+           "train": sorted(TRAIN_KEYS)}  # fmt: skip
     if cache.is_file() and (stored := json.loads(cache.read_text())).get("key") == key:
         return stored
     net, schedule, cfg, _ = net_from_checkpoint(run / "checkpoints" / "last.ckpt")
@@ -192,91 +240,156 @@ COLUMNS = [  # (group, metric, header, lower is better)
     ("many", "fid", "FID many", True),
     ("med", "fid", "FID med", True),
     ("few", "fid", "FID few", True),
+    ("many", "kid", "KID many", True),
+    ("med", "kid", "KID med", True),
+    ("few", "kid", "KID few", True),
     ("few", "recall", "recall few", False),
     ("many", "acc", "acc many %", False),
     ("few", "acc", "acc few %", False),
     ("few", "to_head", "few→head %", True),
 ]
+EXTRA = [("few", "confusion", "", True), ("med", "acc", "", False)]  # in the JSON only
+# the paired-difference tables and the figure
+KEY_COLUMNS = [("few", "fid", "FID few", True), ("few", "kid", "KID few", True), ("few", "acc", "acc few %", False),
+               ("few", "to_head", "few→head %", True)]  # fmt: skip
+SCALE = {"kid": 100.0}  # KID shown x 100 (probe features are large: KID 0.05-1.5); the JSON: raw
+SETTINGS = (("w0", "w = 0"), ("recipe", "recipe guidance (DDPM family w = 0.8, CBDM family w = 1.6)"))
 
 
-def values(results: dict, slug: str, setting: str, group: str, metric: str) -> list[float]:
-    """One metric over the seeds of one arm; ``setting`` is "w0" or "recipe"."""
-    out = []
-    for entry in results.get(slug, {}).values():
+def values(results: dict, slug: str, setting: str, group: str, metric: str) -> dict[int, float]:
+    """One metric of one arm, keyed by seed; ``setting`` is "w0" or "recipe"."""
+    out = {}
+    for seed, entry in results.get(slug, {}).items():
         w = "0" if setting == "w0" else next(k for k in entry["scores"] if k != "0")
-        out.append(entry["scores"][w][group][metric])
+        out[int(seed)] = entry["scores"][w][group][metric]
     return out
 
 
-def welch(a: list[float], b: list[float]) -> tuple[float, float, float] | None:
-    """(mean(a) - mean(b), 95% CI low, high) by Welch's t-test; None with fewer than 2 values on a side."""
+def difference(arm: dict[int, float], base: dict[int, float]) -> dict | None:
+    """mean(arm - base) and its 95% interval: paired by seed (``test`` "paired") where the two share >= 2 seeds,
+    else Welch's unpaired interval (``test`` "welch", ``seeds`` empty); None with fewer than 2 values on a side."""
+    paired = paired_difference(arm, base)
+    if paired is not None:
+        return {**paired.as_dict(), "test": "paired"}
+    a, b = list(arm.values()), list(base.values())
     if len(a) < 2 or len(b) < 2:
         return None
     ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
-    return float(np.mean(a) - np.mean(b)), float(ci.low), float(ci.high)
+    return {"mean": float(np.mean(a) - np.mean(b)), "low": float(ci.low), "high": float(ci.high), "seeds": [],
+            "test": "welch"}  # fmt: skip
+
+
+def spread(per_seed: dict[int, float]) -> dict:
+    v = list(per_seed.values())
+    return {
+        "mean": float(np.mean(v)),
+        "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+        "per_seed": per_seed,
+    }
 
 
 def summarise(results: dict) -> dict:
-    """Per arm and setting: mean, sd and the Welch difference to DDPM of every column."""
+    """Per arm: the training diagnostics and, per setting, mean, sd, per-seed values and the differences to DDPM
+    (and, for eq12 PCL arms, to the grouped control) of every column. ``results``: slug -> seed -> scores."""
     out = {}
-    for arm in ARMS:
+    for arm in sorted(
+        ARMS, key=lambda a: DEFAULT_ARMS.index(a.slug) if a.slug in DEFAULT_ARMS else len(ARMS)
+    ):
         if arm.slug not in results:
             continue
-        entry = {"label": arm.label, "seeds": sorted(results[arm.slug]), "reduction": arm.reduction, "temperature": arm.temperature,
-                 "tau0": arm.tau0, "family": arm.family}  # fmt: skip
-        ratios = [e["train"].get("grad_ratio") for e in results[arm.slug].values()]
-        if ratios and None not in ratios:
-            entry["grad_ratio"] = {
-                "mean": float(np.mean(ratios)),
-                "sd": float(np.std(ratios, ddof=1)) if len(ratios) > 1 else 0.0,
-            }
-        for setting in ("w0", "recipe"):
+        runs = results[arm.slug]
+        entry = {"label": arm.label, "seeds": sorted(int(s) for s in runs), "reduction": arm.reduction,
+                 "temperature": arm.temperature, "tau0": arm.tau0, "family": arm.family, "pairing": arm.pairing,
+                 "train": {}}  # fmt: skip
+        for key in TRAIN_KEYS:
+            logged = {int(s): e["train"][key] for s, e in runs.items() if key in e.get("train", {})}
+            if logged:
+                entry["train"][key] = spread(logged)
+        against_control = arm.pairing == "eq12" and arm.slug != CONTROL and CONTROL in results
+        for setting, _ in SETTINGS:
             cols = {}
-            for group, metric, _, _ in [*COLUMNS, ("few", "confusion", "", True), ("med", "acc", "", False)]:
+            for group, metric, _, _ in [*COLUMNS, *EXTRA]:
                 v = values(results, arm.slug, setting, group, metric)
-                base = values(results, "ddpm", setting, group, metric)
-                cols[f"{group}/{metric}"] = {
-                    "mean": float(np.mean(v)),
-                    "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
-                    "per_seed": v,
-                    "vs_ddpm": None if arm.slug == "ddpm" else welch(v, base),
-                }
+                col = spread(v)
+                col["vs_ddpm"] = (
+                    None
+                    if arm.slug == "ddpm"
+                    else difference(v, values(results, "ddpm", setting, group, metric))
+                )
+                col["vs_control"] = difference(v, values(results, CONTROL, setting, group, metric)) if against_control else None  # fmt: skip
+                cols[f"{group}/{metric}"] = col
             entry[setting] = cols
         out[arm.slug] = entry
     return out
 
 
-def _cell(col: dict, lower: bool) -> str:
-    text = f"{col['mean']:.2f} ± {col['sd']:.2f}"
+def _mark(diff: dict, lower: bool) -> str:
+    """ "**" for an interval that excludes 0 on the better side, "_" on the worse side, "" otherwise."""
+    if not (diff["low"] > 0 or diff["high"] < 0):
+        return ""
+    return "**" if (diff["mean"] < 0) == lower else "_"
+
+
+def _cell(col: dict, lower: bool, scale: float = 1.0) -> str:
+    text = f"{scale * col['mean']:.2f} ± {scale * col['sd']:.2f}"
     diff = col["vs_ddpm"]
     if diff is None:
         return text
-    d, lo, hi = diff
-    real = lo > 0 or hi < 0
-    better = (d < 0) == lower
-    mark = ("**" if better else "_") if real else ""
-    return f"{text} ({mark}{d:+.2f}{mark})"
+    mark, welch = _mark(diff, lower), "†" if diff["test"] == "welch" else ""
+    return f"{text} ({mark}{scale * diff['mean']:+.2f}{mark}{welch})"
+
+
+def _interval(diff: dict | None, lower: bool, scale: float = 1.0) -> str:
+    if diff is None:
+        return "–"
+    mark, welch = _mark(diff, lower), "†" if diff["test"] == "welch" else ""
+    lo, hi = scale * diff["low"], scale * diff["high"]
+    return f"{mark}{scale * diff['mean']:+.2f}{mark} [{lo:+.2f}, {hi:+.2f}]{welch}"
+
+
+def _stat(entry: dict, key: str, digits: int = 3) -> str:
+    s = entry["train"].get(key)
+    return "–" if s is None else f"{s['mean']:.{digits}g} ± {s['sd']:.2g}"
 
 
 def render(summary: dict, args, meta: dict) -> str:
     lines = [
-        "# Does PCL do anything? DDPM / CBDM ± PCL on digits_lt, a tau0 grid, both reductions (CPU)",
+        "# Does PCL do anything? DDPM ± PCL on digits_lt: Eq. 12 pairing vs batch pairing, paired by seed (CPU)",
         "",
         f"Quickstart model (tiny UNet, 8x8 digits, imbalance 0.1, {args.steps} steps, batch 64, lr 1e-3); PCL = exp,",
-        "exp-decay tau (temperature 0.5), distance mean over pixels. Seeds per arm: see n. Scores: "
+        "exp-decay tau (temperature 0.5), distance mean over pixels, per-anchor sum (algorithm1_sum). Pairing: *batch* =",
+        "every different-label pair of the batch, each sample with its own t and eps; *eq12* = the paper's Eq. 12, t and",
+        "eps drawn once per group of samples and pairs only inside a group. The eq12 control is that grouped training",
+        "step with PCL at tau0 = 0. Arms of one seed share initial weights, data order and sampling noise. Scores: "
         f"{args.per_class} DDIM-{SAMPLE_STEPS} samples per class in the feature space of a digits ResNet-20 "
         f"(held-out accuracy {meta['probe_accuracy']:.1f}%); shot groups {meta['groups']}, training counts "
-        f"{meta['counts']}.",
-        "Each cell: mean ± sd over seeds, then (difference to DDPM at the same setting). **bold** = the 95% Welch",
-        "interval of the difference excludes 0 and the arm is better, _italic_ = excludes 0 and worse; plain = no",
-        "detectable difference. few→head = share of few-shot samples the classifier assigns to a many-shot class.",
-        "grad ratio = |dL_pcl/d eps_hat| / |dL_ddpm/d eps_hat|, median over the second half of training.",
+        f"{meta['counts']}. KID = unbiased MMD² (cubic kernel) of a group's generated vs real features, shown x 100.",
+        "Each value cell: mean ± sd over seeds, then (difference to DDPM at the same setting). Differences are paired",
+        "by seed: mean of the per-seed differences and its 95% t interval (n - 1 df); † = Welch's unpaired interval,",
+        "used only where an arm shares fewer than 2 seeds with DDPM. **bold** = the interval excludes 0 and the arm is",
+        "better, _italic_ = excludes 0 and worse; plain = no detectable difference. few→head = share of few-shot",
+        "samples the classifier assigns to a many-shot class.",
+        "",
+        "## Training diagnostics",
+        "",
+        "Medians over the second half of training (logged every 25 steps), then mean ± sd over seeds. grad ratio =",
+        "|dL_pcl/d eps_hat| / |dL_ddpm/d eps_hat|; eps_slope = slope of eps_hat on eps; d_between / d_within = mean",
+        "distance between posterior means of different-label / same-label samples.",
+        "",
+        "| Arm | n | grad ratio | eps_slope | d_between | d_within | d_between − d_within |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for setting, title in (
-        ("recipe", "recipe guidance (DDPM family w = 0.8, CBDM family w = 1.6)"),
-        ("w0", "w = 0"),
-    ):
-        header = ["Arm", "n", "grad ratio", *(f"{h} {'↓' if lo else '↑'}" for _, _, h, lo in COLUMNS)]
+    for e in summary.values():
+        t = e["train"]
+        gap = (
+            f"{t['d_between']['mean'] - t['d_within']['mean']:.4f}"
+            if "d_between" in t and "d_within" in t
+            else "–"
+        )
+        lines.append(f"| {e['label']} | {len(e['seeds'])} | {_stat(e, 'grad_ratio')} | {_stat(e, 'eps_slope', 4)} | "
+                     f"{_stat(e, 'd_between', 4)} | {_stat(e, 'd_within', 4)} | {gap} |")  # fmt: skip
+    for setting, title in SETTINGS:
+        header = ["Arm", "n", *(f"{h} {'↓' if lo else '↑'}" for _, _, h, lo in COLUMNS)]
         lines += [
             "",
             f"## Sampled at {title}",
@@ -285,10 +398,21 @@ def render(summary: dict, args, meta: dict) -> str:
             "|" + "---|" * len(header),
         ]
         for e in summary.values():
-            gr = e.get("grad_ratio")
-            ratio = "–" if gr is None else f"{gr['mean']:.3g}"
-            cells = [_cell(e[setting][f"{g}/{m}"], lo) for g, m, _, lo in COLUMNS]
-            lines.append(f"| {e['label']} | {len(e['seeds'])} | {ratio} | " + " | ".join(cells) + " |")
+            cells = [_cell(e[setting][f"{g}/{m}"], lo, SCALE.get(m, 1.0)) for g, m, _, lo in COLUMNS]
+            lines.append(f"| {e['label']} | {len(e['seeds'])} | " + " | ".join(cells) + " |")
+        header = ["Arm", "vs", *(f"Δ {h} {'↓' if lo else '↑'}" for _, _, h, lo in KEY_COLUMNS)]
+        lines += ["", f"Paired differences at {title.split(' (')[0]}, mean [95% interval]:", "",
+                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # fmt: skip
+        for e in summary.values():
+            for against, name in (("vs_ddpm", "DDPM"), ("vs_control", "eq12 control")):
+                cols = [e[setting][f"{g}/{m}"] for g, m, _, _ in KEY_COLUMNS]
+                if all(c[against] is None for c in cols):
+                    continue
+                cells = [
+                    _interval(c[against], lo, SCALE.get(m, 1.0))
+                    for c, (_, m, _, lo) in zip(cols, KEY_COLUMNS, strict=True)
+                ]
+                lines.append(f"| {e['label']} | {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"Wall time of this invocation: {meta['wall_s'] / 60:.0f} min ({meta['trained']} runs trained).",
@@ -306,38 +430,47 @@ def write_keeping_reading(path: Path, table: str) -> None:
     path.write_text(table + (old[old.index(READING) :] if READING in old else ""))
 
 
+PLOTTED = [
+    ("few/fid", "few-shot FID", 1.0),
+    ("few/kid", "few-shot KID x 100", 100.0),
+    ("few/to_head", "few→head %", 1.0),
+]
+
+
 def plot(summary: dict, path: Path) -> None:
-    """Few-shot FID and few-shot confusion against tau0 (log axis), mean ± sd, DDPM as a band."""
+    """Each arm's paired difference to DDPM with its 95% interval, one panel per metric, arms on the y axis, w = 0
+    and recipe guidance side by side. The x axis is the difference itself (0 = DDPM), linear while the largest
+    effect is within 30x the smallest, symmetric-log beyond (an earlier tau0 grid spans FID +0.1 to +140)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 6.5), layout="constrained")
-    axes = fig.subplots(2, 2)
-    for col, (metric, name) in enumerate(
-        (("few/fid", "few-shot FID"), ("few/confusion", "few-shot confusion %"))
-    ):
-        for row, setting in enumerate(("recipe", "w0")):
-            ax = axes[row, col]
-            if "ddpm" in summary:
-                base = summary["ddpm"][setting][metric]
-                ax.axhspan(
-                    base["mean"] - base["sd"], base["mean"] + base["sd"], color="0.85", label="DDPM ± sd"
-                )
-                ax.axhline(base["mean"], color="0.5", lw=1)
-            for reduction, marker in (("algorithm1_sum", "o"), ("pairs_mean", "s")):
-                arms = sorted((e for e in summary.values() if e["reduction"] == reduction and e["family"] == "ddpm" and e["temperature"] == 0.5),
-                              key=lambda e: e["tau0"])  # fmt: skip
-                if arms:
-                    ax.errorbar([e["tau0"] for e in arms], [e[setting][metric]["mean"] for e in arms],
-                                yerr=[e[setting][metric]["sd"] for e in arms], marker=marker, capsize=3,
-                                label=f"DDPM + PCL, {reduction}")  # fmt: skip
-            ax.set_xscale("log")
-            ax.set_xlabel("tau0")
-            ax.set_ylabel(name)
-            ax.set_title(
-                f"{name}, sampled at {'recipe w = 0.8' if setting == 'recipe' else 'w = 0'}", fontsize="small"
+    arms = [e for slug, e in summary.items() if slug != "ddpm" and e["w0"]["few/fid"]["vs_ddpm"] is not None]
+    fig = Figure(figsize=(13, 1.2 + 0.55 * max(len(arms), 1)), layout="constrained")
+    axes = fig.subplots(1, len(PLOTTED), sharey=True)
+    y = np.arange(len(arms))[::-1]
+    for ax, (metric, name, scale) in zip(axes, PLOTTED, strict=True):
+        ax.axvline(0, color="0.4", lw=1)
+        ends = []
+        for offset, (setting, color, label) in zip(
+            (0.15, -0.15), (("w0", "C0", "w = 0"), ("recipe", "C1", "recipe w")), strict=True
+        ):
+            diffs = [e[setting][metric]["vs_ddpm"] for e in arms]
+            mean = scale * np.array([d["mean"] for d in diffs])
+            low, high = (
+                scale * np.array([d["low"] for d in diffs]),
+                scale * np.array([d["high"] for d in diffs]),
             )
-            ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize="x-small")
+            ax.errorbar(
+                mean, y + offset, xerr=[mean - low, high - mean], fmt="o", color=color, capsize=3, label=label
+            )
+            ends += [*np.abs(low), *np.abs(high)]
+        big, small = max(ends, default=1.0), np.median(ends) if ends else 1.0
+        if big > 30 * small > 0:
+            ax.set_xscale("symlog", linthresh=float(small))
+        ax.set_title(f"Δ {name} vs DDPM (paired, 95%)", fontsize="small")
+        ax.grid(alpha=0.3)
+    axes[0].set_yticks(y, [e["label"] for e in arms], fontsize="small")
+    axes[0].legend(fontsize="x-small")
+    fig.suptitle("< 0 = lower than DDPM (better for FID, KID, few→head)", fontsize="small")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
 
@@ -345,7 +478,9 @@ def plot(summary: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--arms", nargs="+", default=["*"], help="slugs or globs (default: all)")
+    p.add_argument(
+        "--arms", nargs="+", default=list(DEFAULT_ARMS), help="slugs or globs ('*': every arm defined)"
+    )
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--per-class", type=int, default=100)
     p.add_argument("--jobs", type=int, default=2, help="trainings in parallel (one thread each on 2 cores)")

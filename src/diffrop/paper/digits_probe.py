@@ -1,7 +1,7 @@
 """A digits classifier as feature space and judge for CPU studies (Inception is far too slow on a CPU).
 
 A CIFAR ResNet-20 trained on the balanced scikit-learn digits at 16x16: its pooled 64-d penultimate features stand
-in for Inception features (per-shot FID, precision / recall against the balanced digits of the same classes), and
+in for Inception features (per-shot FID, KID, precision / recall against the balanced digits of the same classes), and
 its predictions say whether a generated class-c image looks like a c. The predictions measure the class overlap
 DiffROP sets out to reduce: ``confusion`` is the share of class-c samples assigned to another class (100 - acc),
 ``to_head`` the share assigned to a many-shot class other than c (tail samples drifting towards the head).
@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from diffrop.data.datasets import load_digits
 from diffrop.evaluation.classification import classification_metrics, split_per_class
-from diffrop.evaluation.metrics.scores import fid_from_features, precision_recall
+from diffrop.evaluation.metrics.scores import fid_from_features, mmd2_unbiased, precision_recall
 from diffrop.nets.resnet import CifarResNet
 from diffrop.training.classifier import ClassifierModule
 
@@ -76,9 +76,11 @@ def score_by_group(
     groups: Mapping[str, Sequence[int]],
     k: int = 5,
 ) -> dict[str, dict[str, float]]:
-    """Per shot group: FID and precision / recall against the real images of the same classes (probe features),
-    accuracy, confusion and to_head in percent. ``real`` = (features, labels); ``fake`` = (features, labels,
-    predicted classes)."""
+    """Per shot group: FID, KID and precision / recall against the real images of the same classes (probe
+    features), accuracy, confusion and to_head in percent. ``real`` = (features, labels); ``fake`` = (features,
+    labels, predicted classes). KID is the unbiased squared MMD (cubic polynomial kernel) of the whole two sets:
+    a group holds a few hundred samples, so KID's subsets would all be the whole fake set anyway; unlike FID it
+    is unbiased at that size, so small differences between arms are not a sample-size artefact."""
     (real_feats, real_labels), (fake_feats, labels, preds) = real, fake
     head = torch.as_tensor(list(groups["many"]))
     out = {}
@@ -92,6 +94,7 @@ def score_by_group(
         to_head = (torch.isin(preds[f], head) & (preds[f] != labels[f])).double().mean().item()
         out[group] = {
             "fid": fid_from_features(real_feats[r], fake_feats[f]),
+            "kid": mmd2_unbiased(real_feats[r], fake_feats[f]),
             "precision": pr["precision"],
             "recall": pr["recall"],
             "acc": 100 * correct,
