@@ -63,6 +63,17 @@ def test_paper_run_composes_with_its_recipe(experiment, smoke):
         phi = {"ddpm_pcl_neg_l2": "neg_l2", "ddpm_pcl_recip": "recip"}.get(method, "exp")
         tau = {"ddpm_pcl_tau_constant": "Constant", "ddpm_pcl_tau_linear": "Linear"}.get(method, "ExpDecay")
         assert cfg.loss.terms.pcl.phi == phi and cfg.tau._target_.endswith(tau)
+        # the pinned PCL constants (configs/experiment/recipe/pcl.yaml; docs/design.md section 4), whatever the
+        # global defaults of configs/loss/term/pcl.yaml and configs/tau/ say
+        pcl = cfg.loss.terms.pcl
+        assert (pcl.pairing, pcl.distance, pcl.reduction, pcl.pairs, pcl.weight) == (
+            "partner",
+            "mean",
+            "algorithm1_sum",
+            "local",
+            1.0,
+        )
+        assert cfg.tau.tau0 == 10.0 and cfg.tau.get("temperature", 0.5) == 0.5
     assert cfg.loss.terms.ddpm.reweight == (method == "ddpm_reweight")
     assert cfg.data.balance == {"ddpm_rs": "rs", "ddpm_sqrt_rs": "sqrt_rs"}.get(method, "none")
     assert cfg.data.augment == ("diffaug" if method == "ddpm_diffaug" else "none")
