@@ -304,11 +304,12 @@ def test_null_callback_or_logger_is_switched_off(tmp_path):
 @pytest.mark.parametrize(
     "overrides", [["loss=pcl_exp"], ["experiment=cifar10lt/ddpm_pcl"], ["experiment=cifar100lt/cbdm_pcl"]]
 )
-def test_pcl_defaults_are_the_pcl_studys_and_paper_recipes_use_them(overrides, tmp_path):
-    # experiments/results/pcl_study.md: per-anchor sum (Algorithm 1); tau0 = 0.03, the largest with no harm measured
+def test_pcl_defaults_are_the_evidences_and_paper_recipes_use_them(overrides, tmp_path):
+    # docs/design.md section 4 (experiments/results/overlap_bench.md, pcl_study.md): Eq. 12 by a partner forward,
+    # per-anchor sum (Algorithm 1), tau0 = 10 (grad ratio ~0.05)
     cfg = compose_train(overrides, tmp_path)
-    assert cfg.loss.terms.pcl.reduction == "algorithm1_sum"
-    assert cfg.tau.tau0 == 0.03 and cfg.loss.terms.pcl.tau.tau0 == 0.03
+    assert cfg.loss.terms.pcl.reduction == "algorithm1_sum" and cfg.loss.terms.pcl.pairing == "partner"
+    assert cfg.tau.tau0 == 10.0 and cfg.loss.terms.pcl.tau.tau0 == 10.0
 
 
 def test_eval_help_lists_only_the_groups_eval_reads():

@@ -87,7 +87,9 @@ def test_noise_cancels_between_members_of_a_group() -> None:
         pair = [i, j]
         step = make_step([0, 1], t[pair], x0=x0[pair], xt=xt[pair], eps=eps[pair], eps_hat=eps[pair],
                          schedule=sched, group=torch.zeros(2, dtype=torch.long))  # fmt: skip
-        term = PCL("neg_l2", Constant(1.0), distance="sum", reduction="pairs_mean", group_size=2)
+        term = PCL(
+            "neg_l2", Constant(1.0), distance="sum", reduction="pairs_mean", pairing="eq12", group_size=2
+        )
         d = -term(step).item()  # phi = -d, tau = 1, mean over the 2 ordered pairs
         assert d == pytest.approx(abar_prev * float((x0[i] - x0[j]).square().sum()), rel=1e-3)
 
@@ -137,7 +139,7 @@ def test_eq12_matches_naive_double_loop_in_value_and_gradient(
     tau, margin = ExpDecay(1.3, 0.4), (2.0 if distance == "mean" else 30.0)
     step = make_step(y, t, cond, mu=mu)
     step.group = group
-    term = PCL(phi, tau, weight=0.7, margin=margin, distance=distance, reduction=reduction, group_size=group_size,
+    term = PCL(phi, tau, weight=0.7, margin=margin, distance=distance, reduction=reduction, pairing="eq12", group_size=group_size,
                margin_schedule=margin_schedule)  # fmt: skip
     got = term(step)
     abar_prev = sched.alpha_bars_prev.double() if margin_schedule == "abar" else None
@@ -156,7 +158,13 @@ def test_hinge_margin_follows_abar_prev_by_hand() -> None:
     step = make_step([0, 1, 0, 1], [0, 0, 999, 999], mu=mu)
     step.group = torch.tensor([0, 0, 1, 1])
     term = PCL(
-        "hinge", Constant(1.0), margin=2.0, reduction="pairs_mean", group_size=2, margin_schedule="abar"
+        "hinge",
+        Constant(1.0),
+        margin=2.0,
+        reduction="pairs_mean",
+        pairing="eq12",
+        group_size=2,
+        margin_schedule="abar",
     )
     late = 2.0 * float(sched.alpha_bars[998])  # ~8e-5: the hinge is off there
     assert late < 1.0
@@ -166,7 +174,7 @@ def test_hinge_margin_follows_abar_prev_by_hand() -> None:
 def test_pairs_across_groups_do_not_count() -> None:
     step = make_step([0, 1, 0, 1], [7, 7, 300, 300], mu=torch.randn(4, 2))
     step.group = torch.tensor([0, 0, 1, 1])
-    PCL("exp", Constant(1.0), group_size=2)(step)
+    PCL("exp", Constant(1.0), pairing="eq12", group_size=2)(step)
     assert (
         step.diagnostics["pcl/pairs"].item() == 4
     )  # (0,1), (1,0), (2,3), (3,2); (0,3) and (1,2) cross groups
@@ -174,7 +182,7 @@ def test_pairs_across_groups_do_not_count() -> None:
 
 def test_eq12_refuses_a_step_without_groups() -> None:
     with pytest.raises(ValueError, match="pairing=eq12"):
-        PCL("exp", Constant(1.0))(make_step([0, 1], [1, 2], mu=torch.zeros(2, 2)))
+        PCL("exp", Constant(1.0), pairing="eq12")(make_step([0, 1], [1, 2], mu=torch.zeros(2, 2)))
 
 
 def test_objective_asks_for_groups_only_for_eq12() -> None:
@@ -182,7 +190,12 @@ def test_objective_asks_for_groups_only_for_eq12() -> None:
     assert (
         Objective({"ddpm": EpsMSE(), "pcl": PCL("exp", Constant(1.0), pairing="batch")}).noise_group_size == 1
     )
-    assert Objective({"ddpm": EpsMSE(), "pcl": PCL("exp", Constant(0.0), group_size=6)}).noise_group_size == 6
+    assert (
+        Objective(
+            {"ddpm": EpsMSE(), "pcl": PCL("exp", Constant(0.0), pairing="eq12", group_size=6)}
+        ).noise_group_size
+        == 6
+    )
 
 
 def test_phi_reference_agrees_with_torch_forms() -> None:  # the two references above describe one phi
@@ -190,16 +203,18 @@ def test_phi_reference_agrees_with_torch_forms() -> None:  # the two references 
         assert float(f(torch.tensor(0.3, dtype=torch.float64))) == pytest.approx(PHI_REF[name](0.3, 1.0))
 
 
-def test_training_step_of_loss_pcl_exp_draws_eq12_groups(tmp_path) -> None:
-    """`loss=pcl_exp` as a user composes it: the module's one forward pass shares (t, eps) per group of 8."""
+def test_training_step_of_pairing_eq12_draws_groups(tmp_path) -> None:
+    """`loss=pcl_exp loss.terms.pcl.pairing=eq12` as a user composes it: the module's one forward pass shares
+    (t, eps) per group of 8."""
     from types import SimpleNamespace
 
     from diffrop.build import build_datamodule, build_module
     from tests.helpers.train_utils import TINY_RUN_OVERRIDES
     from tests.test_configs import compose_train
 
-    cfg = compose_train([*TINY_RUN_OVERRIDES, "loss=pcl_exp", "data.batch_size=20"], tmp_path)
-    assert cfg.loss.terms.pcl.pairing == "eq12" and cfg.loss.terms.pcl.group_size == 8
+    overrides = [*TINY_RUN_OVERRIDES, "loss=pcl_exp", "loss.terms.pcl.pairing=eq12", "data.batch_size=20"]
+    cfg = compose_train(overrides, tmp_path)
+    assert cfg.loss.terms.pcl.group_size == 8
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
     module._trainer = SimpleNamespace(world_size=1)  # forward_step only asks the trainer for the world size
@@ -275,3 +290,25 @@ def test_partner_pairing_keeps_independent_ddpm_draws_and_refuses_global_pairs()
         PCL("exp", Constant(1.0), pairing="partner", pairs="global")
     step = make_step([2, 2, 2], mu=torch.zeros(3, 4), net=RecordingNet(), shape=(4,))
     assert PCL("exp", Constant(1.0), pairing="partner")(step).item() == 0.0  # one class: no pair
+
+
+def test_default_pcl_is_eq12_by_partner_forward(tmp_path) -> None:
+    """`loss=pcl_exp` as a user composes it: independent DDPM draws (no groups) and one extra network forward, for
+    the partners (docs/design.md section 4: grouping costs DDPM quality on both CPU testbeds)."""
+    from types import SimpleNamespace
+
+    from diffrop.build import build_datamodule, build_module
+    from tests.helpers.train_utils import TINY_RUN_OVERRIDES
+    from tests.test_configs import compose_train
+
+    cfg = compose_train([*TINY_RUN_OVERRIDES, "loss=pcl_exp", "data.batch_size=20"], tmp_path)
+    assert cfg.loss.terms.pcl.pairing == "partner" and cfg.tau.tau0 == 10.0
+    module = build_module(cfg, build_datamodule(cfg))
+    module._trainer = SimpleNamespace(world_size=1)
+    calls = []
+    module.net.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
+    torch.manual_seed(0)
+    step = module.forward_step(torch.rand(20, 3, 16, 16) * 2 - 1, torch.arange(20) % 10)
+    assert step.group is None and len(set(step.t.tolist())) > 10  # each sample its own t
+    module.objective(step)
+    assert calls == [20, 20]  # the step's forward, then the partners'

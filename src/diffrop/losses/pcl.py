@@ -73,7 +73,7 @@ class PCL:
         distance: str = "mean",
         reduction: str = "algorithm1_sum",
         pairs: str = "local",
-        pairing: str = "eq12",
+        pairing: str = "partner",
         group_size: int = 8,
         margin_schedule: str = "constant",
     ) -> None:

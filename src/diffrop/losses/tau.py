@@ -22,7 +22,7 @@ def _check(name: str, value: float, positive: bool = False) -> float:
 class Constant:
     """tau(s) = tau0 (the time-independent ablation of Fig. 4a)."""
 
-    def __init__(self, tau0: float = 0.03) -> None:
+    def __init__(self, tau0: float) -> None:
         self.tau0 = _check("tau0", tau0)
 
     def __call__(self, s: Tensor) -> Tensor:
@@ -32,7 +32,7 @@ class Constant:
 class ExpDecay:
     """tau(s) = tau0 * exp(-s / temperature)."""
 
-    def __init__(self, tau0: float = 0.03, temperature: float = 0.5) -> None:
+    def __init__(self, tau0: float, temperature: float) -> None:
         self.tau0 = _check("tau0", tau0)
         self.temperature = _check("temperature", temperature, positive=True)
 
@@ -43,7 +43,7 @@ class ExpDecay:
 class Linear:
     """tau(s) = tau0 * (1 - s): full weight at t = 0, zero at t = T."""
 
-    def __init__(self, tau0: float = 0.03) -> None:
+    def __init__(self, tau0: float) -> None:
         self.tau0 = _check("tau0", tau0)
 
     def __call__(self, s: Tensor) -> Tensor:
@@ -53,7 +53,7 @@ class Linear:
 class Cosine:
     """tau(s) = tau0 * cos(pi s / 2): flat near t = 0, falling to zero at t = T."""
 
-    def __init__(self, tau0: float = 0.03) -> None:
+    def __init__(self, tau0: float) -> None:
         self.tau0 = _check("tau0", tau0)
 
     def __call__(self, s: Tensor) -> Tensor:
