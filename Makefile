@@ -71,7 +71,7 @@ test-slurm: install ## local SLURM up, run tests/slurm (sweeps, DDP, pre-emption
 # --- paper results, evaluation, benchmarks ------------------------------------------------------------------------
 SMOKE ?= 0
 REPRO = SMOKE=$(SMOKE) $(PY) experiments/reproduce.py
-.PHONY: eval bench smoke reproduce-fig2 reproduce-samples pcl-study
+.PHONY: eval bench smoke reproduce-fig2 reproduce-samples pcl-study overlap-bench
 reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 reproduce-fig4a reproduce-fig4b: install ## train what is missing, evaluate, render the table (SMOKE=1: CPU smoke)
 	$(REPRO) $(subst reproduce-,,$@) $(ARGS)
 SMOKE_RUNS ?= logs/smoke
@@ -86,6 +86,8 @@ reproduce-samples: install ## Figs. 5-8 style grids of tail and random classes
 	SMOKE=$(SMOKE) $(PY) experiments/sample_grids.py $(ARGS)
 pcl-study: install ## CPU study, resumable: does PCL work? DDPM, grouped control, PCL eq12 x2 and batch pairing, 3 seeds, paired by seed (ARGS="--arms *": the old grid too)
 	$(PY) experiments/pcl_study.py $(ARGS)
+overlap-bench: install ## CPU, resumable, ~20 min: DDPM vs PCL on a Gaussian mixture with exact answers (eps*, Bayes classifier), 5 seeds, paired
+	$(PY) experiments/overlap_bench.py $(ARGS)
 eval: install ## evaluate a checkpoint: make eval ARGS="ckpt_path=<run>/checkpoints/last.ckpt"
 	$(PY) src/eval.py $(ARGS)
 bench: install ## benchmarks: Lightning vs plain step, loss ratios, samplers, eval; JSON in benchmarks/results/

@@ -53,6 +53,9 @@ PAIRS_MEAN_TAU0 = (100,)  # mean over pairs: ~56 partners per anchor at batch 64
 # eq12 strengths: 300-step runs (seed 0) logged grad ratio 0.018-0.023 at tau0 = 0.5 and 0.15-0.17 at tau0 = 4 over
 # steps 150-300 (about 1/9 of batch pairing at the same tau0: ~6 different-label partners per anchor, not ~56)
 EQ12_TAU0 = (0.5, 4)
+# partner (one different-label partner per anchor, noised with the anchor's t and eps in a second forward): a 300-step
+# run logged grad ratio 0.037 at tau0 = 8; 10 aims at ~0.05, the strength that helped on the overlap benchmark
+PARTNER_TAU0 = (10,)
 SAMPLE_STEPS = 50
 PCL = ["loss.terms.pcl.phi=exp", "tau=exp_decay"]
 
@@ -67,7 +70,7 @@ class Arm:
     tau0: float | None = None
     temperature: float | None = None
     seeds: tuple[int, ...] = (0, 1, 2)
-    pairing: str | None = None  # batch | eq12 (PCL arms and the grouped control)
+    pairing: str | None = None  # batch | eq12 | partner (PCL arms and the grouped control)
 
 
 def pcl_arm(
@@ -81,10 +84,10 @@ def pcl_arm(
     short = {"algorithm1_sum": "alg1", "pairs_mean": "pmean"}[reduction]
     loss = "pcl_exp" if base == "ddpm" else "cbdm_pcl_exp"
     temp = "" if temperature == 0.5 else f"_temp{temperature:g}"
-    kind = "eq12" if pairing == "eq12" else short  # eq12 arms: algorithm1_sum inside each group
+    kind = pairing if pairing in ("eq12", "partner") else short  # eq12 / partner arms: algorithm1_sum
     return Arm(
         f"{'' if base == 'ddpm' else 'cbdm_'}pcl_{kind}_tau{tau0:g}{temp}",
-        f"{base.upper()} + PCL {kind if pairing == 'eq12' else short + ', batch pairs,'} tau0={tau0:g}"
+        f"{base.upper()} + PCL {kind if pairing != 'batch' else short + ', batch pairs,'} tau0={tau0:g}"
         + (f", temperature {temperature:g}" if temp else ""),
         base,
         (
@@ -107,7 +110,8 @@ def pcl_arm(
 # arm's difference to it is PCL's alone, not the grouped sampling of t and eps.
 CONTROL = "ddpm_eq12"
 # The default run: DDPM, the control, batch-paired PCL at the config default, eq12 PCL at two strengths; 3 seeds each.
-DEFAULT_ARMS = ("ddpm", CONTROL, "pcl_alg1_tau0.03", *(f"pcl_eq12_tau{t:g}" for t in EQ12_TAU0))
+DEFAULT_ARMS = ("ddpm", CONTROL, "pcl_alg1_tau0.03", *(f"pcl_eq12_tau{t:g}" for t in EQ12_TAU0),
+                *(f"pcl_partner_tau{t:g}" for t in PARTNER_TAU0))  # fmt: skip
 # Two seeds where the effect is many times the seed spread (a 2-core session's budget; n is in the table).
 TWO = (0, 1)
 ARMS = [
@@ -121,6 +125,7 @@ ARMS = [
         tau0=0.0,
     ),
     *(pcl_arm("algorithm1_sum", t, pairing="eq12") for t in EQ12_TAU0),
+    *(pcl_arm("algorithm1_sum", t, pairing="partner") for t in PARTNER_TAU0),
     *(pcl_arm("algorithm1_sum", t, seeds=(0, 1, 2) if t <= 1 else TWO) for t in ALG1_TAU0),
     *(pcl_arm("pairs_mean", t, seeds=TWO) for t in PAIRS_MEAN_TAU0),
     pcl_arm(

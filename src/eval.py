@@ -1,6 +1,7 @@
-"""Evaluate a checkpoint: `python src/eval.py ckpt_path=<run>/checkpoints/last.ckpt sampler=ddim sampler.steps=100`.
+"""Evaluate a checkpoint: `python src/eval.py ckpt_path=<run>/checkpoints/last.ckpt [sampler.steps=100]`.
 
-Rebuilds the EMA network from the checkpoint's own config, draws the generated set in resumable shards (per-sample
+Rebuilds the EMA network from the checkpoint's own config, samples with its stored sampler recipe (command-line
+``sampler.*`` values on top, ``build.eval_sampler``), draws the generated set in resumable shards (per-sample
 seeds), scores it against cached reference features of the balanced training set and writes
 <run>/eval/results.json (see diffrop.evaluation.pipeline). Under torchrun every rank draws its shards; rank 0 scores.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, fields
 from datetime import datetime
 from pathlib import Path
@@ -96,14 +98,21 @@ def resolve_device(device: str, local_rank: int) -> torch.device:
     return torch.device(device)
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
-    """Evaluate ``cfg.ckpt_path``; writes and returns results.json's content (None on ranks > 0)."""
+def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, Any] | None:
+    """Evaluate ``cfg.ckpt_path``; writes and returns results.json's content (None on ranks > 0).
+
+    ``overrides``: the command line's Hydra overrides, which say which ``sampler.*`` values the user set on top of
+    the checkpoint's own sampler recipe (``build.eval_sampler``).
+    """
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)))
     e = cfg.eval
     settings = evaluation.EvalSettings(**{f.name: e[f.name] for f in fields(evaluation.EvalSettings)})
-    spec = SamplerSpec(**OmegaConf.to_container(cfg.sampler, resolve=True))
     net, schedule, ckpt_cfg, ckpt = build.net_from_checkpoint(cfg.ckpt_path)
+    stored = OmegaConf.to_container(ckpt_cfg.sampler, resolve=True) if "sampler" in ckpt_cfg else None
+    spec = SamplerSpec(
+        **build.eval_sampler(OmegaConf.to_container(cfg.sampler, resolve=True), stored, overrides)
+    )
     datamodule = datamodule_for(ckpt_cfg, cfg.get("data"))
     check_matches(datamodule, net, cfg.ckpt_path)
     specs = evaluation.sweep_specs(spec, e.guidance_sweep)
@@ -209,6 +218,8 @@ def print_table(results: dict[str, Any], run_dir: Path) -> None:
     table.add_column("value", justify="right")
     for name, value in eval_wandb.flat_numbers(results["metrics"]).items():
         table.add_row(name, f"{value:.4f}")
+    for name in (k for k, v in results["metrics"].items() if v is None):  # e.g. kid_std of a one-subset KID
+        table.add_row(name, "n/a")
     if "best_w" in results:
         for entry in results["guidance_sweep"]:
             table.add_row(f"sweep w={entry['w']:g} fid", f"{entry['fid']:.4f}")
@@ -234,7 +245,7 @@ def main(cfg: DictConfig) -> None:
 def evaluate(cfg: DictConfig, run_dir: Path, rank: int) -> None:
     """``run``, the table and W&B; a failure writes <run_dir>/FAILED, a user error ends as one line (exit 1)."""
     try:
-        results = run(cfg, run_dir)
+        results = run(cfg, run_dir, HydraConfig.get().overrides.task)
         if rank == 0 and results is not None:
             clear_failed(run_dir)
             print_table(results, run_dir)

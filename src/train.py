@@ -23,6 +23,7 @@ from diffrop.runtime.console import quiet_third_party_noise
 from diffrop.runtime.entry import stop, stop_on_user_error, user_error
 from diffrop.runtime.run_lock import RunDirLocked, run_dir_lock
 from diffrop.runtime.run_status import clear_failed, write_failed
+from diffrop.runtime.stored_run import StoredRunMismatch, adopt_stored_run
 from diffrop.training.checkpoint_io import check_compatible
 
 
@@ -120,9 +121,9 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
         if ckpt_path:
             check_compatible(ckpt_path, module)  # one clear line instead of a size-mismatch listing
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)  # our own files
-        trainer.save_checkpoint(
-            run_dir / "checkpoints" / "last.ckpt"
-        )  # the final step, whatever the interval
+        trainer.save_checkpoint(  # the final step, whatever the interval; the whole state, to resume from
+            run_dir / "checkpoints" / "last.ckpt", weights_only=False
+        )
         value = optimized_value(trainer, cfg.get("optimized_metric"))
         clear_failed(run_dir)
         rank_zero_info(
@@ -152,4 +153,11 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
 
 
 if __name__ == "__main__":
+    try:  # before Hydra writes <run dir>/.hydra: a stored run keeps its overrides (diffrop.runtime.stored_run)
+        sys.argv[1:], finished = adopt_stored_run(sys.argv[1:])
+    except StoredRunMismatch as err:
+        stop(str(err))
+    if finished:
+        print(finished)
+        sys.exit(0)
     main()

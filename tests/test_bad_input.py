@@ -6,7 +6,6 @@ cases run the entry point in-process (same code path, one interpreter); a few go
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,13 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.helpers.train_utils import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY, train_in_process
+from tests.helpers.train_utils import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY, child_env, train_in_process
 
 TINY = [*TINY_RUN_OVERRIDES, "trainer.max_steps=1"]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": str(THREADS)}
+    env = child_env(WANDB_MODE="offline", PYTHONWARNINGS="ignore", OMP_NUM_THREADS=str(THREADS))
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(
         [sys.executable, str(TRAIN_PY), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
@@ -221,3 +220,13 @@ def test_truncated_checkpoint(tmp_path, capsys):
 def test_missing_checkpoint(tmp_path, capsys):
     line = user_error([*TINY, f"ckpt_path={tmp_path / 'nope.ckpt'}"], tmp_path / "run", capsys)
     assert "does not exist" in line
+
+
+def test_eval_and_training_read_a_truncated_checkpoint_with_one_message(tmp_path):
+    from diffrop.build import net_from_checkpoint
+
+    ckpt = tmp_path / "cut.ckpt"
+    _tiny_checkpoint(ckpt, num_classes=10, base_channels=32)
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=f"checkpoint {ckpt} is corrupt or truncated"):
+        net_from_checkpoint(ckpt)

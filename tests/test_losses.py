@@ -16,6 +16,7 @@ from diffrop.losses.objective import Objective
 from diffrop.losses.pcl import PCL, PHI, pairwise_sq_dist
 from diffrop.losses.step import Step
 from diffrop.losses.tau import Constant, Cosine, ExpDecay, Linear
+from tests.helpers.steps import make_step
 
 T = 1000
 # phi of DiffROP Sec. 4.2 written out in plain math, independently of the package
@@ -26,33 +27,6 @@ PHI_REF = {
     "exp": lambda d, m: math.exp(-d),
 }
 COMBOS = [(p, d, r) for p in PHI for d in ("mean", "sum") for r in ("pairs_mean", "algorithm1_sum")]
-
-
-def make_step(
-    y, t=None, cond=None, mu=None, net=None, eps=None, eps_hat=None, class_freq=None, shape=(1, 2, 2)
-):
-    """A Step around given labels; ``mu`` overrides the cached posterior mean."""
-    y = torch.as_tensor(y)
-    b = len(y)
-    t = torch.zeros(b, dtype=torch.long) if t is None else torch.as_tensor(t)
-    cond = torch.ones(b, dtype=torch.bool) if cond is None else torch.as_tensor(cond)
-    x = torch.zeros(b, *shape)
-    step = Step(
-        x0=x,
-        xt=x,
-        t=t,
-        eps=x if eps is None else eps,
-        eps_hat=x if eps_hat is None else eps_hat,
-        y=y,
-        cond=cond,
-        all_dropped=False,
-        schedule=NoiseSchedule(T),
-        class_freq=torch.full((3,), 1 / 3) if class_freq is None else class_freq,
-        net=net,
-    )
-    if mu is not None:
-        step.__dict__["mu"] = mu  # cached_property storage: the term reads this instead of Eq. 9
-    return step
 
 
 def naive_pcl(mu, y, t, cond, phi, tau, margin, distance, reduction) -> float:
@@ -249,8 +223,8 @@ def test_step_mu_is_the_true_posterior_mean_when_eps_hat_is_eps() -> None:
     t = torch.tensor([0, 1, 10, 500, 999])
     x0, eps = torch.randn(5, 3, 2, 2, generator=g), torch.randn(5, 3, 2, 2, generator=g)
     xt = sched.q_sample(x0, t, eps)
-    step = Step(
-        x0, xt, t, eps, eps, t % 2, torch.ones(5, dtype=torch.bool), False, sched, torch.ones(2) / 2, None
+    step = make_step(
+        t % 2, t, x0=x0, xt=xt, eps=eps, eps_hat=eps, schedule=sched, class_freq=torch.ones(2) / 2
     )
     betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
     abar = torch.cumprod(1 - betas, 0)

@@ -74,12 +74,25 @@ def test_kid_caps_the_subset_at_the_smaller_set():
     rng = np.random.default_rng(1)
     real, fake = rng.normal(size=(12, 4)), rng.normal(size=(9, 4)) + 1
     mean, std = kernel_inception_distance(real, fake, subsets=3, subset_size=1000, seed=0)
-    # fake is used whole (9 rows) in every subset; real is subsampled to 9 rows
-    assert mean > 0 and std >= 0
+    # fake is used whole (9 rows) in every subset, real is subsampled to 9 rows: a std would not describe fake
+    assert mean > 0 and std is None
     one, spread = kernel_inception_distance(real[:9], fake, subsets=5, subset_size=1000, seed=0)
-    assert one == pytest.approx(mmd2_unbiased(real[:9], fake)) and spread < 1e-12  # whole sets, reordered
+    assert one == pytest.approx(mmd2_unbiased(real[:9], fake)) and spread is None  # whole sets, reordered
     with pytest.raises(ValueError, match="subsets"):
         kernel_inception_distance(real, fake, subsets=0)
+
+
+def test_kid_std_is_reported_once_both_sets_are_subsampled():
+    """Subsets of 5 from 12 and 9 rows differ between draws, so their KIDs spread: the std is their np.std."""
+    rng = np.random.default_rng(1)
+    real, fake = rng.normal(size=(12, 4)), rng.normal(size=(9, 4)) + 1
+    mean, std = kernel_inception_distance(real, fake, subsets=4, subset_size=5, seed=0)
+    draw = np.random.RandomState(0)
+    kids = []
+    for _ in range(4):
+        r, f = draw.choice(12, 5, replace=False), draw.choice(9, 5, replace=False)
+        kids.append(mmd2_unbiased(real[r], fake[f]))
+    assert mean == pytest.approx(np.mean(kids)) and std == pytest.approx(np.std(kids)) and std > 0
 
 
 # ------------------------------------------------------------------------------------------------ FID
@@ -259,7 +272,7 @@ def test_prd_f_beta_mode_dropping_lowers_f8_only():
     centres = np.eye(4, 6) * 20
     real = _blobs(centres, 100, seed=7)
     fake = _blobs(centres[:2], 200, seed=8)
-    f_8, f_1_8 = prd_f_beta(real, fake, num_clusters=4, num_runs=3, kmeans="full")
+    f_8, f_1_8 = prd_f_beta(real, fake, num_clusters=4, num_runs=3, kmeans="sklearn")
     assert f_8 == pytest.approx(65 / 129, abs=0.01)
     assert f_1_8 == pytest.approx(65 / 66, abs=0.01)
 
@@ -304,10 +317,12 @@ def test_compute_all_keys_and_consistency():
         mmd2_unbiased(real[real_y == 0], fake[fake_y == 0])
     )
     assert 0.0 <= out["f_8"] <= 1.0 and 0.0 <= out["f_1_8"] <= 1.0
-    logits = torch.zeros(120, 1008)
-    assert compute_all(real, real_y, fake, logits, fake_y, groups, 3, prd_runs=1)["is_mean"] == pytest.approx(
-        1.0
-    )
+    logits, stages = torch.zeros(120, 1008), []
+    with_is = compute_all(real, real_y, fake, logits, fake_y, groups, 3, prd_runs=1, stage=stages.append)
+    assert with_is["is_mean"] == pytest.approx(1.0)
+    assert [name.split(" (")[0] for name in stages] == [  # a progress line before each score, IS only with logits
+        "Inception Score", "precision / recall", "F_8 / F_1/8", "KID", "FID", "per-shot FID, KID, precision / recall"
+    ]  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------- reference cache

@@ -19,10 +19,10 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.losses.pcl import PCL
 from diffrop.losses.step import Step
 from diffrop.losses.tau import ExpDecay
+from tests.helpers.steps import make_step
 
 WORLD, LOCAL_B, DIM = 2, 5, 12
 
@@ -59,9 +59,7 @@ def _global_groups() -> torch.Tensor:
 
 
 def _step(mu, y, t, cond, group, gather=None) -> Step:
-    x = torch.zeros(len(y), 1)
-    step = Step(x, x, t, x, x, y, cond, False, NoiseSchedule(1000), torch.ones(3) / 3, None, group)
-    step.__dict__["mu"] = mu  # the posterior mean under test comes from the tiny "network" below
+    step = make_step(y, t, cond, mu=mu, group=group, shape=(1,))  # mu from the tiny "network" below
     if gather is not None:
         step.gather = gather
     return step

@@ -16,9 +16,9 @@ from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.losses.ddpm import EpsMSE
 from diffrop.losses.objective import Objective
 from diffrop.losses.pcl import PCL
-from diffrop.losses.step import Step
 from diffrop.losses.tau import Constant, ExpDecay
-from tests.test_losses import PHI_REF, make_step
+from tests.helpers.steps import make_step
+from tests.test_losses import PHI_REF
 
 T = 1000
 
@@ -84,9 +84,9 @@ def test_noise_cancels_between_members_of_a_group() -> None:
         ti = int(t[i])
         assert torch.allclose(xt[i] - xt[j], abar[ti].sqrt().float() * (x0[i] - x0[j]), atol=1e-5)
         abar_prev = 1.0 if ti == 0 else float(abar[ti - 1])
-        step = Step(x0[[i, j]], xt[[i, j]], t[[i, j]], eps[[i, j]], eps[[i, j]], torch.tensor([0, 1]),
-                    torch.ones(2, dtype=torch.bool), False, sched, torch.ones(2) / 2, None,
-                    group=torch.zeros(2, dtype=torch.long))  # fmt: skip
+        pair = [i, j]
+        step = make_step([0, 1], t[pair], x0=x0[pair], xt=xt[pair], eps=eps[pair], eps_hat=eps[pair],
+                         schedule=sched, group=torch.zeros(2, dtype=torch.long))  # fmt: skip
         term = PCL("neg_l2", Constant(1.0), distance="sum", reduction="pairs_mean", group_size=2)
         d = -term(step).item()  # phi = -d, tau = 1, mean over the 2 ordered pairs
         assert d == pytest.approx(abar_prev * float((x0[i] - x0[j]).square().sum()), rel=1e-3)
@@ -210,3 +210,68 @@ def test_training_step_of_loss_pcl_exp_draws_eq12_groups(tmp_path) -> None:
     abar = module.schedule.alpha_bars[step.t[0]]
     assert (step.t[:8] == step.t[0]).all() and torch.equal(step.eps[3], step.eps[0])
     assert torch.allclose(step.xt[0] - step.xt[5], abar.sqrt() * (x0[0] - x0[5]), atol=1e-5)
+
+
+# ---------------------------------------------------------------- pairing=partner: one extra forward per anchor
+
+
+class RecordingNet(torch.nn.Module):
+    """eps_hat = scale * 0 (a constant prediction), remembering the labels and timesteps it was asked about."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x, t, y, cond):
+        self.calls.append((t.clone(), y.clone()))
+        return self.scale * torch.zeros_like(x)
+
+
+def test_partner_is_noised_with_the_anchors_t_and_eps_so_the_noise_cancels() -> None:
+    # eps_hat = 0 gives mu = x_t / sqrt(alpha_t), so mu_i - mu_j = sqrt(abar_t / alpha_t) (x_0^i - x_0^j) when both
+    # share t and eps, whatever eps is. Two samples, labels 0 / 1: each is the other's only partner, at its own t.
+    sched = NoiseSchedule(T)
+    g = torch.Generator().manual_seed(5)
+    x0, eps = torch.randn(2, 3, 2, 2, generator=g), torch.randn(2, 3, 2, 2, generator=g) * 10
+    t = torch.tensor([100, 700])
+    net = RecordingNet()
+    step = make_step([0, 1], t, x0=x0, xt=sched.q_sample(x0, t, eps), eps=eps, eps_hat=torch.zeros_like(x0),
+                     schedule=sched, net=net)  # fmt: skip
+    term = PCL("neg_l2", Constant(1.0), distance="sum", reduction="pairs_mean", pairing="partner")
+    got = -term(step).item()  # phi = -d, mean over the 2 pairs
+    gap = float((x0[0] - x0[1]).square().sum())
+    ratio = sched.alpha_bars / sched.alphas
+    assert got == pytest.approx(float(ratio[100] + ratio[700]) / 2 * gap, rel=1e-4)
+    (t_seen, y_seen) = net.calls[0]
+    assert t_seen.tolist() == [100, 700] and y_seen.tolist() == [
+        1,
+        0,
+    ]  # the partner's label at the anchor's t
+
+
+def test_partners_have_another_label_and_a_kept_label() -> None:
+    torch.manual_seed(0)
+    net = RecordingNet()
+    y = torch.tensor([0, 0, 0, 1, 3, 2])  # sample 4, the only label 3, has its label dropped
+    cond = torch.tensor([True, True, True, True, False, True])
+    step = make_step(y, cond=cond, mu=torch.zeros(6, 4), net=net, shape=(4,))
+    for _ in range(30):
+        PCL("exp", Constant(1.0), pairing="partner")(step)
+    seen = torch.stack([partner_y for _, partner_y in net.calls])  # [30, 6]
+    kept = cond.nonzero().squeeze(1)
+    assert (seen[:, kept] != y[kept]).all()  # never the anchor's own label
+    assert (seen[:, kept] != 3).all()  # never the dropped sample
+    assert set(seen[:, 0].tolist()) == {1, 2}  # both other kept labels get drawn
+    assert step.diagnostics["pcl/pairs"].item() == 5  # every kept anchor has a partner; the dropped one none
+
+
+def test_partner_pairing_keeps_independent_ddpm_draws_and_refuses_global_pairs() -> None:
+    assert (
+        Objective({"ddpm": EpsMSE(), "pcl": PCL("exp", Constant(1.0), pairing="partner")}).noise_group_size
+        == 1
+    )
+    with pytest.raises(ValueError, match="pairing=partner"):
+        PCL("exp", Constant(1.0), pairing="partner", pairs="global")
+    step = make_step([2, 2, 2], mu=torch.zeros(3, 4), net=RecordingNet(), shape=(4,))
+    assert PCL("exp", Constant(1.0), pairing="partner")(step).item() == 0.0  # one class: no pair

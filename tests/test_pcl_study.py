@@ -126,14 +126,16 @@ def test_train_log_summary_takes_medians_over_the_second_half(tmp_path) -> None:
 def test_default_run_is_the_new_arm_set() -> None:
     arms = {a.slug: a for a in study.ARMS}
     default = [arms[s] for s in study.DEFAULT_ARMS]
-    assert len(default) == 5 and sum(len(a.seeds) for a in default) <= 15
+    assert len(default) == 6 and sum(len(a.seeds) for a in default) <= 18
     control = arms[study.CONTROL]
     assert {"loss.terms.pcl.pairing=eq12", "tau.tau0=0"} <= set(control.overrides)
     eq12 = [a for a in default if a.pairing == "eq12" and a is not control]
     assert len(eq12) == 2 and all("loss.terms.pcl.pairing=eq12" in a.overrides for a in eq12)
-    batch = arms["pcl_alg1_tau0.03"]  # the config default is eq12: batch pairing must be asked for
+    batch = arms["pcl_alg1_tau0.03"]  # every arm names its pairing, whatever the config default
     assert batch.pairing == "batch" and "loss.terms.pcl.pairing=batch" in batch.overrides
     assert "ddpm" in study.DEFAULT_ARMS and arms["ddpm"].overrides == ("loss=ddpm",)
+    partner = [a for a in default if a.pairing == "partner"]
+    assert len(partner) == 1 and "loss.terms.pcl.pairing=partner" in partner[0].overrides
 
 
 def test_kid_per_group_is_the_unbiased_mmd_by_hand() -> None:

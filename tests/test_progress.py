@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import itertools
 import math
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -77,7 +79,7 @@ def test_track_writes_plain_lines_off_a_terminal_from_rank_zero_only(lines, monk
     assert lines == ["features: 1 | elapsed 0:00:00", "features: 2 | elapsed 0:00:00"]  # no length: no ETA
 
 
-def test_generation_reports_shards_from_rank_zero_only(lines, tmp_path):
+def test_generation_reports_images_from_rank_zero_only(lines, tmp_path):
     from diffrop.evaluation.generate import generate
     from tests.test_generate import SCHEDULE, SPEC, CountingNet
 
@@ -85,4 +87,18 @@ def test_generation_reports_shards_from_rank_zero_only(lines, tmp_path):
     generate(CountingNet(), SCHEDULE, labels, tmp_path, SPEC, shard_size=2, rank=1, world_size=2)
     assert lines == []
     generate(CountingNet(), SCHEDULE, labels, tmp_path, SPEC, shard_size=2, rank=0, world_size=2)
-    assert lines and lines[-1].startswith("sampling 2 shards: 2/2 (100%)")
+    assert lines and lines[-1].startswith("sampling 4 images (2 shards): 4/4 (100%)")  # shards 0 and 2
+
+
+def test_generation_progress_moves_inside_one_shard(lines, tmp_path):
+    """One shard of 7 images in batches of 3: a line after 3, 6 and 7 images, not one at the end only."""
+    from diffrop.evaluation.generate import generate
+    from tests.test_generate import SCHEDULE, SPEC, CountingNet
+
+    with patch("diffrop.runtime.progress.time.monotonic", side_effect=itertools.count(0, 60)):
+        generate(CountingNet(), SCHEDULE, torch.arange(7) % 4, tmp_path, SPEC, shard_size=10)
+    assert [line.split(" | ")[0] for line in lines] == [
+        "sampling 7 images (1 shards): 3/7 (43%)",
+        "sampling 7 images (1 shards): 6/7 (86%)",
+        "sampling 7 images (1 shards): 7/7 (100%)",
+    ]

@@ -156,9 +156,9 @@ def test_dotted_metric_paths() -> None:
 
 def test_failure_descriptions() -> None:
     assert run_status.describe_failure("") == "no reason given"
-    assert run_status.describe_failure(
-        json.dumps({"error": "NaN loss", "job_id": 77, "log_path": "a/b.log"})
-    ) == ("NaN loss; job 77; log a/b.log")
+    assert run_status.describe_failure("RuntimeError: NaN loss\njob_id: 77\nlog: a/b.log\n") == (
+        "RuntimeError: NaN loss; job 77; log a/b.log"
+    )
     trace = 'Traceback (most recent call last):\n  File "x.py", line 1\nValueError: bad\nslurm_job_id = 9\n'
     assert run_status.describe_failure(trace) == "ValueError: bad; job 9"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from diffrop.data.diffaug import NUM_AUG_PARAMS
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.losses.objective import Objective
 from diffrop.runtime.run_status import run_id
+from diffrop.training.checkpoint_io import load_checkpoint_file
 from diffrop.training.module import DiffusionModule
 
 
@@ -131,20 +132,36 @@ def upgrade_targets(node: Any) -> Any:
     return node
 
 
-def net_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", ema: bool = True):
+RECIPE_KEYS = ("name", "steps", "eta", "guidance")  # a model's evaluation recipe; the rest is how to run it
+
+
+def eval_sampler(
+    group: Mapping[str, Any], stored: Mapping[str, Any] | None, overrides: Sequence[str]
+) -> dict:
+    """The sampler settings an evaluation of a checkpoint uses.
+
+    The checkpoint's own recipe (``RECIPE_KEYS`` of the ``sampler`` its training config stored: a paper DDPM run
+    keeps DDPM-1000 at w = 0.8) over ``group``, the eval config's composed ``sampler`` node, with this command's
+    ``sampler.<key>=`` overrides on top. ``sampler=<name>`` on the command line picks that group whole, as does a
+    checkpoint that stored no sampler. ``overrides``: the command's Hydra overrides (``hydra:overrides.task``).
+    """
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    if "sampler" in keys or not stored:
+        return dict(group)
+    explicit = {k.split(".", 1)[1] for k in keys if k.startswith("sampler.")}
+    recipe = {k: stored[k] for k in RECIPE_KEYS if k in stored}
+    return {**group, **recipe, **{k: group[k] for k in explicit}}
+
+
+def net_from_checkpoint(path: str | Path, ema: bool = True):
     """Rebuild the network (EMA weights by default) and schedule from a checkpoint's own stored config."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint {path} does not exist (pass ckpt_path=<run dir>/checkpoints/last.ckpt)"
         )
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # truncated / not a torch file
-        raise ValueError(
-            f"checkpoint {path} is corrupt or not a DiffROP checkpoint ({type(err).__name__}: {err})"
-        ) from err
-    if not isinstance(ckpt, dict) or "diffrop_config" not in ckpt or "state_dict" not in ckpt:
+    ckpt = load_checkpoint_file(path)
+    if "diffrop_config" not in ckpt:
         raise ValueError(f"checkpoint {path} carries no DiffROP config: it was not written by src/train.py")
     cfg = OmegaConf.create(upgrade_stored_config(ckpt["diffrop_config"]))
     num_classes = ckpt["state_dict"]["net.label_embedding.weight"].shape[0]

@@ -47,6 +47,8 @@ class _StepDataLoader(DataLoader):
 
 
 class LongTailDataModule(L.LightningDataModule):
+    SOURCES: tuple[str, ...] = SOURCES  # a subclass with a source of its own names it here
+
     def __init__(
         self,
         name: str,
@@ -67,8 +69,8 @@ class LongTailDataModule(L.LightningDataModule):
         skip_corrupt: bool = False,
     ) -> None:
         super().__init__()
-        if source not in SOURCES:
-            raise ValueError(f"data.source={source!r} is not one of {list(SOURCES)}")
+        if source not in self.SOURCES:
+            raise ValueError(f"data.source={source!r} is not one of {list(self.SOURCES)}")
         class_balancing_weights(torch.zeros(1, dtype=torch.long), balance)  # validates data.balance early
         if batch_size <= 0:
             raise ValueError(f"data.batch_size must be > 0, got {batch_size}")

@@ -75,7 +75,7 @@ def load_image_folder(root: str | Path, image_size: int, skip_corrupt: bool = Fa
         )
     class_dirs = sorted(p for p in train.iterdir() if p.is_dir())
     if not class_dirs:
-        raise FileNotFoundError(f"{train} has no class sub-folders (expected {train}/<class>/*.png)")
+        raise FileNotFoundError(f"{train} has no class sub-folders (expected {train}/<class>/*.png or .jpg)")
     images, labels, bad = [], [], []
     for c, class_dir in enumerate(class_dirs):
         files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)

@@ -120,16 +120,25 @@ def generate(
     num_shards = (len(labels) + shard_size - 1) // shard_size
     paths = [shard_path(out_dir, i) for i in range(num_shards)]
     todo = [i for i in range(rank, num_shards, world_size) if not paths[i].is_file()]
-    steps = track(todo, f"sampling {len(todo)} shards", disable=not progress or not todo, rank=rank)
-    for i in steps:  # rank 0 reports; the other ranks draw theirs quietly
+    # batches, not shards, so that progress moves within a shard: the same batches sample_images would draw
+    batches = [(i, a, min(a + spec.batch_size, (i + 1) * shard_size, len(labels)))
+               for i in todo for a in range(i * shard_size, min((i + 1) * shard_size, len(labels)), spec.batch_size)]  # fmt: skip
+    total = sum(b - a for _, a, b in batches)
+    steps = track(batches, f"sampling {total:,} images ({len(todo)} shards)", total, size=lambda c: c[2] - c[1],
+                  disable=not progress or not todo, rank=rank)  # fmt: skip
+    drawn: list[Tensor] = []
+    for i, a, b in steps:  # rank 0 reports; the other ranks draw theirs quietly
+        seeds = torch.arange(a, b) + seed
+        drawn.append(sample_images(net, schedule, labels[a:b], seeds, spec, device))
         lo, hi = i * shard_size, min((i + 1) * shard_size, len(labels))
-        seeds = torch.arange(lo, hi) + seed
-        images = sample_images(net, schedule, labels[lo:hi], seeds, spec, device)
+        if b < hi:
+            continue
         arrays = {
-            "images": images.permute(0, 2, 3, 1).numpy(),
+            "images": torch.cat(drawn).permute(0, 2, 3, 1).numpy(),
             "labels": labels[lo:hi].numpy(),
-            "seeds": seeds.numpy(),
+            "seeds": (torch.arange(lo, hi) + seed).numpy(),
         }
+        drawn = []
         _atomic_write(paths[i], lambda f, a=arrays: np.savez(f, **a))
     return paths
 

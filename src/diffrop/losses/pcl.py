@@ -31,7 +31,7 @@ PHI: dict[str, Callable[[Tensor, float | Tensor], Tensor]] = {
 DISTANCES = ("mean", "sum")
 REDUCTIONS = ("pairs_mean", "algorithm1_sum")
 PAIRS = ("local", "global")
-PAIRINGS = ("eq12", "batch")
+PAIRINGS = ("eq12", "partner", "batch")
 MARGIN_SCHEDULES = ("constant", "abar")
 
 
@@ -93,11 +93,39 @@ class PCL:
                 f"loss.terms.pcl.group_size must be an integer >= 2 with pairing=eq12 (pairs live inside a group "
                 f"that shares t and eps), got {group_size!r}"
             )
+        if pairing == "partner" and pairs == "global":
+            raise ValueError(
+                "loss.terms.pcl.pairing=partner draws each anchor's partner from the device's own batch: "
+                "use pairs=local with it"
+            )
         self.group_size = group_size
         # read by Objective.noise_group_size: the training step draws (t, eps) once per group
         self.noise_group_size = group_size if pairing == "eq12" else 1
 
     def __call__(self, step: Step) -> Tensor:
+        d, pair, t, anchors = (
+            self._partner_pairs(step) if self.pairing == "partner" else self._batch_pairs(step)
+        )
+        if self.distance == "mean":
+            d = d / step.mu[0].numel()
+        tau = self.tau(
+            t.float() / step.schedule.num_steps
+        )  # tau(t_i) of anchor i (= t_j under eq12, partner)
+        margin = self.margin
+        if self.margin_schedule == "abar":
+            margin = self.margin * step.schedule.alpha_bars_prev[t]
+        value = torch.where(pair, tau * PHI[self.phi](d, margin), 0.0)
+        num_pairs = pair.sum()
+        step.diagnostics["pcl/pairs"] = num_pairs.float()
+        if self.reduction == "pairs_mean":
+            loss = value.sum() / num_pairs.clamp_min(1)
+        else:  # per-anchor sum over partners, mean over the anchors (every conditioned sample)
+            loss = value.sum() / anchors.sum().clamp_min(1)
+        return self.weight * loss
+
+    def _batch_pairs(self, step: Step) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Squared distances [N, N] of every pair of the batch (of one group under eq12), the valid-pair mask,
+        each row's t as [N, 1], and the conditioned samples [N] (the anchors)."""
         mu, y, t, ok = step.mu.flatten(1), step.y, step.t, step.cond
         if self.pairing == "eq12" and step.group is None:
             raise ValueError(
@@ -110,23 +138,22 @@ class PCL:
             if group is not None:  # rank r's groups become r * B + g: pairs never cross ranks
                 b = step.group.shape[0]
                 group = step.gather(group) + torch.arange(len(y), device=y.device) // b * b
-        d = pairwise_sq_dist(mu)
-        if self.distance == "mean":
-            d = d / mu.shape[1]
         pair = (y[:, None] != y[None, :]) & ok[:, None] & ok[None, :]  # [N, N]
         if group is not None:
             pair &= group[:, None] == group[None, :]
-        tau = self.tau(t.float() / step.schedule.num_steps)[
-            :, None
-        ]  # tau(t_i) of anchor i (= t_j under eq12)
-        margin = self.margin
-        if self.margin_schedule == "abar":
-            margin = self.margin * step.schedule.alpha_bars_prev[t][:, None]
-        value = torch.where(pair, tau * PHI[self.phi](d, margin), 0.0)
-        num_pairs = pair.sum()
-        step.diagnostics["pcl/pairs"] = num_pairs.float()
-        if self.reduction == "pairs_mean":
-            loss = value.sum() / num_pairs.clamp_min(1)
-        else:
-            loss = value.sum() / ok.sum().clamp_min(1)
-        return self.weight * loss
+        return pairwise_sq_dist(mu), pair, t[:, None], ok
+
+    def _partner_pairs(self, step: Step) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One different-label partner j per anchor i, drawn from the batch and noised with the anchor's own t_i
+        and eps_i (Eq. 12 exactly), in one extra forward of the network; the DDPM loss keeps independent draws.
+        Returns the squared distances [B], the mask of anchors that found a partner, t [B] and the anchors [B]."""
+        y, t, ok = step.y, step.t, step.cond
+        candidates = (y[:, None] != y[None, :]) & ok[None, :]  # [B, B]: j may partner i
+        has_partner = candidates.any(1) & ok
+        weights = torch.where(has_partner[:, None], candidates.float(), 1.0)  # a row with none: any j, masked
+        j = torch.multinomial(weights, 1).squeeze(1)
+        xt_j = step.schedule.q_sample(step.x0[j], t, step.eps)  # x_t^j - x_t^i = sqrt(abar_t) (x_0^j - x_0^i)
+        eps_hat_j = step.net(xt_j, t, y[j], torch.ones_like(ok))
+        mu_j = step.schedule.posterior_mean(xt_j, t, eps_hat_j)
+        d = (step.mu - mu_j).float().flatten(1).square().sum(1)
+        return d, has_partner, t, ok

@@ -17,7 +17,7 @@ def _identity(x: Tensor) -> Tensor:
     return x
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Step:
     x0: Tensor  # [B, C, H, W] clean images in [-1, 1]
     xt: Tensor  # [B, C, H, W] noised images

@@ -86,9 +86,9 @@ def override_value(overrides: Sequence[str], key: str) -> str | None:
 
 def read_checkpoint(path: Path) -> dict[str, Any] | None:
     """The checkpoint's step and stored config without reading its tensors (memory-mapped), None if unreadable."""
-    try:
+    try:  # metadata only: any dict with a step will do (a truncated file counts as no checkpoint)
         ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception:  # a truncated file counts as no checkpoint; training resumes or restarts
+    except Exception:
         return None
     return {"global_step": ckpt.get("global_step", 0), "config": ckpt.get("diffrop_config") or {}}
 

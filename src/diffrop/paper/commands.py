@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffrop.paper.cells import CLASSIFIER_ONLY, TABLE_EVAL, Cell, Options, model_dir, read_checkpoint
+from diffrop.paper.cells import CLASSIFIER_ONLY, TABLE_EVAL, Cell, Options, model_dir
 from diffrop.paper.smoke import (
     SMOKE_CLASSIFY,
     SMOKE_EVAL,
@@ -56,17 +56,12 @@ class Commands:
     def eval_command(self, cell: Cell, out_dir: Path, num_samples: int) -> list[str]:
         o = self.opts
         ckpt = model_dir(o.root, cell.experiment) / "checkpoints" / "last.ckpt"
-        info = read_checkpoint(ckpt) or {"config": {}}
-        sampler = info["config"].get("sampler") or {}
         args = [
             f"ckpt_path={ckpt.resolve()}",
             f"hydra.run.dir={out_dir.resolve()}",
             f"eval.num_samples={num_samples}",
         ]
-        if sampler:  # the model's own evaluation recipe (sampler, steps, guidance w), stored at training time
-            args += [f"sampler={sampler['name']}", f"sampler.steps={sampler['steps']}"]
-            eta = "null" if sampler["eta"] is None else sampler["eta"]  # Hydra reads "None" as a string
-            args += [f"sampler.eta={eta}", f"sampler.guidance={sampler['guidance']}"]
+        # no sampler flags: src/eval.py samples with the checkpoint's own recipe (build.eval_sampler)
         args += TABLE_EVAL.get(self.table, [])
         if o.smoke:
             args += [

@@ -21,8 +21,6 @@ OFF_PROTOCOL = "†"  # marks a value from a run at a num_samples other than the
 
 _SCALAR = (str, int, float)
 
-_W_KEYS = ("guidance_scale", "w", "guidance")  # where the sampler dict may hold the guidance scale w
-
 
 @dataclass(frozen=True)
 class Column:
@@ -143,13 +141,13 @@ def our_value(run: Run, col: Column) -> float | None:
 
 
 def sampler_of(results: dict[str, Any]) -> tuple[str, float | None]:
-    """(description without w, guidance scale w) of a run's sampler dict, whatever keys it uses."""
+    """(description without w, guidance scale w) of a run's sampler dict (``SamplerSpec.describe``)."""
     sampler = results.get("sampler")
     if not isinstance(sampler, dict):
         return "unknown", None
-    w = next((sampler[k] for k in _W_KEYS if isinstance(sampler.get(k), int | float)), None)
-    name = sampler.get("name", sampler.get("type", sampler.get("_target_", "?")))
-    skip = (*_W_KEYS, "name", "type", "_target_")
+    w = sampler.get("guidance_scale")
+    name = sampler.get("name", "?")
+    skip = ("guidance_scale", "name")
     rest = [f"{k}={v}" for k, v in sorted(sampler.items()) if k not in skip and isinstance(v, _SCALAR)]
     return f"{name} ({', '.join(rest)})" if rest else str(name), w
 

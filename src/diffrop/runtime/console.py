@@ -3,6 +3,8 @@ what does. Each filter matches one message by its text, and only where it is noi
 
 - Lightning's LitLogger advertisement ("Tip: ... try installing [litlogger]"), printed on every Trainer;
 - Lightning's "Trainer already configured with model summary callbacks" (our config adds a rich summary on purpose);
+- Lightning's own use of a torch API that torch deprecated ("`isinstance(treespec, LeafSpec)` is deprecated",
+  from ``lightning.pytorch.utilities._pytree``): nothing a user can change;
 - Lightning's "The `srun` command is available on your system but is not used" hint, but only outside a SLURM
   job: inside an allocation a missing ``srun`` really can hang a multi-process run, so the hint stays.
 
@@ -24,6 +26,7 @@ NOISE = (
     "Trainer already configured with model summary callbacks",
 )
 SRUN_HINT = r"The `srun` command is available on your system but is not used"
+PYTREE = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 
 
 def _not_noise(record: logging.LogRecord) -> bool:
@@ -34,5 +37,6 @@ def _not_noise(record: logging.LogRecord) -> bool:
 def quiet_third_party_noise() -> None:
     """Install the filters above (idempotent). Call before building the Trainer."""
     logging.getLogger(LIGHTNING_INFO_LOGGER).addFilter(_not_noise)
+    warnings.filterwarnings("ignore", message=PYTREE, module=r"lightning\.pytorch\.utilities\._pytree")
     if "SLURM_JOB_ID" not in os.environ:
         warnings.filterwarnings("ignore", message=SRUN_HINT, category=PossibleUserWarning)

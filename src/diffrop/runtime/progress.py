@@ -12,14 +12,14 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import lightning as L
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from rich.console import Console
-from rich.progress import track as rich_track
+from rich.progress import Progress
 from torch import Tensor
 
 log = logging.getLogger(__name__)
@@ -177,24 +177,33 @@ def track(
     disable: bool = False,
     rank: int | None = None,
     every_n_seconds: float = 30.0,
+    size: Callable[[T], int] | None = None,
 ) -> Iterator[T]:
     """Progress over a loop (generation, feature extraction), from rank 0 only (``rank``: default from the env).
 
     rich's live bar on a terminal; elsewhere (a log file) a plain line ``<description>: 12/50 (24%) | elapsed ... |
-    ETA ...`` every ``every_n_seconds`` and at the end, through ``emit``.
+    ETA ...`` every ``every_n_seconds`` and at the end, through ``emit``. ``size(item)``: how many units (images)
+    an item counts for, ``total`` then in those units; default 1 per item.
     """
     if disable or (process_rank() if rank is None else rank) != 0:
         yield from items
         return
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
+    size = size or (lambda item: 1)
     console = Console()
     if console.is_terminal or console.is_jupyter:
-        yield from rich_track(items, description=description, total=total)
+        with Progress(*Progress.get_default_columns(), console=console) as bar:
+            task = bar.add_task(description, total=total)
+            for item in items:
+                yield item
+                bar.advance(task, size(item))
         return
     start = last = time.monotonic()
-    for done, item in enumerate(items, 1):
+    done = 0
+    for item in items:
         yield item
+        done += size(item)
         now = time.monotonic()
         if now - last >= every_n_seconds or done == total:
             emit(track_line(description, done, total, now - start))

@@ -2,15 +2,14 @@
 
 Every entry point (train, eval, classify, the reproduce driver) that fails writes ``<run dir>/FAILED``: its
 first line is the error a table can show ("ValueError: ..."), then ``key: value`` lines (``job_id``,
-``log``), then a blank line and the traceback. ``describe_failure`` reads it back (it also accepts a JSON
-object or a bare traceback), so sweeps, the table renderer and the driver all show a failed cell the same way.
+``log``), then a blank line and the traceback. ``describe_failure`` reads it back (or a bare traceback),
+so sweeps, the table renderer and the driver all show a failed cell the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import re
 import traceback
 from collections.abc import Mapping
@@ -44,33 +43,20 @@ def clear_failed(run_dir: Path) -> None:
     (Path(run_dir) / FAILED).unlink(missing_ok=True)
 
 
-def is_failed(run_dir: Path) -> bool:
-    return (Path(run_dir) / FAILED).is_file()
-
-
 def describe_failure(text: str) -> str:
-    """One line from a FAILED file: the error, then job id and log path when the file names them.
-
-    Accepted: JSON {"error" | "message", "job_id", "log_path" | "log"}, or plain text whose lines
-    "job_id: 123" / "log: path/to/log" are picked out; of a traceback only the last line is kept.
+    """One line from a FAILED file (``write_failed``'s format): the error, then job id and log path when the file
+    names them. Lines "job_id: 123" / "log: path/to/log" are picked out; of a bare traceback only the last line
+    is kept.
     """
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        data = None
-    if isinstance(data, dict):
-        message = str(data.get("error") or data.get("message") or "")
-        job, log = data.get("job_id"), data.get("log_path") or data.get("log")
-    else:
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        found = {("log" if m[1] else "job"): m[2].strip() for m in map(_FAIL_FIELD.match, lines) if m}
-        job, log = found.get("job"), found.get("log")
-        rest = [line for line in lines if not _FAIL_FIELD.match(line)]
-        if rest and rest[0].startswith("Traceback"):
-            message = rest[-1]
-        else:  # "ExcType: message" first (as train.py writes it), possibly followed by a traceback
-            end = next((i for i, line in enumerate(rest) if line.startswith("Traceback")), len(rest))
-            message = " ".join(rest[:end])
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    found = {("log" if m[1] else "job"): m[2].strip() for m in map(_FAIL_FIELD.match, lines) if m}
+    job, log = found.get("job"), found.get("log")
+    rest = [line for line in lines if not _FAIL_FIELD.match(line)]
+    if rest and rest[0].startswith("Traceback"):
+        message = rest[-1]
+    else:  # "ExcType: message" first (as train.py writes it), possibly followed by a traceback
+        end = next((i for i, line in enumerate(rest) if line.startswith("Traceback")), len(rest))
+        message = " ".join(rest[:end])
     message = message if len(message) <= 300 else message[:299] + "…"
     return "; ".join(
         [message or "no reason given", *([f"job {job}"] if job else []), *([f"log {log}"] if log else [])]

@@ -4,12 +4,17 @@ the first and last training step always logged."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import RichModelSummary
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.model_summary import get_human_readable_count
+from rich import get_console
+from rich.table import Table
 from torchvision.utils import save_image
 
 from diffrop.diffusion.sampling import ddim_sample
@@ -88,7 +93,37 @@ class CheckpointOnInterrupt(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, KeyboardInterrupt | SIGTERMException):
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # the whole state, to resume from
+
+
+class ModelSummary(RichModelSummary):
+    """Lightning's rich summary without its FLOPs column and total: Lightning counts FLOPs only on the module's
+    ``example_input_array``, which ours has none of, so they always read 0."""
+
+    @staticmethod
+    def summarize(
+        summary_data: list[tuple[str, list[str]]],
+        total_parameters: int,
+        trainable_parameters: int,
+        model_size: float,
+        total_training_modes: dict[str, int],
+        total_flops: int = 0,
+        **summarize_kwargs: Any,
+    ) -> None:
+        kept = [(name, values) for name, values in summary_data if name != "FLOPs"]
+        table = Table(header_style="bold magenta")
+        for name, _ in kept:
+            table.add_column(name, justify="right" if name.startswith("Params") else "left")
+        for row in zip(*(values for _, values in kept), strict=True):
+            table.add_row(*row)
+        console = get_console()
+        console.print(table)
+        frozen = total_parameters - trainable_parameters
+        console.print(
+            f"Params: {get_human_readable_count(trainable_parameters)} trainable, "
+            f"{get_human_readable_count(frozen)} non-trainable ({model_size:.1f} MB)\n"
+            f"Modules: {total_training_modes['train']} in train mode, {total_training_modes['eval']} in eval mode"
+        )
 
 
 class LogFirstAndLastStep(L.Callback):

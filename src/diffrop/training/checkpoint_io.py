@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from torch import nn
 
 from diffrop.runtime.atomic_write import atomic_write
+from diffrop.training.lightning_internals import is_local_file_protocol
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -25,7 +25,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
     ) -> None:
-        if storage_options is not None or not _is_local_file_protocol(path):
+        if storage_options is not None or not is_local_file_protocol(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         atomic_save(checkpoint, path)
 

