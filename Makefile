@@ -84,7 +84,7 @@ reproduce-fig2: install ## the exact 1-D toy of paper Fig. 2
 	$(PY) experiments/fig2_toy.py $(ARGS)
 reproduce-samples: install ## Figs. 5-8 style grids of tail and random classes
 	SMOKE=$(SMOKE) $(PY) experiments/sample_grids.py $(ARGS)
-pcl-study: install ## CPU study, resumable: does PCL work? DDPM / CBDM +- PCL over a tau0 grid, both reductions, 3 seeds
+pcl-study: install ## CPU study, resumable: does PCL work? DDPM, grouped control, PCL eq12 x2 and batch pairing, 3 seeds, paired by seed (ARGS="--arms *": the old grid too)
 	$(PY) experiments/pcl_study.py $(ARGS)
 overlap-bench: install ## CPU, resumable, ~20 min: DDPM vs PCL on a Gaussian mixture with exact answers (eps*, Bayes classifier), 5 seeds, paired
 	$(PY) experiments/overlap_bench.py $(ARGS)
