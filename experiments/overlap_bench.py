@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from diffrop.diffusion.sampling import ddim_sample, dpmpp2m_sample
+from diffrop.paper.reading import write_keeping_reading
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
@@ -439,15 +440,6 @@ def render(summary: dict, bayes: dict, args, meta: dict) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-READING = "\n## Reading"
-
-
-def write_keeping_reading(path: Path, table: str) -> None:
-    """Write the rendered tables, keeping the hand-written "## Reading" section of an earlier file at the end."""
-    old = path.read_text() if path.is_file() else ""
-    path.write_text(table + (old[old.index(READING) :] if READING in old else ""))
 
 
 def plot(summary: dict, path: Path) -> None:

@@ -44,6 +44,7 @@ from diffrop.diffusion.sampling import ddim_sample, to_uint8
 from diffrop.paper.cells import training_state
 from diffrop.paper.digits_probe import PROBE_SIZE, load_or_train_probe, probe_outputs, score_by_group
 from diffrop.paper.paired import paired_difference
+from diffrop.paper.reading import write_keeping_reading
 from diffrop.runtime.children import parent_death_signal, stop_group
 
 REPO = Path(__file__).resolve().parents[1]
@@ -424,15 +425,6 @@ def render(summary: dict, args, meta: dict) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-READING = "\n## Reading"
-
-
-def write_keeping_reading(path: Path, table: str) -> None:
-    """Write the rendered tables, keeping the hand-written "## Reading" section of an earlier file at the end."""
-    old = path.read_text() if path.is_file() else ""
-    path.write_text(table + (old[old.index(READING) :] if READING in old else ""))
 
 
 PLOTTED = [

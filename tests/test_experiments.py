@@ -132,7 +132,9 @@ FAKE = textwrap.dedent(
         out.mkdir(parents=True, exist_ok=True)
         n = int(kv["eval.num_samples"])
         metrics = {"fid": 1.0, "per_shot": {g: {"fid": 2.0} for g in ("many", "med", "few")}}
-        sampler = {"name": kv["sampler"], "steps": 5, "guidance_scale": float(kv["sampler.guidance"])}
+        import torch  # eval.py samples with the checkpoint's own recipe (build.eval_sampler)
+        recipe = torch.load(kv["ckpt_path"], weights_only=False)["diffrop_config"]["sampler"]
+        sampler = {"name": recipe["name"], "steps": recipe["steps"], "guidance_scale": recipe["guidance"]}
         (out / "results.json").write_text(json.dumps({"metrics": metrics, "num_samples": n, "sampler": sampler}))
     """
 )

@@ -108,7 +108,7 @@ def test_tau_rejects_bad_values_naming_the_key(build, key: str) -> None:
         ({"reduction": "sum"}, "loss.terms.pcl.reduction"),
         ({"pairs": "world"}, "loss.terms.pcl.pairs"),
         ({"pairing": "same_t"}, "loss.terms.pcl.pairing"),
-        ({"group_size": 1}, "loss.terms.pcl.group_size"),
+        ({"pairing": "eq12", "group_size": 1}, "loss.terms.pcl.group_size"),
         ({"margin_schedule": "linear"}, "loss.terms.pcl.margin_schedule"),
     ],
 )
