@@ -28,6 +28,7 @@ def test_ddp_training_two_slurm_tasks(start_multirun: Any, tmp_path: Path) -> No
         f"trainer.max_steps={MAX_STEPS}",
         "loss=pcl_exp",
         "loss.terms.pcl.pairs=global",  # PCL all-gathers mu across the two ranks inside real training
+        "loss.terms.pcl.pairing=eq12",  # global pairs need one-pass pairs (partner draws within a device)
         "+callbacks.rank_probe._target_=tests.helpers.rank_probe.RankProbe",
         f"+callbacks.rank_probe.out_dir={sweep_dir}/probe",
         trainer="ddp_cpu",  # devices=2, strategy=ddp; the launcher asks SLURM for tasks_per_node=trainer.devices
