@@ -7,20 +7,8 @@ DiffAugment parameters when there are any. The embedding is added to every resid
 
 from __future__ import annotations
 
-import math
-
-import torch
+from diffusers.models.embeddings import get_timestep_embedding
 from torch import Tensor, nn
-
-
-def timestep_embedding(t: Tensor, dim: int) -> Tensor:
-    """DDPM's sinusoidal embedding of integer timesteps: [B] -> [B, dim] (sines, then cosines)."""
-    half = dim // 2
-    freqs = torch.exp(
-        -math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float32) / (half - 1)
-    )
-    angles = t.float()[:, None] * freqs[None, :]
-    return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
 class ResidualBlock(nn.Module):
@@ -60,7 +48,9 @@ class ClassConditionalMLP(nn.Module):
         self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, features))
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor, cond: Tensor, aug: Tensor | None = None) -> Tensor:
-        emb = self.time_mlp(timestep_embedding(t, self.emb_dim))
+        emb = self.time_mlp(
+            get_timestep_embedding(t, self.emb_dim, downscale_freq_shift=1)
+        )  # DDPM's sinusoids
         emb = emb + self.label_embedding(y) * cond[:, None].to(emb.dtype)  # zero = unconditional
         if self.aug_embedding is not None:
             aug = aug if aug is not None else x.new_zeros(x.shape[0], self.aug_embedding.in_features)
