@@ -292,6 +292,40 @@ def test_partner_pairing_keeps_independent_ddpm_draws_and_refuses_global_pairs()
     assert PCL("exp", Constant(1.0), pairing="partner")(step).item() == 0.0  # one class: no pair
 
 
+class LabelNet(torch.nn.Module):
+    """eps_hat = label (every pixel), remembering the inputs it was asked about."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x, t, y, cond):
+        self.inputs.append(x.clone())
+        return y.float().view(-1, *[1] * (x.dim() - 1)).expand_as(x)
+
+
+def test_same_xt_compares_two_labels_denoisers_at_the_anchors_own_x_t() -> None:
+    # mu(x_t, c) = (x_t - beta_t / sqrt(1 - abar_t) eps_hat(x_t, c)) / sqrt(alpha_t), so at one x_t the labels' gap is
+    # d = (beta_t / sqrt(alpha_t (1 - abar_t)))^2 |eps_hat(x_t, c) - eps_hat(x_t, c')|^2: here (y_i - y_j)^2 per pixel,
+    # whatever the images are.
+    sched = NoiseSchedule(T)
+    g = torch.Generator().manual_seed(7)
+    x0, eps = torch.randn(2, 3, 2, 2, generator=g), torch.randn(2, 3, 2, 2, generator=g)
+    t, y = torch.tensor([50, 600]), torch.tensor([1, 4])
+    xt = sched.q_sample(x0, t, eps)
+    net = LabelNet()
+    eps_hat = net(xt, t, y, torch.ones(2, dtype=torch.bool))
+    net.inputs.clear()
+    step = make_step(y, t, x0=x0, xt=xt, eps=eps, eps_hat=eps_hat, schedule=sched, net=net)
+    term = PCL("neg_l2", Constant(1.0), distance="sum", reduction="pairs_mean", pairing="same_xt")
+    got = -term(step).item()
+    coef2 = sched.betas**2 / (sched.alphas * (1 - sched.alpha_bars))
+    assert got == pytest.approx(float(coef2[50] + coef2[600]) / 2 * (4 - 1) ** 2 * 12, rel=1e-4)
+    assert len(net.inputs) == 1 and torch.equal(net.inputs[0], xt)  # one extra forward, at the anchors' own x_t
+    with pytest.raises(ValueError, match="pairing=same_xt"):
+        PCL("exp", Constant(1.0), pairing="same_xt", pairs="global")
+
+
 def test_default_pcl_is_eq12_by_partner_forward(tmp_path) -> None:
     """`loss=pcl_exp` as a user composes it: independent DDPM draws (no groups) and one extra network forward, for
     the partners (docs/design.md section 4: grouping costs DDPM quality on both CPU testbeds)."""

@@ -8,7 +8,8 @@ pairing ``eq12`` (the paper's): i and j were noised at the same t with the same 
 once per group of ``group_size`` samples, ``diffrop.diffusion.noising``) and only pairs inside a group count, so
 x_t^i - x_t^j = sqrt(abar_t) (x_0^i - x_0^j) and d_ij measures the images, not the noise. ``batch``: every pair
 of the batch, each sample at its own t and eps (d_ij then mostly measures the two noises; kept for comparison,
-docs/design.md section 4).
+docs/design.md section 4). ``partner`` (Eq. 12 by one extra forward) and ``same_xt`` (beyond the paper: two labels'
+denoisers at one x_t, the overlap of the conditional models themselves) are described in ``PCL._partner_pairs``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ PHI: dict[str, Callable[[Tensor, float | Tensor], Tensor]] = {
 DISTANCES = ("mean", "sum")
 REDUCTIONS = ("pairs_mean", "algorithm1_sum")
 PAIRS = ("local", "global")
-PAIRINGS = ("eq12", "partner", "batch")
+PAIRINGS = ("eq12", "partner", "same_xt", "batch")
 MARGIN_SCHEDULES = ("constant", "abar")
 
 
@@ -93,9 +94,9 @@ class PCL:
                 f"loss.terms.pcl.group_size must be an integer >= 2 with pairing=eq12 (pairs live inside a group "
                 f"that shares t and eps), got {group_size!r}"
             )
-        if pairing == "partner" and pairs == "global":
+        if pairing in ("partner", "same_xt") and pairs == "global":
             raise ValueError(
-                "loss.terms.pcl.pairing=partner draws each anchor's partner from the device's own batch: "
+                f"loss.terms.pcl.pairing={pairing} draws each anchor's partner from the device's own batch: "
                 "use pairs=local with it"
             )
         self.group_size = group_size
@@ -104,7 +105,7 @@ class PCL:
 
     def __call__(self, step: Step) -> Tensor:
         d, pair, t, anchors = (
-            self._partner_pairs(step) if self.pairing == "partner" else self._batch_pairs(step)
+            self._partner_pairs(step) if self.pairing in ("partner", "same_xt") else self._batch_pairs(step)
         )
         if self.distance == "mean":
             d = d / step.mu[0].numel()
@@ -144,15 +145,22 @@ class PCL:
         return pairwise_sq_dist(mu), pair, t[:, None], ok
 
     def _partner_pairs(self, step: Step) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """One different-label partner j per anchor i, drawn from the batch and noised with the anchor's own t_i
-        and eps_i (Eq. 12 exactly), in one extra forward of the network; the DDPM loss keeps independent draws.
+        """One different-label partner j per anchor i, drawn from the batch, compared in one extra forward of the
+        network; the DDPM loss keeps independent draws.
+
+        ``partner``: image x_0^j noised with the anchor's own t_i and eps_i (Eq. 12 exactly), denoised under y_j.
+        ``same_xt``: the anchor's own x_t^i denoised under y_j, so mu_i - mu_j = -coef (eps(x_t, y_i) - eps(x_t, y_j))
+        measures how far the two class-conditional denoisers disagree at one point (CBDM compares them the same way).
         Returns the squared distances [B], the mask of anchors that found a partner, t [B] and the anchors [B]."""
         y, t, ok = step.y, step.t, step.cond
         candidates = (y[:, None] != y[None, :]) & ok[None, :]  # [B, B]: j may partner i
         has_partner = candidates.any(1) & ok
         weights = torch.where(has_partner[:, None], candidates.float(), 1.0)  # a row with none: any j, masked
         j = torch.multinomial(weights, 1).squeeze(1)
-        xt_j = step.schedule.q_sample(step.x0[j], t, step.eps)  # x_t^j - x_t^i = sqrt(abar_t) (x_0^j - x_0^i)
+        if self.pairing == "same_xt":
+            xt_j = step.xt
+        else:  # x_t^j - x_t^i = sqrt(abar_t) (x_0^j - x_0^i)
+            xt_j = step.schedule.q_sample(step.x0[j], t, step.eps)
         eps_hat_j = step.net(xt_j, t, y[j], torch.ones_like(ok))
         mu_j = step.schedule.posterior_mean(xt_j, t, eps_hat_j)
         d = (step.mu - mu_j).float().flatten(1).square().sum(1)
