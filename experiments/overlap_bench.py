@@ -63,6 +63,7 @@ EXP = ("loss=pcl_exp", "tau=exp_decay")
 BATCH = ("loss.terms.pcl.pairing=batch",)  # each sample at its own t and eps (the pairing before Eq. 12)
 EQ12 = ("loss.terms.pcl.pairing=eq12", "loss.terms.pcl.group_size=8")
 PARTNER = ("loss.terms.pcl.pairing=partner",)  # Eq. 12 by one extra forward: no grouping of the DDPM draws
+SAME_XT = ("loss.terms.pcl.pairing=same_xt",)  # beyond the paper: two labels' denoisers at the anchor's own x_t
 # margin 0.05 ~ the mean between-class d / abar_{t-1} of this data (d = mean over the 16 dims of |x0^i - x0^j|^2
 # under Eq. 12): the hinge pushes apart pairs closer than a typical cross-class pair. The default margin 1.0 is 20x
 # every pair's d here, so the hinge would be active on all pairs: the naive -d form of paper Fig. 2.
@@ -79,7 +80,7 @@ HINGE = (
 class Arm:
     slug: str
     label: str
-    family: str  # ddpm | grouped_ddpm | pcl_batch | pcl_eq12 | hinge_eq12 | pcl_partner: one line in the plot
+    family: str  # ddpm | grouped_ddpm | pcl_batch | pcl_eq12 | hinge_eq12 | pcl_partner | pcl_same_xt: one line in the plot
     overrides: tuple[str, ...]
     tau0: float | None = None
 
@@ -89,6 +90,7 @@ def pcl_arm(family: str, tau0: float) -> Arm:
         "pcl_batch": ((*EXP, *BATCH), "PCL exp, batch pairs"),
         "pcl_eq12": ((*EXP, *EQ12), "PCL exp, Eq. 12 groups"),
         "pcl_partner": ((*EXP, *PARTNER), "PCL exp, Eq. 12 partner (2nd forward)"),
+        "pcl_same_xt": ((*EXP, *SAME_XT), "PCL exp, same x_t, other label (2nd forward)"),
         "hinge_eq12": (HINGE, "PCL hinge (margin 0.05 x abar), Eq. 12 groups"),
     }[family]
     return Arm(
@@ -106,6 +108,7 @@ ARMS = [
     *(pcl_arm("pcl_eq12", t) for t in (1.5, 8, 40)),
     *(pcl_arm("hinge_eq12", t) for t in (2, 60)),
     *(pcl_arm("pcl_partner", t) for t in (20, 80)),  # one partner per anchor: ~1/2.5 of eq12's pairs here
+    *(pcl_arm("pcl_same_xt", t) for t in (300, 1000, 2000)),  # d ~ beta_t^2 |eps gap|^2: tiny, and it grows
 ]
 
 
