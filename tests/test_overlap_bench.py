@@ -55,13 +55,23 @@ def test_differences_to_ddpm_are_paired_by_seed():
 
 def test_arms_cover_the_brief():
     families = {a.family for a in bench.ARMS}
-    assert families == {"ddpm", "grouped_ddpm", "pcl_batch", "pcl_eq12", "hinge_eq12", "pcl_partner"}
+    assert families == {
+        "ddpm",
+        "grouped_ddpm",
+        "pcl_batch",
+        "pcl_eq12",
+        "hinge_eq12",
+        "pcl_partner",
+        "pcl_same_xt",
+    }
     grouped = next(a for a in bench.ARMS if a.family == "grouped_ddpm")
     assert "tau.tau0=0" in grouped.overrides and "loss.terms.pcl.pairing=eq12" in grouped.overrides
     batch = [a for a in bench.ARMS if a.family == "pcl_batch"]
     assert all("loss.terms.pcl.pairing=batch" in a.overrides for a in batch)  # every arm names its pairing
     partner = [a for a in bench.ARMS if a.family == "pcl_partner"]
     assert partner and all("loss.terms.pcl.pairing=partner" in a.overrides for a in partner)
+    same_xt = [a for a in bench.ARMS if a.family == "pcl_same_xt"]
+    assert same_xt and all("loss.terms.pcl.pairing=same_xt" in a.overrides for a in same_xt)
     hinge = [a for a in bench.ARMS if a.family == "hinge_eq12"]
     assert all("loss.terms.pcl.margin_schedule=abar" in a.overrides for a in hinge)
     assert len({a.slug for a in bench.ARMS}) == len(bench.ARMS)
