@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from diffrop.data.datasets import ImageSet
-from diffrop.evaluation.classification import classification_metrics, load_generated, split_per_class
+from diffrop.evaluation.classification import (
+    classification_metrics,
+    load_generated,
+    shot_accuracy,
+    split_per_class,
+)
 from diffrop.nets.resnet import CifarResNet, Uint8Classifier
 from diffrop.training.classifier import random_crop_flip
 from tests.helpers.train_utils import REPO, child_env
@@ -28,6 +33,19 @@ def test_metrics_by_hand():
     assert m["macro_precision"] == pytest.approx(100 * (1 + 0.5 + 0.5 + 0) / 4)
     # recall over the classes present in the targets: 2/3, 1/2, 1/1
     assert m["macro_recall"] == pytest.approx(100 * (2 / 3 + 1 / 2 + 1) / 3)
+
+
+def test_shot_accuracy_by_hand():
+    # class 0: 4 samples, 3 right; class 1: 2, both right; class 2: 3, 1 right; class 3: 1, wrong; class 4: 2, both
+    # wrong; class 5 and 6: no samples
+    targets = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 2, 3, 4, 4])
+    preds = torch.tensor([0, 0, 0, 1, 1, 1, 2, 0, 0, 2, 0, 1])
+    groups = {"many": [0, 1], "med": [2, 3], "few": [4, 5], "empty": [6]}
+    acc = shot_accuracy(preds, targets, groups)
+    # a mean over samples (5 of 6), not over classes ((3/4 + 1) / 2 = 0.875)
+    assert acc["many"] == pytest.approx(5 / 6)
+    assert acc["med"] == pytest.approx(1 / 4) and acc["few"] == 0.0
+    assert np.isnan(acc["empty"])
 
 
 def test_metrics_agree_with_scikit_learn():
