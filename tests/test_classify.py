@@ -18,8 +18,9 @@ from diffrop.evaluation.classification import (
     split_per_class,
 )
 from diffrop.nets.resnet import CifarResNet, Uint8Classifier
+from diffrop.runtime.run_lock import run_dir_lock
 from diffrop.training.classifier import random_crop_flip
-from tests.helpers.train_utils import REPO, child_env
+from tests.helpers.train_utils import REPO, child_env, load_script, main_in_process
 from tests.helpers.wandb_records import offline_runs, read_run
 
 
@@ -131,6 +132,20 @@ def test_classify_runs_on_digits_with_generated_images(tmp_path):
     assert record.name == "classify-digits_lt-s0" and record.config["generated"] == str(npz)
     exported = torch.jit.load(str(run / "classifier.pt"))
     assert exported(torch.zeros(2, 3, 16, 16, dtype=torch.uint8)).shape == (2, 10)
+
+
+def test_classify_refuses_a_run_dir_in_use(tmp_path, capsys):
+    classify_entry = load_script(REPO / "src" / "classify.py", "classify_entry")
+    with run_dir_lock(tmp_path), pytest.raises(SystemExit) as done:  # another process's run
+        overrides = [
+            "data=digits_lt",
+            "classifier.depth=8",
+            "trainer.max_epochs=1",
+            "trainer.accelerator=cpu",
+        ]
+        main_in_process("classify", overrides, tmp_path, classify_entry.main)  # without the lock: a quick run
+    assert done.value.code == 1 and capsys.readouterr().err.startswith("error: run directory")
+    assert {p.name for p in tmp_path.iterdir()} == {".lock"}  # no FAILED, no results: the holder's dir
 
 
 @pytest.mark.slow

@@ -110,7 +110,7 @@ def guarded_run(run_dir: Path, *, rank: int = 0, multirun: bool = False) -> Iter
             if rank == 0:
                 headline = user_error(err) or f"{type(err).__name__}: {err}"  # one line a table can show
                 write_failed(run_dir, headline, {k: v for k, v in slurm_job().items() if k != "restarts"})
-            if interrupted(err):  # a checkpointing callback has saved the last step
+            if interrupted(err):  # train.py: CheckpointOnInterrupt has saved this step
                 print("error: stopped by SIGTERM; resume with the same command", file=sys.stderr)
                 sys.exit(128 + signal.SIGTERM)
             stop_on_user_error(err, multirun)
