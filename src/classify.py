@@ -3,41 +3,38 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
 from diffrop import build
 from diffrop.data.datasets import ImageSet, load_cifar
-from diffrop.data.longtail import longtail_counts, select_longtail, shot_groups
-from diffrop.evaluation.classification import classification_metrics, load_generated, split_per_class
+from diffrop.data.longtail import shot_groups
+from diffrop.evaluation.classification import (
+    classification_metrics,
+    load_generated,
+    shot_accuracy,
+    split_per_class,
+)
 from diffrop.runtime.atomic_write import atomic_write
 from diffrop.runtime.console import quiet_third_party_noise
-from diffrop.runtime.entry import stop_on_user_error
-from diffrop.runtime.run_status import clear_failed, write_failed
-from diffrop.training.classifier import ClassifierModule
+from diffrop.runtime.entry import guarded_run
 
 
 def train_and_test_sets(cfg: DictConfig) -> tuple[ImageSet, ImageSet, ImageSet]:
     """(long-tail or balanced training set, generated images or an empty set, test set)."""
-    dm = instantiate(cfg.data, _convert_="all")
+    dm = build.build_datamodule(cfg)
     if dm.source in ("cifar10", "cifar100"):
         train, test = dm.train_set, load_cifar(dm.root, int(dm.source[5:]), train=False, download=dm.download)
     else:  # no test split: hold out a share of every class, then draw the long tail from the rest
         full, test = split_per_class(dm.full_train_set(), cfg.test_fraction, seed=0)
-        available = torch.bincount(full.labels).tolist()
-        train = full.subset(
-            select_longtail(
-                full.labels.numpy(), longtail_counts(max(available), len(available), dm.imb_factor), dm.seed
-            )
-        )
+        train = dm.longtail_subset(full)
     classes = len(train.class_names)
     if cfg.generated:
         gen = load_generated(cfg.generated, classes, cfg.generated_limit)
@@ -57,55 +54,48 @@ quiet_third_party_noise()
 @hydra.main(version_base="1.3", config_path="../configs", config_name="classify")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        L.seed_everything(cfg.seed, workers=True)
-        train, gen, test = train_and_test_sets(cfg)
-        classes = len(train.class_names)
-        images, labels = torch.cat([train.images, gen.images]), torch.cat([train.labels, gen.labels])
-        loader = DataLoader(
-            TensorDataset(images, labels),
-            batch_size=cfg.batch_size,
-            shuffle=True,
-            drop_last=len(labels) > cfg.batch_size,
-        )
-        net = instantiate(cfg.classifier, num_classes=classes, in_channels=train.images.shape[1])
-        module = ClassifierModule(net, **OmegaConf.to_container(cfg.optim, resolve=True))
-        loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-        trainer = instantiate(cfg.trainer, logger=loggers or False, default_root_dir=str(run_dir))
-        for logger in trainer.loggers:  # the config on every dashboard, as for training runs
-            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        trainer.fit(module, loader)
-        preds = module.predict_all(test.images)
-        metrics = classification_metrics(preds, test.labels, classes)
-        counts = torch.bincount(train.labels, minlength=classes).tolist()
-        metrics["per_shot"] = {
-            group: {"accuracy": 100.0 * float((preds[m] == test.labels[m]).float().mean())}
-            for group, members in shot_groups(counts).items()
-            for m in [torch.isin(test.labels, torch.tensor(members))]
-        }
-        results = {
-            "metrics": metrics,
-            "num_samples": len(gen.labels),  # generated images added (the protocol's 50k for Table 3)
-            "train_images": len(train.labels),
-            "test_images": len(test.labels),
-            "class_counts": counts,
-            "generated": cfg.generated,
-            "config": OmegaConf.to_container(cfg, resolve=True),
-        }
-        module.classifier.cpu().eval()
-        with atomic_write(run_dir / "classifier.pt") as f:  # a full disk: one line, no half-written file
-            torch.jit.save(torch.jit.script(module.classifier), f)
-        with atomic_write(run_dir / "results.json", "w") as f:
-            f.write(json.dumps(results, indent=2))
-        clear_failed(run_dir)
-        print(json.dumps(metrics, indent=2), f"\nresults: {run_dir / 'results.json'}")
-    except BaseException as err:
-        write_failed(run_dir, f"{type(err).__name__}: {err}")
-        stop_on_user_error(err, build.is_multirun())  # e.g. a missing generated=... file: one line, exit 1
-        raise
-    finally:
-        if wandb := sys.modules.get("wandb"):  # only if a W&B logger imported it: close the run here, as
-            wandb.finish()  # src/train.py does, not in an exit hook
+    with guarded_run(run_dir, rank=rank_zero_only.rank, multirun=build.is_multirun()):
+        classify(cfg, run_dir)
+
+
+def classify(cfg: DictConfig, run_dir: Path) -> None:
+    """Train on the long tail (plus ``generated``), score on the test set, write results.json and classifier.pt."""
+    L.seed_everything(cfg.seed, workers=True)
+    train, gen, test = train_and_test_sets(cfg)
+    classes = len(train.class_names)
+    images, labels = torch.cat([train.images, gen.images]), torch.cat([train.labels, gen.labels])
+    loader = DataLoader(
+        TensorDataset(images, labels),
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=len(labels) > cfg.batch_size,
+    )
+    module = build.build_classifier(cfg, classes, in_channels=train.images.shape[1])
+    hparams = build.run_hparams(cfg, HydraConfig.get().runtime.choices)  # as for training runs
+    trainer = build.build_trainer(cfg, run_dir, hparams=hparams, default_root_dir=str(run_dir))
+    trainer.fit(module, loader)
+    preds = module.predict_all(test.images)
+    metrics = classification_metrics(preds, test.labels, classes)
+    counts = torch.bincount(train.labels, minlength=classes).tolist()
+    metrics["per_shot"] = {
+        group: {"accuracy": 100.0 * acc}
+        for group, acc in shot_accuracy(preds, test.labels, shot_groups(counts)).items()
+    }
+    results = {
+        "metrics": metrics,
+        "num_samples": len(gen.labels),  # generated images added (the protocol's 50k for Table 3)
+        "train_images": len(train.labels),
+        "test_images": len(test.labels),
+        "class_counts": counts,
+        "generated": cfg.generated,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    module.classifier.cpu().eval()
+    with atomic_write(run_dir / "classifier.pt") as f:  # a full disk: one line, no half-written file
+        torch.jit.save(torch.jit.script(module.classifier), f)
+    with atomic_write(run_dir / "results.json", "w") as f:
+        f.write(json.dumps(results, indent=2))
+    print(json.dumps(metrics, indent=2), f"\nresults: {run_dir / 'results.json'}")
 
 
 if __name__ == "__main__":

@@ -33,9 +33,7 @@ from diffrop.evaluation import plots
 from diffrop.evaluation import wandb_log as eval_wandb
 from diffrop.evaluation.metrics import ReferenceCache, weights_fingerprint
 from diffrop.runtime.atomic_write import atomic_write
-from diffrop.runtime.entry import stop, stop_on_user_error
-from diffrop.runtime.run_lock import RunDirLocked, run_dir_lock
-from diffrop.runtime.run_status import clear_failed, write_failed
+from diffrop.runtime.entry import guarded_run
 
 NO_CKPT = (
     "error: no checkpoint to evaluate: pass ckpt_path=<run>/checkpoints/last.ckpt "
@@ -234,35 +232,21 @@ def main(cfg: DictConfig) -> None:
         sys.exit(NO_CKPT)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     rank = int(os.environ.get("RANK", 0))
-    try:  # one evaluation per eval dir: two would mix their samples and results (diffrop.runtime.run_lock)
-        with run_dir_lock(run_dir, rank=rank):  # rank 0 only: torchrun's ranks share the dir by design
-            evaluate(cfg, run_dir, rank)
-    except RunDirLocked as err:  # not marked FAILED: the eval dir belongs to the live holder
-        stop(str(err), build.is_multirun())
-        raise
+    # One evaluation per eval dir (two would mix their samples and results); torchrun's ranks share it by design.
+    with guarded_run(run_dir, rank=rank, multirun=build.is_multirun()):
+        evaluate(cfg, run_dir, rank)
 
 
 def evaluate(cfg: DictConfig, run_dir: Path, rank: int) -> None:
-    """``run``, the table and W&B; a failure writes <run_dir>/FAILED, a user error ends as one line (exit 1)."""
-    try:
-        results = run(cfg, run_dir, HydraConfig.get().overrides.task)
-        if rank == 0 and results is not None:
-            clear_failed(run_dir)
-            print_table(results, run_dir)
-            if cfg.wandb.enabled and cfg.wandb.mode != "disabled":
-                try:
-                    log_wandb(cfg, results, run_dir)
-                except (
-                    Exception
-                ) as err:  # results.json is written; a W&B problem must not mark the run FAILED
-                    print(f"W&B logging failed ({type(err).__name__}: {err}); results are in {run_dir}")
-    except BaseException as err:
-        if rank == 0:
-            write_failed(run_dir, f"{type(err).__name__}: {err}")
-        stop_on_user_error(
-            err, build.is_multirun()
-        )  # e.g. a full disk: one line, exit 1; what was written stays (atomic writes)
-        raise
+    """``run``, the table and W&B (what was written stays on failure: atomic writes)."""
+    results = run(cfg, run_dir, HydraConfig.get().overrides.task)
+    if rank == 0 and results is not None:
+        print_table(results, run_dir)
+        if cfg.wandb.enabled and cfg.wandb.mode != "disabled":
+            try:
+                log_wandb(cfg, results, run_dir)
+            except Exception as err:  # results.json is written; a W&B problem must not mark the run FAILED
+                print(f"W&B logging failed ({type(err).__name__}: {err}); results are in {run_dir}")
 
 
 if __name__ == "__main__":

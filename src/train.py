@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sys
 import warnings
 from pathlib import Path
@@ -13,16 +11,13 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from diffrop import build
 from diffrop.runtime import resolvers
 from diffrop.runtime.atomic_write import remove_stale_temps
 from diffrop.runtime.console import quiet_third_party_noise
-from diffrop.runtime.entry import stop, stop_on_user_error, user_error
-from diffrop.runtime.run_lock import RunDirLocked, run_dir_lock
-from diffrop.runtime.run_status import clear_failed, write_failed
+from diffrop.runtime.entry import guarded_run, slurm_job, stop
 from diffrop.runtime.stored_run import StoredRunMismatch, adopt_stored_run
 from diffrop.training.checkpoint_io import check_compatible
 
@@ -41,27 +36,6 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     if ckpt_path and not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
     return ckpt_path
-
-
-def slurm_job() -> dict[str, str]:
-    """The SLURM job running this process ({} outside SLURM), so a run dir names its job and log (docs/slurm.md)."""
-    env = os.environ
-    if "SLURM_JOB_ID" not in env:
-        return {}
-    array = env.get("SLURM_ARRAY_JOB_ID")
-    job = {"slurm_job_id": f"{array}_{env['SLURM_ARRAY_TASK_ID']}" if array else env["SLURM_JOB_ID"]}
-    if env.get("SUBMITIT_EXECUTOR") == "slurm":  # hydra/launcher=slurm: submitit's per-task log file
-        import submitit
-
-        job["log"] = str(submitit.JobEnvironment().paths.stderr)
-    return job | {"restarts": env.get("SLURM_RESTART_COUNT", "0")}
-
-
-@rank_zero_only
-def mark_failed(run_dir: Path, err: BaseException) -> None:
-    """A FAILED file lets sweeps and table rendering show this run as failed instead of dropping it."""
-    headline = user_error(err) or f"{type(err).__name__}: {err}"  # one line a table can show
-    write_failed(run_dir, headline, {k: v for k, v in slurm_job().items() if k != "restarts"})
 
 
 resolvers.register()  # before Hydra composes: configs/hydra/launcher/slurm.yaml uses them
@@ -92,64 +66,39 @@ warnings.filterwarnings(
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        with run_dir_lock(
-            run_dir, rank=rank_zero_only.rank
-        ) as lock:  # held until train() ends, however it ends
-            if lock is not None:  # rank 0, alone in the run dir: half-written saves of a killed run can go
-                remove_stale_temps(run_dir / "checkpoints")
-            return train(cfg, run_dir)
-    except RunDirLocked as err:  # not marked FAILED: the run dir belongs to the live holder
-        stop(str(err), build.is_multirun())
-        raise
+    with guarded_run(run_dir, rank=rank_zero_only.rank, multirun=build.is_multirun()) as lock:
+        if lock is not None:  # rank 0, alone in the run dir: half-written saves of a killed run can go
+            remove_stale_temps(run_dir / "checkpoints")
+        return train(cfg, run_dir)
 
 
 def train(cfg: DictConfig, run_dir: Path) -> float | None:
     """Fit, save the final checkpoint; returns ``optimized_metric``'s final value for a sweeper (else None)."""
-    try:
-        L.seed_everything(cfg.seed, workers=True)
-        datamodule = build.build_datamodule(cfg)
-        module = build.build_module(cfg, datamodule)
-        # default_root_dir: Lightning's SLURM pre-emption checkpoints (hpc_ckpt_N.ckpt) go to the run dir too
-        hparams = build.run_hparams(cfg, HydraConfig.get().runtime.choices)
-        trainer = build.build_trainer(cfg, run_dir, hparams=hparams, default_root_dir=run_dir)
-        if trainer.is_global_zero:
-            datamodule.write_summary(run_dir)
-            if job := slurm_job():
-                (run_dir / "job.json").write_text(json.dumps(job, indent=1))
-        ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
-        if ckpt_path:
-            check_compatible(ckpt_path, module)  # one clear line instead of a size-mismatch listing
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)  # our own files
-        trainer.save_checkpoint(  # the final step, whatever the interval; the whole state, to resume from
-            run_dir / "checkpoints" / "last.ckpt", weights_only=False
-        )
-        value = optimized_value(trainer, cfg.get("optimized_metric"))
-        clear_failed(run_dir)
-        rank_zero_info(
-            f"Done: step {trainer.global_step}. Run directory: {run_dir}\n"
-            f"  checkpoint   {run_dir / 'checkpoints/last.ckpt'}\n  metrics      {run_dir / 'metrics.csv'}\n"
-            f"  samples      {run_dir / 'samples'}\n  data summary {run_dir / 'data_summary.json'}"
-            + (
-                f"\n  {cfg.optimized_metric} = {value:.4f} (returned to the sweeper)"
-                if value is not None
-                else ""
-            )
-        )
-        return value
-    except BaseException as err:
-        mark_failed(run_dir, err)
-        if isinstance(err, SIGTERMException):  # pre-empted; CheckpointOnInterrupt saved last.ckpt
-            step = trainer.global_step
-            print(f"error: SIGTERM at step {step}; resume with the same command", file=sys.stderr)
-            sys.exit(128 + signal.SIGTERM)  # not 0: SLURM and shells must see an interrupted job
-        stop_on_user_error(
-            err, build.is_multirun()
-        )  # one line and exit 1 for an expected user error (diffrop.runtime.entry)
-        raise  # in a multirun Hydra records the failure, runs the remaining jobs, then exits non-zero
-    finally:
-        if wandb := sys.modules.get("wandb"):  # only if a W&B logger imported it
-            wandb.finish()
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = build.build_datamodule(cfg)
+    module = build.build_module(cfg, datamodule)
+    # default_root_dir: Lightning's SLURM pre-emption checkpoints (hpc_ckpt_N.ckpt) go to the run dir too
+    hparams = build.run_hparams(cfg, HydraConfig.get().runtime.choices)
+    trainer = build.build_trainer(cfg, run_dir, hparams=hparams, default_root_dir=run_dir)
+    if trainer.is_global_zero:
+        datamodule.write_summary(run_dir)
+        if job := slurm_job():
+            (run_dir / "job.json").write_text(json.dumps(job, indent=1))
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
+    if ckpt_path:
+        check_compatible(ckpt_path, module)  # one clear line instead of a size-mismatch listing
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)  # our own files
+    trainer.save_checkpoint(  # the final step, whatever the interval; the whole state, to resume from
+        run_dir / "checkpoints" / "last.ckpt", weights_only=False
+    )
+    value = optimized_value(trainer, cfg.get("optimized_metric"))
+    rank_zero_info(
+        f"Done: step {trainer.global_step}. Run directory: {run_dir}\n"
+        f"  checkpoint   {run_dir / 'checkpoints/last.ckpt'}\n  metrics      {run_dir / 'metrics.csv'}\n"
+        f"  samples      {run_dir / 'samples'}\n  data summary {run_dir / 'data_summary.json'}"
+        + (f"\n  {cfg.optimized_metric} = {value:.4f} (returned to the sweeper)" if value is not None else "")
+    )
+    return value
 
 
 if __name__ == "__main__":

@@ -11,10 +11,16 @@ import pytest
 import torch
 
 from diffrop.data.datasets import ImageSet
-from diffrop.evaluation.classification import classification_metrics, load_generated, split_per_class
+from diffrop.evaluation.classification import (
+    classification_metrics,
+    load_generated,
+    shot_accuracy,
+    split_per_class,
+)
 from diffrop.nets.resnet import CifarResNet, Uint8Classifier
+from diffrop.runtime.run_lock import run_dir_lock
 from diffrop.training.classifier import random_crop_flip
-from tests.helpers.train_utils import REPO, child_env
+from tests.helpers.train_utils import REPO, child_env, load_script, main_in_process
 from tests.helpers.wandb_records import offline_runs, read_run
 
 
@@ -28,6 +34,19 @@ def test_metrics_by_hand():
     assert m["macro_precision"] == pytest.approx(100 * (1 + 0.5 + 0.5 + 0) / 4)
     # recall over the classes present in the targets: 2/3, 1/2, 1/1
     assert m["macro_recall"] == pytest.approx(100 * (2 / 3 + 1 / 2 + 1) / 3)
+
+
+def test_shot_accuracy_by_hand():
+    # class 0: 4 samples, 3 right; class 1: 2, both right; class 2: 3, 1 right; class 3: 1, wrong; class 4: 2, both
+    # wrong; class 5 and 6: no samples
+    targets = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 2, 3, 4, 4])
+    preds = torch.tensor([0, 0, 0, 1, 1, 1, 2, 0, 0, 2, 0, 1])
+    groups = {"many": [0, 1], "med": [2, 3], "few": [4, 5], "empty": [6]}
+    acc = shot_accuracy(preds, targets, groups)
+    # a mean over samples (5 of 6), not over classes ((3/4 + 1) / 2 = 0.875)
+    assert acc["many"] == pytest.approx(5 / 6)
+    assert acc["med"] == pytest.approx(1 / 4) and acc["few"] == 0.0
+    assert np.isnan(acc["empty"])
 
 
 def test_metrics_agree_with_scikit_learn():
@@ -113,6 +132,20 @@ def test_classify_runs_on_digits_with_generated_images(tmp_path):
     assert record.name == "classify-digits_lt-s0" and record.config["generated"] == str(npz)
     exported = torch.jit.load(str(run / "classifier.pt"))
     assert exported(torch.zeros(2, 3, 16, 16, dtype=torch.uint8)).shape == (2, 10)
+
+
+def test_classify_refuses_a_run_dir_in_use(tmp_path, capsys):
+    classify_entry = load_script(REPO / "src" / "classify.py", "classify_entry")
+    with run_dir_lock(tmp_path), pytest.raises(SystemExit) as done:  # another process's run
+        overrides = [
+            "data=digits_lt",
+            "classifier.depth=8",
+            "trainer.max_epochs=1",
+            "trainer.accelerator=cpu",
+        ]
+        main_in_process("classify", overrides, tmp_path, classify_entry.main)  # without the lock: a quick run
+    assert done.value.code == 1 and capsys.readouterr().err.startswith("error: run directory")
+    assert {p.name for p in tmp_path.iterdir()} == {".lock"}  # no FAILED, no results: the holder's dir
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from diffrop.evaluation.metrics import ReferenceCache
 from diffrop.runtime.atomic_write import DiskFullError, atomic_write
 from diffrop.training.checkpoint_io import atomic_save
 from tests.helpers.disk import tmpfs
-from tests.helpers.train_utils import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY, load_ckpt
+from tests.helpers.train_utils import REPO, TINY_RUN_OVERRIDES, TRAIN_PY, load_ckpt, train_env
 
 
 class FillingFile:
@@ -102,12 +102,7 @@ def test_train_on_a_disk_that_fills_up_keeps_the_last_checkpoint(tmp_path):
     """The tiny run's checkpoint is ~11.5 MB: the first save fits in 16 MB, the second (old + new) does not."""
     with tmpfs(tmp_path / "disk", "16m") as disk:
         run = disk / "run"
-        env = {
-            **os.environ,
-            "WANDB_MODE": "offline",
-            "PYTHONWARNINGS": "ignore",
-            "OMP_NUM_THREADS": str(THREADS),
-        }
+        env = train_env()
         env.pop("HYDRA_FULL_ERROR", None)
         args = [*TINY_RUN_OVERRIDES, "trainer.max_steps=3", "callbacks.checkpoint.every_n_train_steps=1"]
         proc = subprocess.run(

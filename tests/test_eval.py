@@ -400,7 +400,7 @@ def test_failure_writes_failed(tmp_path):
     out = tmp_path / "failed_eval"
     cmd = [sys.executable, str(REPO / "src" / "eval.py"), f"ckpt_path={tmp_path / 'missing.ckpt'}",
            f"hydra.run.dir={out}", "wandb.enabled=false"]  # fmt: skip
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "missing.ckpt does not exist" in done.stderr
     assert (out / "FAILED").read_text().startswith("FileNotFoundError: checkpoint")
@@ -471,7 +471,7 @@ def test_second_eval_on_the_same_dir_stops_naming_the_holder_and_a_killed_one_bl
 def test_no_ckpt_path_says_what_to_pass(tmp_path, multirun):
     sweep = ["-m", f"hydra.sweep.dir={tmp_path / 'sweep'}"] if multirun else []
     cmd = [sys.executable, str(REPO / "src" / "eval.py"), *sweep, "wandb.enabled=false"]
-    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 1
     lines = [line for line in done.stderr.strip().splitlines() if "[HYDRA]" not in line]  # sweep's job list
     assert len(lines) == 1 and "pass ckpt_path=<run>/checkpoints/last.ckpt" in lines[0], done.stderr

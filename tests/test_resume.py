@@ -7,7 +7,6 @@ EMA update runs inside the optimizer step, so a checkpoint of step k holds the E
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -19,7 +18,6 @@ import pytest
 from diffrop.training.nonfinite import NonFiniteLossError
 from tests.helpers.train_utils import (
     REPO,
-    THREADS,
     TINY_RUN_OVERRIDES,
     TRAIN_PY,
     load_ckpt,
@@ -202,13 +200,12 @@ def test_random_sigkills_in_steps_saves_and_grids_resume_bitwise_exactly(tmp_pat
 def _eval_popen(ckpt: Path, out: Path, weights: Path) -> subprocess.Popen:
     from diffrop.paper.smoke import SMOKE_EVAL
 
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": str(THREADS)}
     args = [f"ckpt_path={ckpt}", f"hydra.run.dir={out}", f"eval.reference_cache={out / 'refs'}", *SMOKE_EVAL,
             "eval.extractor=fid-helper", f"eval.inception_weights={weights}", "eval.num_samples=60",
             "eval.shard_size=10", "sampler.steps=10", "sampler.batch_size=10", "device=cpu"]  # fmt: skip
     cmd = [sys.executable, str(REPO / "src" / "eval.py"), *args]
     return subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd, cwd=REPO, env=train_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
 
 

@@ -12,7 +12,14 @@ import pytest
 
 from diffrop import build
 from diffrop.runtime.run_lock import RunDirLocked, run_dir_lock
-from tests.helpers.train_utils import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY, child_env, train_in_process
+from tests.helpers.train_utils import (
+    REPO,
+    TINY_RUN_OVERRIDES,
+    TRAIN_PY,
+    child_env,
+    train_env,
+    train_in_process,
+)
 
 # A process that takes the lock, says so, and sleeps until killed.
 HOLDER = """
@@ -52,12 +59,7 @@ def test_other_ddp_ranks_do_not_lock(tmp_path):
 def test_train_refuses_a_run_dir_held_by_a_live_process_then_resumes_after_sigkill(tmp_path):
     holder = start_holder(tmp_path)
     try:
-        env = {
-            **os.environ,
-            "WANDB_MODE": "offline",
-            "PYTHONWARNINGS": "ignore",
-            "OMP_NUM_THREADS": str(THREADS),
-        }
+        env = train_env()
         env.pop("HYDRA_FULL_ERROR", None)
         args = [*TINY_RUN_OVERRIDES, "trainer.max_steps=2", f"hydra.run.dir={tmp_path}"]
         proc = subprocess.run(

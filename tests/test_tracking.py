@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from diffrop.evaluation.wandb_log import checkpoint_artifact
-from tests.helpers.train_utils import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY
+from tests.helpers.train_utils import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY, child_env
 from tests.helpers.wandb_records import offline_runs, read_run
 
 # the tiny run of conftest, but with W&B on
@@ -36,8 +36,8 @@ def train_to_file(run_dir: Path, steps: int, *extra: str, env_extra: dict[str, s
     """``src/train.py`` with stdout and stderr going to a file (as under SLURM or nohup); returns the file's text."""
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir.parent / f"{run_dir.name}_{steps}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PYTHONWARNINGS"))}
-    env |= {"WANDB_MODE": "offline", "OMP_NUM_THREADS": str(THREADS), **(env_extra or {})}
+    env = child_env(WANDB_MODE="offline", OMP_NUM_THREADS=str(THREADS), **(env_extra or {}))
+    env = {k: v for k, v in env.items() if not k.startswith(("SLURM_", "PYTHONWARNINGS"))}
     with open(log, "w") as out:
         proc = subprocess.run(
             [sys.executable, str(TRAIN_PY), *OVERRIDES, f"trainer.max_steps={steps}", f"hydra.run.dir={run_dir}", *extra],

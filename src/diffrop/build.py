@@ -19,6 +19,7 @@ from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.losses.objective import Objective
 from diffrop.runtime.run_status import run_id
 from diffrop.training.checkpoint_io import load_checkpoint_file
+from diffrop.training.classifier import ClassifierModule
 from diffrop.training.module import DiffusionModule
 
 
@@ -64,6 +65,12 @@ def build_module(cfg: DictConfig, datamodule: LongTailDataModule) -> DiffusionMo
         run_config=OmegaConf.to_container(cfg, resolve=True),
         **module_settings(cfg),
     )
+
+
+def build_classifier(cfg: DictConfig, num_classes: int, in_channels: int) -> ClassifierModule:
+    """The Table 3 classifier of configs/classify.yaml: ``classifier`` network, ``optim`` recipe."""
+    net = instantiate(cfg.classifier, num_classes=num_classes, in_channels=in_channels)
+    return ClassifierModule(net, **OmegaConf.to_container(cfg.optim, resolve=True))
 
 
 def run_hparams(cfg: DictConfig, choices: Mapping[str, str | None]) -> dict[str, Any]:

@@ -103,13 +103,19 @@ class LongTailDataModule(L.LightningDataModule):
 
     @property
     def train_set(self) -> ImageSet:
-        """The long-tail subset: n_c = int(n_max * imb ** (c / (C - 1))), seed-0 per-class shuffle."""
+        """The long-tail subset of ``full_train_set``."""
         if self._train is None:
-            full = self.full_train_set()
-            available = torch.bincount(full.labels, minlength=len(full.class_names)).tolist()
-            counts = longtail_counts(max(available), len(available), self.imb_factor)
-            self._train = full.subset(select_longtail(full.labels.numpy(), counts, self.seed))
+            self._train = self.longtail_subset(self.full_train_set())
         return self._train
+
+    def longtail_subset(self, full: ImageSet) -> ImageSet:
+        """``full``'s long-tail subset: n_c = int(n_max * imb ** (c / (C - 1))), seed-0 per-class shuffle.
+
+        Also what src/classify.py trains on for a source without a test split, drawn from what it did not hold out.
+        """
+        available = torch.bincount(full.labels, minlength=len(full.class_names)).tolist()
+        counts = longtail_counts(max(available), len(available), self.imb_factor)
+        return full.subset(select_longtail(full.labels.numpy(), counts, self.seed))
 
     @property
     def num_classes(self) -> int:

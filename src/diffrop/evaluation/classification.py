@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,18 @@ def classification_metrics(preds: Tensor, targets: Tensor, num_classes: int) -> 
         "accuracy": 100.0 * float(tp.sum() / len(targets)),
         "macro_precision": 100.0 * float(precision.mean()),
         "macro_recall": 100.0 * float(recall.mean()),
+    }
+
+
+def shot_accuracy(preds: Tensor, targets: Tensor, groups: Mapping[str, Sequence[int]]) -> dict[str, float]:
+    """Per shot group (many / med / few, ``diffrop.data.longtail.shot_groups``), the share (0-1) of the samples of
+    its classes predicted as their own class: a mean over samples, not over classes. NaN for a group without samples.
+    """
+    preds, targets = preds.cpu(), targets.cpu()
+    correct = (preds == targets).double()
+    return {
+        group: correct[torch.isin(targets, torch.as_tensor(list(classes), dtype=targets.dtype))].mean().item()
+        for group, classes in groups.items()
     }
 
 

@@ -19,6 +19,7 @@ from diffrop.data.datamodule import LongTailDataModule
 from diffrop.diffusion.denoiser import Denoiser
 from diffrop.diffusion.sampling import SamplerSpec, sample_labels
 from diffrop.diffusion.schedule import NoiseSchedule
+from diffrop.evaluation.classification import shot_accuracy
 from diffrop.evaluation.generate import generate, merge_shards, save_grid, wait_for_shards
 from diffrop.evaluation.metrics import ReferenceCache, compute_all, make_extractor, make_key, per_class
 from diffrop.evaluation.metrics.features import EXTRACTORS, FidHelperFeatures, InceptionFeatures
@@ -225,14 +226,14 @@ def classify_accuracy(
     device = next(iter(classifier.parameters()), torch.empty(0)).device
     preds = torch.cat([classifier(b.to(device)).argmax(1).cpu() for b in images.split(batch_size)])
     correct = (preds == labels.cpu()).double()
-    per_shot = {
-        g: correct[torch.isin(labels.cpu(), torch.as_tensor(list(c)))].mean().item()
-        for g, c in groups.items()
-    }
     y = labels.cpu()
     num_classes = 1 + max(c for members in groups.values() for c in members)  # the groups cover every class
     per_class = [correct[y == c].mean().item() if (y == c).any() else None for c in range(num_classes)]
-    return {"overall": correct.mean().item(), "per_shot": per_shot, "per_class": per_class}
+    return {
+        "overall": correct.mean().item(),
+        "per_shot": shot_accuracy(preds, y, groups),
+        "per_class": per_class,
+    }
 
 
 def sample_dir(root: Path, spec: SamplerSpec, num_samples: int, seed: int) -> Path:

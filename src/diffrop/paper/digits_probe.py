@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from diffrop.data.datasets import load_digits
-from diffrop.evaluation.classification import classification_metrics, split_per_class
+from diffrop.evaluation.classification import classification_metrics, shot_accuracy, split_per_class
 from diffrop.evaluation.metrics.scores import fid_from_features, mmd2_unbiased, precision_recall
 from diffrop.nets.resnet import CifarResNet
 from diffrop.training.classifier import ClassifierModule
@@ -83,6 +83,7 @@ def score_by_group(
     is unbiased at that size, so small differences between arms are not a sample-size artefact."""
     (real_feats, real_labels), (fake_feats, labels, preds) = real, fake
     head = torch.as_tensor(list(groups["many"]))
+    accuracy = shot_accuracy(preds, labels, groups)
     out = {}
     for group, classes in groups.items():
         r, f = (
@@ -90,15 +91,14 @@ def score_by_group(
             torch.isin(labels, torch.as_tensor(list(classes))),
         )
         pr = precision_recall(real_feats[r], fake_feats[f], k=k)
-        correct = (preds[f] == labels[f]).double().mean().item()
         to_head = (torch.isin(preds[f], head) & (preds[f] != labels[f])).double().mean().item()
         out[group] = {
             "fid": fid_from_features(real_feats[r], fake_feats[f]),
             "kid": mmd2_unbiased(real_feats[r], fake_feats[f]),
             "precision": pr["precision"],
             "recall": pr["recall"],
-            "acc": 100 * correct,
-            "confusion": 100 * (1 - correct),
+            "acc": 100 * accuracy[group],
+            "confusion": 100 * (1 - accuracy[group]),
             "to_head": 100 * to_head,
         }
     return out

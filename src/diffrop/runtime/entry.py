@@ -1,4 +1,5 @@
-"""What the entry points (src/train.py, src/eval.py, src/classify.py) share: an expected user error is one line.
+"""What the entry points (src/train.py, src/eval.py, src/classify.py) share: ``guarded_run``, their run lifecycle,
+and its rule that an expected user error is one line.
 
 A bad config value, missing data, a wrong or corrupt checkpoint, a NaN loss or a full disk is the user's to fix:
 ``error: <what was wrong and how to fix it>`` on stderr and exit code 1, not a traceback.
@@ -9,9 +10,16 @@ builtin ones (ValueError, FileNotFoundError, NotADirectoryError) carry a message
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from diffrop.runtime.run_lock import RunDirLocked, run_dir_lock
+from diffrop.runtime.run_status import clear_failed, write_failed
 
 
 class UserError(Exception):
@@ -50,3 +58,66 @@ def stop_on_user_error(err: BaseException, multirun: bool = False) -> None:
     error, or when ``HYDRA_FULL_ERROR`` asks for the traceback."""
     if (message := user_error(err)) and not os.environ.get("HYDRA_FULL_ERROR"):
         stop(message.split(": ", 1)[1], multirun)
+
+
+def slurm_job() -> dict[str, str]:
+    """The SLURM job running this process ({} outside SLURM), so a run dir names its job and log (docs/slurm.md)."""
+    env = os.environ
+    if "SLURM_JOB_ID" not in env:
+        return {}
+    array = env.get("SLURM_ARRAY_JOB_ID")
+    job = {"slurm_job_id": f"{array}_{env['SLURM_ARRAY_TASK_ID']}" if array else env["SLURM_JOB_ID"]}
+    if env.get("SUBMITIT_EXECUTOR") == "slurm":  # hydra/launcher=slurm: submitit's per-task log file
+        import submitit
+
+        job["log"] = str(submitit.JobEnvironment().paths.stderr)
+    return job | {"restarts": env.get("SLURM_RESTART_COUNT", "0")}
+
+
+def interrupted(err: BaseException) -> bool:
+    """Lightning's pre-emption error; imported only on failure, so that light users of this module stay light."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    return isinstance(err, SIGTERMException)
+
+
+@contextlib.contextmanager
+def guarded_run(run_dir: Path, *, rank: int = 0, multirun: bool = False) -> Iterator[Path | None]:
+    """The run lifecycle every entry point shares, around its body; yields ``run_dir_lock``'s lock (None on rank > 0).
+
+    - One process per run dir (``diffrop.runtime.run_lock``): a refused process prints one line and writes
+      nothing, since the dir belongs to the live holder.
+    - A failure writes ``<run_dir>/FAILED`` (its one-line reason, the SLURM job and log, the traceback) so that
+      sweeps and tables show the run as failed; a body that ends normally removes an earlier attempt's FAILED.
+      Only rank 0 writes: the ranks of a DDP job share the run dir.
+    - An expected user error ends as ``error: <message>`` and exit code 1 (``stop_on_user_error``); SIGTERM
+      (pre-emption: Lightning raises ``SIGTERMException`` after the current step) exits with 128 + SIGTERM, so
+      SLURM and shells see an interrupted job.
+    - W&B is closed here, however the body ends, rather than in an exit hook.
+
+    ``multirun``: one job of a Hydra multirun (``build.is_multirun()``): errors are re-raised instead of exiting,
+    so that Hydra records the failed job and runs the others.
+    """
+    with contextlib.ExitStack() as stack:
+        try:
+            lock = stack.enter_context(run_dir_lock(run_dir, rank=rank))
+        except RunDirLocked as err:
+            stop(str(err), multirun)
+            raise
+        try:
+            yield lock
+        except BaseException as err:
+            if rank == 0:
+                headline = user_error(err) or f"{type(err).__name__}: {err}"  # one line a table can show
+                write_failed(run_dir, headline, {k: v for k, v in slurm_job().items() if k != "restarts"})
+            if interrupted(err):  # train.py: CheckpointOnInterrupt has saved this step
+                print("error: stopped by SIGTERM; resume with the same command", file=sys.stderr)
+                sys.exit(128 + signal.SIGTERM)
+            stop_on_user_error(err, multirun)
+            raise
+        else:
+            if rank == 0:
+                clear_failed(run_dir)
+        finally:
+            if wandb := sys.modules.get("wandb"):  # only if a W&B logger imported it
+                wandb.finish()

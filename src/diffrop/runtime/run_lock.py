@@ -1,4 +1,4 @@
-"""One training process per run directory (and one evaluation per eval directory: src/eval.py holds it too).
+"""One process per run directory: every entry point holds it (``diffrop.runtime.entry.guarded_run``).
 
 Two processes writing the same run dir (a re-submitted job, a second terminal, an orphan of a killed driver) both
 write ``last.ckpt``, ``metrics.csv`` and the W&B run: a silently mixed run. ``run_dir_lock`` takes an advisory
