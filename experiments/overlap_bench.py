@@ -2,6 +2,8 @@
 
     python experiments/overlap_bench.py                  # = make overlap-bench; resumable (finished runs are kept)
     python experiments/overlap_bench.py --seeds 0 1 --arms ddpm pcl_batch_tau0.3 --steps 100    # a subset
+    python experiments/overlap_bench.py --render-only --jobs 2   # <out>.md / .png again from <out>.json (the
+                                                                 # header's other flags as in the run)
 
 Data: ``data=gaussian_lt`` (diffrop.data.gaussian_datamodule): 4 Gaussian classes in 16 dims, imbalance 100, the
 head (class 0) and the tail (class 3) overlapping. There the Bayes-optimal eps*(x_t, t, c), the true class
@@ -20,13 +22,13 @@ Scores of the EMA network:
   bc_excess Bhattacharyya coefficient of the fitted generated head and tail minus the true one (> 0: more overlap)
 Samples: DPM-Solver++(2M) (or --sampler ddim) with the same seeded noise for every arm of a seed; the closed-form eps* through the same sampler
 gives each score's sampler floor. ``grad_ratio`` is the median of ``train/pcl/grad_ratio`` over the second half.
-Writes <out>.md, <out>.json and <out>.png (default experiments/results/overlap_bench.*).
+Writes <out>.md, <out>.json and <out>.png (default experiments/results/overlap_bench.*); the statistics, table cells
+and training medians are diffrop.paper.study's, shared with experiments/pcl_study.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import fnmatch
 import json
 import logging
@@ -45,6 +47,16 @@ import torch
 
 from diffrop.diffusion.sampling import ddim_sample, dpmpp2m_sample
 from diffrop.paper.reading import write_keeping_reading
+from diffrop.paper.study import (
+    difference,
+    error_bars,
+    header,
+    interval_cell,
+    spread,
+    table,
+    train_medians,
+    value_cell,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
@@ -153,21 +165,6 @@ def train(arm: Arm, seed: int, args, run_dir: Path):
     return module, datamodule
 
 
-def train_log_medians(run_dir: Path) -> dict[str, float]:
-    """Medians over the second half of training of the logged diagnostics (absent ones left out)."""
-    path = run_dir / "metrics.csv"
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    out = {}
-    for key in ("pcl/grad_ratio", "eps_slope", "pcl/d_between", "pcl/d_within"):
-        values = [float(r[f"train/{key}"]) for r in rows if r.get(f"train/{key}")]
-        if values:
-            out[key.replace("pcl/", "")] = statistics.median(values[len(values) // 2 :])
-    return out
-
-
 @torch.no_grad()
 def eps_scores(net, schedule, mixture, seed: int, per_class: int) -> dict:
     """eps_err and slope on fresh held-out draws (the same for every arm of a seed), per t and overall."""
@@ -264,7 +261,7 @@ def run_one(arm: Arm, seed: int, args, truth: list[float]) -> dict:
     module, datamodule = train(arm, seed, args, run_dir)
     train_s = time.monotonic() - start
     net = module.ema.float().eval()
-    result = {"key": key, "train": train_log_medians(run_dir), "train_s": train_s}
+    result = {"key": key, "train": train_medians(run_dir / "metrics.csv"), "train_s": train_s}
     result |= score_net(net, module.schedule, datamodule.mixture, seed, args, truth)
     result["wall_s"] = time.monotonic() - start
     result_path.parent.mkdir(parents=True, exist_ok=True)
@@ -302,16 +299,13 @@ def flat_scores(result: dict, guidance: list[float]) -> dict[str, float]:
 
 def summarise(results: dict[str, dict[int, dict]], guidance: list[float]) -> dict:
     """Per arm and metric: values per seed, mean, sd, and the paired-by-seed difference to DDPM."""
-    from diffrop.paper.paired import paired_difference
-
     flat = {
         slug: {seed: flat_scores(r, guidance) for seed, r in runs.items()} for slug, runs in results.items()
     }
     base, grouped = flat.get("ddpm", {}), flat.get("grouped_ddpm", {})
 
     def versus(by_seed: dict[int, float], other: dict[int, dict[str, float]], name: str) -> dict | None:
-        paired = paired_difference(by_seed, {s: v[name] for s, v in other.items() if name in v})
-        return paired.as_dict() if paired else None
+        return difference(by_seed, {s: v[name] for s, v in other.items() if name in v})
 
     out = {}
     for arm in ARMS:
@@ -321,12 +315,9 @@ def summarise(results: dict[str, dict[int, dict]], guidance: list[float]) -> dic
         metrics = {}
         for name in next(iter(flat[arm.slug].values())):
             by_seed = {seed: scores[name] for seed, scores in flat[arm.slug].items()}
-            values = list(by_seed.values())
             compare = arm.slug != "ddpm" and name != "grad_ratio"
             metrics[name] = {
-                "per_seed": {str(s): v for s, v in sorted(by_seed.items())},
-                "mean": float(np.mean(values)),
-                "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                **spread({str(s): v for s, v in sorted(by_seed.items())}),
                 "vs_ddpm": versus(by_seed, base, name) if compare else None,
             }
             if (
@@ -353,25 +344,13 @@ KEY_METRICS = [  # (metric, header, lower is better)
 ]
 
 
-def _diff(d: dict | None, lower: bool, digits: int) -> str:
-    """``+0.0123 [+0.0050, +0.0196]``: **bold** when the interval excludes 0 and the arm is better, _italic_ worse."""
-    if d is None:
-        return "–"
-    real = d["low"] > 0 or d["high"] < 0
-    mark = ("**" if (d["mean"] < 0) == lower else "_") if real else ""
-    return f"{mark}{d['mean']:+.{digits}f}{mark} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]"
-
-
-def _cell(m: dict, lower: bool, digits: int) -> str:
-    text = f"{m['mean']:.{digits}f} ± {m['sd']:.{digits}f}"
-    return text if m["vs_ddpm"] is None else f"{text}<br>{_diff(m['vs_ddpm'], lower, digits)}"
-
-
 def metric_digits(name: str) -> int:
     return 4 if name.startswith(("leakage", "bc_", "eps_err")) else 3
 
 
 def render(summary: dict, bayes: dict, args, meta: dict) -> str:
+    """The tables of <out>.md; ``bayes``: seed -> the closed-form eps*'s ``flat_scores`` and ``slope_per_t``, as
+    stored in <out>.json's ``bayes_reference``."""
     guidance = [w for w in args.guidance if w != 0]
     key = KEY_METRICS + [(f"{m.split('@')[0]}@w{w:g}", f"{h} (w={w:g})", lo)
                          for w in guidance for m, h, lo in KEY_METRICS if "@" in m]  # fmt: skip
@@ -390,18 +369,19 @@ def render(summary: dict, bayes: dict, args, meta: dict) -> str:
         "**bold**: the interval excludes 0 and the arm is better; _italic_: excludes 0 and worse.",
         "grad ratio = |dL_pcl/d eps_hat| / |dL_ddpm/d eps_hat| (median over the second half of training).",
         "",
-        "| Arm | n | grad ratio | " + " | ".join(f"{h} {'↓' if lo else '↑'}" for _, h, lo in key) + " |",
-        "|" + "---|" * (3 + len(key)),
+        *table(["Arm", "n", "grad ratio", *(header(h, lo) for _, h, lo in key)]),
     ]
     bayes_cells = []
     for name, _, _ in key:
-        values = [flat_scores(r, args.guidance).get(name) for r in bayes.values()]
+        values = [r.get(name) for r in bayes.values()]
         bayes_cells.append(f"{np.mean(values):.{metric_digits(name)}f}" if None not in values else "–")
     lines.append(f"| Bayes eps* (sampler floor) | {len(bayes)} | – | " + " | ".join(bayes_cells) + " |")
     for e in summary.values():
         gr = e["metrics"].get("grad_ratio")
         ratio = "–" if gr is None else f"{gr['mean']:.3g}"
-        cells = [_cell(e["metrics"][name], lo, metric_digits(name)) for name, _, lo in key]
+        cells = [
+            value_cell(e["metrics"][name], lo, metric_digits(name), interval=True) for name, _, lo in key
+        ]
         lines.append(f"| {e['label']} | {len(e['seeds'])} | {ratio} | " + " | ".join(cells) + " |")
     grouped_arms = [e for e in summary.values() if e["family"] in GROUPED_FAMILIES]
     if grouped_arms and "grouped_ddpm" in summary:
@@ -412,19 +392,16 @@ def render(summary: dict, bayes: dict, args, meta: dict) -> str:
             "PCL's own effect with the shared-(t, eps) grouping held fixed: the arm minus grouped DDPM, paired by "
             "seed [95% interval].",
             "",
-            "| Arm | grad ratio | "
-            + " | ".join(f"{h} {'↓' if lo else '↑'}" for _, h, lo in KEY_METRICS)
-            + " |",
-            "|" + "---|" * (2 + len(KEY_METRICS)),
+            *table(["Arm", "grad ratio", *(header(h, lo) for _, h, lo in KEY_METRICS)]),
         ]
         for e in grouped_arms:
             cells = [
-                _diff(e["metrics"][name].get("vs_grouped_ddpm"), lower, metric_digits(name))
+                interval_cell(e["metrics"][name].get("vs_grouped_ddpm"), lower, metric_digits(name))
                 for name, _, lower in KEY_METRICS
             ]
             ratio = e["metrics"]["grad_ratio"]["mean"]
             lines.append(f"| {e['label']} | {ratio:.3g} | " + " | ".join(cells) + " |")
-    slope_bayes = np.mean([r["eps"]["per_t"]["slope_bayes"] for r in bayes.values()], 0)
+    slope_bayes = np.mean([r["slope_per_t"] for r in bayes.values()], 0)
     lines += [
         "",
         '## Slope of eps_hat on eps per t (mean over seeds; 1 - slope = the "predicts less noise" shrinkage)',
@@ -461,9 +438,7 @@ def plot(summary: dict, path: Path) -> None:
             if not arms:
                 continue
             ratio = [max(e["metrics"].get("grad_ratio", {"mean": 1e-3})["mean"], 1e-3) for e in arms]
-            diff = [e["metrics"][metric]["vs_ddpm"] for e in arms]
-            mean = np.array([d["mean"] for d in diff])
-            err = np.array([[d["mean"] - d["low"] for d in diff], [d["high"] - d["mean"] for d in diff]])
+            mean, err = error_bars([e["metrics"][metric]["vs_ddpm"] for e in arms])
             ax.errorbar(np.array(ratio) * (1 + 0.04 * k), mean, yerr=err, marker="os^Dv"[k % 5], capsize=3,
                         ls="-" if len(arms) > 1 else "none", label=family)  # fmt: skip
         ax.set_xscale("log")
@@ -547,7 +522,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--jobs", type=int, default=3, help="runs in parallel, one thread each")
     p.add_argument("--runs", type=Path, default=Path("logs/overlap_bench"))
     p.add_argument("--out", type=Path, default=Path("experiments/results/overlap_bench"))
+    p.add_argument(
+        "--render-only",
+        action="store_true",
+        help="re-render <out>.md (keeping its Reading) and <out>.png from <out>.json: no training or scoring",
+    )
     args = p.parse_args(argv)
+    if args.render_only:
+        stored = json.loads(args.out.with_suffix(".json").read_text())
+        args.steps, args.guidance = stored["meta"]["steps"], stored["meta"]["guidance"]
+        md = render(stored["arms"], stored["bayes_reference"], args, stored["meta"])
+        write_keeping_reading(args.out.with_suffix(".md"), md)
+        plot(stored["arms"], args.out.with_suffix(".png"))
+        return
     if args.guidance[0] != 0:
         p.error("--guidance: the first w must be 0 (the table's key columns are at w = 0)")
     arms = [a for a in ARMS if any(fnmatch.fnmatch(a.slug, pat) for pat in args.arms)]
@@ -586,7 +573,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.with_suffix(".json").write_text(
         json.dumps({"meta": meta, "bayes_reference": bayes_json, "arms": summary}, indent=1)
     )
-    write_keeping_reading(args.out.with_suffix(".md"), render(summary, bayes, args, meta))
+    write_keeping_reading(args.out.with_suffix(".md"), render(summary, bayes_json, args, meta))
     plot(summary, args.out.with_suffix(".png"))
     print(args.out.with_suffix(".md").read_text())
 

@@ -5,6 +5,8 @@ w = 0 and at its recipe guidance.
     python experiments/pcl_study.py                      # = make pcl-study; resumable (finished runs are skipped)
     python experiments/pcl_study.py --seeds 0 --arms ddpm pcl_eq12_tau1    # a subset
     python experiments/pcl_study.py --arms '*'           # every arm defined, the earlier tau0 grid and CBDM too
+    python experiments/pcl_study.py --render-only        # <out>.md / .png again from <out>.json (--steps, --per-class
+                                                         # as in the run)
 
 Every arm trains the quickstart model (tiny UNet, 8x8 digits, imbalance 0.1, batch 64, lr 1e-3) for 1,000 steps with
 the same seed, batch order and initial weights per seed; only the loss differs. Samples: DDIM-50, ``--per-class``
@@ -12,30 +14,30 @@ per class, the same initial noise for every arm of a seed (common random numbers
 therefore paired by seed (diffrop.paper.paired: the t interval of the per-seed differences); Welch's unpaired
 interval only where an arm shares fewer than 2 seeds with DDPM. Scores live in a digits classifier's feature space
 (diffrop.paper.digits_probe): per-shot FID, KID and recall, accuracy, confusion (share of class-c samples assigned to
-another class) and to_head (assigned to a many-shot class). Training diagnostics (``train/pcl/grad_ratio``,
+another class) and to_head (assigned to a many-shot class). The recipe guidance is the paper recipe's
+``sampler.guidance`` (configs/experiment/method/<ddpm|cbdm>.yaml). Training diagnostics (``train/pcl/grad_ratio``,
 ``train/eps_slope``, ``train/pcl/d_between``, ``train/pcl/d_within``) are medians over the second half of training.
+The statistics, table cells and training medians are diffrop.paper.study's, shared with experiments/overlap_bench.py.
 Writes <out>.md, <out>.json and <out>.png (default experiments/results/pcl_study.*).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import fnmatch
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import stats
 
 from diffrop.build import net_from_checkpoint
 from diffrop.data.datasets import load_digits, resize_uint8
@@ -43,12 +45,21 @@ from diffrop.data.longtail import longtail_counts, shot_groups
 from diffrop.diffusion.sampling import ddim_sample, to_uint8
 from diffrop.paper.cells import training_state
 from diffrop.paper.digits_probe import PROBE_SIZE, load_or_train_probe, probe_outputs, score_by_group
-from diffrop.paper.paired import paired_difference
 from diffrop.paper.reading import write_keeping_reading
+from diffrop.paper.study import (
+    TRAIN_COLUMNS,
+    difference,
+    error_bars,
+    header,
+    interval_cell,
+    spread,
+    table,
+    train_medians,
+    value_cell,
+)
 from diffrop.runtime.children import parent_death_signal, stop_group
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPE_W = {"ddpm": 0.8, "cbdm": 1.6}  # CBDM's README: DDPM 0.8, CBDM 1.6
 ALG1_TAU0 = (0.01, 0.03, 0.1, 1, 3, 10, 30)  # per-anchor sum, batch 64: from negligible to dominant
 PAIRS_MEAN_TAU0 = (100,)  # mean over pairs: ~56 partners per anchor at batch 64, so ~ alg1 at tau0 / 56
 # eq12 strengths: 300-step runs (seed 0) logged grad ratio 0.018-0.023 at tau0 = 0.5 and 0.15-0.17 at tau0 = 4 over
@@ -59,6 +70,16 @@ EQ12_TAU0 = (0.5, 4)
 PARTNER_TAU0 = (10,)
 SAMPLE_STEPS = 50
 PCL = ["loss.terms.pcl.phi=exp", "tau=exp_decay"]
+
+
+@cache
+def recipe_w(family: str) -> float:
+    """The guidance w of the paper's recipe for a ``family`` ("ddpm" | "cbdm") model: ``sampler.guidance`` of
+    ``experiment=cifar10lt/<family>`` as Hydra composes it (CBDM's README: DDPM 0.8, CBDM 1.6)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
+        return float(compose("train", overrides=[f"experiment=cifar10lt/{family}"]).sampler.guidance)
 
 
 @dataclass(frozen=True)
@@ -189,47 +210,17 @@ def train(arm: Arm, seed: int, args, children: Children) -> Path:
     return run
 
 
-TRAIN_KEYS = {  # summary name: metrics.csv column
-    "grad_ratio": "train/pcl/grad_ratio",
-    "eps_slope": "train/eps_slope",
-    "d_between": "train/pcl/d_between",
-    "d_within": "train/pcl/d_within",
-}
-
-
-def _no_pairs(row: dict) -> bool:
-    """A logged step whose batch had no two conditioned samples to compare (a batch with every label dropped for
-    classifier-free guidance): its PCL term, grad ratio and class distances are 0 by construction, not readings."""
-    return float(row.get("train/pcl/d_between") or 0) == 0 and float(row.get("train/pcl/d_within") or 0) == 0
-
-
-def train_log_summary(run: Path) -> dict[str, float]:
-    """Medians over the second half of training of the logged diagnostics (absent ones left out); the PCL
-    diagnostics leave out steps without pairs (``_no_pairs``)."""
-    if not (run / "metrics.csv").is_file():  # a run shorter than one logging interval
-        return {}
-    with open(run / "metrics.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    out = {}
-    for key, column in TRAIN_KEYS.items():
-        pcl = column.startswith("train/pcl/")
-        values = [float(r[column]) for r in rows if r.get(column) and not (pcl and _no_pairs(r))]
-        if values:
-            out[key] = statistics.median(values[len(values) // 2 :])
-    return out
-
-
 def score(run: Path, arm: Arm, seed: int, args, probe, real, groups) -> dict:
     """Scores of one trained run at w = 0 and at its recipe w, cached in <run>/study_scores.json."""
     cache = run / "study_scores.json"
-    key = {"per_class": args.per_class, "steps": SAMPLE_STEPS, "w": [0.0, RECIPE_W[arm.family]], "kid": True,
-           "train": sorted(TRAIN_KEYS)}  # fmt: skip
+    key = {"per_class": args.per_class, "steps": SAMPLE_STEPS, "w": [0.0, recipe_w(arm.family)], "kid": True,
+           "train": sorted(TRAIN_COLUMNS)}  # fmt: skip
     if cache.is_file() and (stored := json.loads(cache.read_text())).get("key") == key:
         return stored
     net, schedule, cfg, _ = net_from_checkpoint(run / "checkpoints" / "last.ckpt")
     size = int(cfg.data.image_size)
     y = torch.arange(10).repeat_interleave(args.per_class)
-    out = {"key": key, "train": train_log_summary(run), "scores": {}}
+    out = {"key": key, "train": train_medians(run / "metrics.csv"), "scores": {}}
     for w in key["w"]:
         gen = torch.Generator().manual_seed(1000 + seed)  # the same noise for every arm of this seed
         x = ddim_sample(
@@ -259,7 +250,13 @@ EXTRA = [("few", "confusion", "", True), ("med", "acc", "", False)]  # in the JS
 KEY_COLUMNS = [("few", "fid", "FID few", True), ("few", "kid", "KID few", True), ("few", "acc", "acc few %", False),
                ("few", "to_head", "few→head %", True)]  # fmt: skip
 SCALE = {"kid": 100.0}  # KID shown x 100 (probe features are large: KID 0.05-1.5); the JSON: raw
-SETTINGS = (("w0", "w = 0"), ("recipe", "recipe guidance (DDPM family w = 0.8, CBDM family w = 1.6)"))
+SETTINGS = ("w0", "recipe")
+
+
+def setting_title(setting: str) -> str:
+    if setting == "w0":
+        return "w = 0"
+    return f"recipe guidance (DDPM family w = {recipe_w('ddpm'):g}, CBDM family w = {recipe_w('cbdm'):g})"
 
 
 def values(results: dict, slug: str, setting: str, group: str, metric: str) -> dict[int, float]:
@@ -269,29 +266,6 @@ def values(results: dict, slug: str, setting: str, group: str, metric: str) -> d
         w = "0" if setting == "w0" else next(k for k in entry["scores"] if k != "0")
         out[int(seed)] = entry["scores"][w][group][metric]
     return out
-
-
-def difference(arm: dict[int, float], base: dict[int, float]) -> dict | None:
-    """mean(arm - base) and its 95% interval: paired by seed (``test`` "paired") where the two share >= 2 seeds,
-    else Welch's unpaired interval (``test`` "welch", ``seeds`` empty); None with fewer than 2 values on a side."""
-    paired = paired_difference(arm, base)
-    if paired is not None:
-        return {**paired.as_dict(), "test": "paired"}
-    a, b = list(arm.values()), list(base.values())
-    if len(a) < 2 or len(b) < 2:
-        return None
-    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
-    return {"mean": float(np.mean(a) - np.mean(b)), "low": float(ci.low), "high": float(ci.high), "seeds": [],
-            "test": "welch"}  # fmt: skip
-
-
-def spread(per_seed: dict[int, float]) -> dict:
-    v = list(per_seed.values())
-    return {
-        "mean": float(np.mean(v)),
-        "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
-        "per_seed": per_seed,
-    }
 
 
 def summarise(results: dict) -> dict:
@@ -307,50 +281,24 @@ def summarise(results: dict) -> dict:
         entry = {"label": arm.label, "seeds": sorted(int(s) for s in runs), "reduction": arm.reduction,
                  "temperature": arm.temperature, "tau0": arm.tau0, "family": arm.family, "pairing": arm.pairing,
                  "train": {}}  # fmt: skip
-        for key in TRAIN_KEYS:
+        for key in TRAIN_COLUMNS:
             logged = {int(s): e["train"][key] for s, e in runs.items() if key in e.get("train", {})}
             if logged:
                 entry["train"][key] = spread(logged)
         against_control = arm.pairing == "eq12" and arm.slug != CONTROL and CONTROL in results
-        for setting, _ in SETTINGS:
+        for setting in SETTINGS:
             cols = {}
             for group, metric, _, _ in [*COLUMNS, *EXTRA]:
                 v = values(results, arm.slug, setting, group, metric)
                 col = spread(v)
-                col["vs_ddpm"] = (
-                    None
-                    if arm.slug == "ddpm"
-                    else difference(v, values(results, "ddpm", setting, group, metric))
-                )
-                col["vs_control"] = difference(v, values(results, CONTROL, setting, group, metric)) if against_control else None  # fmt: skip
+                base = values(results, "ddpm", setting, group, metric)
+                col["vs_ddpm"] = None if arm.slug == "ddpm" else difference(v, base, welch=True)
+                control = values(results, CONTROL, setting, group, metric)
+                col["vs_control"] = difference(v, control, welch=True) if against_control else None
                 cols[f"{group}/{metric}"] = col
             entry[setting] = cols
         out[arm.slug] = entry
     return out
-
-
-def _mark(diff: dict, lower: bool) -> str:
-    """ "**" for an interval that excludes 0 on the better side, "_" on the worse side, "" otherwise."""
-    if not (diff["low"] > 0 or diff["high"] < 0):
-        return ""
-    return "**" if (diff["mean"] < 0) == lower else "_"
-
-
-def _cell(col: dict, lower: bool, scale: float = 1.0) -> str:
-    text = f"{scale * col['mean']:.2f} ± {scale * col['sd']:.2f}"
-    diff = col["vs_ddpm"]
-    if diff is None:
-        return text
-    mark, welch = _mark(diff, lower), "†" if diff["test"] == "welch" else ""
-    return f"{text} ({mark}{scale * diff['mean']:+.2f}{mark}{welch})"
-
-
-def _interval(diff: dict | None, lower: bool, scale: float = 1.0) -> str:
-    if diff is None:
-        return "–"
-    mark, welch = _mark(diff, lower), "†" if diff["test"] == "welch" else ""
-    lo, hi = scale * diff["low"], scale * diff["high"]
-    return f"{mark}{scale * diff['mean']:+.2f}{mark} [{lo:+.2f}, {hi:+.2f}]{welch}"
 
 
 def _stat(entry: dict, key: str, digits: int = 3) -> str:
@@ -382,8 +330,7 @@ def render(summary: dict, args, meta: dict) -> str:
         "|dL_pcl/d eps_hat| / |dL_ddpm/d eps_hat|; eps_slope = slope of eps_hat on eps; d_between / d_within = mean",
         "distance between posterior means of different-label / same-label samples.",
         "",
-        "| Arm | n | grad ratio | eps_slope | d_between | d_within | d_between − d_within |",
-        "|---|---|---|---|---|---|---|",
+        *table(["Arm", "n", "grad ratio", "eps_slope", "d_between", "d_within", "d_between − d_within"]),
     ]
     for e in summary.values():
         t = e["train"]
@@ -394,31 +341,28 @@ def render(summary: dict, args, meta: dict) -> str:
         )
         lines.append(f"| {e['label']} | {len(e['seeds'])} | {_stat(e, 'grad_ratio')} | {_stat(e, 'eps_slope', 4)} | "
                      f"{_stat(e, 'd_between', 4)} | {_stat(e, 'd_within', 4)} | {gap} |")  # fmt: skip
-    for setting, title in SETTINGS:
-        header = ["Arm", "n", *(f"{h} {'↓' if lo else '↑'}" for _, _, h, lo in COLUMNS)]
-        lines += [
-            "",
-            f"## Sampled at {title}",
-            "",
-            "| " + " | ".join(header) + " |",
-            "|" + "---|" * len(header),
-        ]
-        for e in summary.values():
-            cells = [_cell(e[setting][f"{g}/{m}"], lo, SCALE.get(m, 1.0)) for g, m, _, lo in COLUMNS]
-            lines.append(f"| {e['label']} | {len(e['seeds'])} | " + " | ".join(cells) + " |")
-        header = ["Arm", "vs", *(f"Δ {h} {'↓' if lo else '↑'}" for _, _, h, lo in KEY_COLUMNS)]
-        lines += ["", f"Paired differences at {title.split(' (')[0]}, mean [95% interval]:", "",
-                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # fmt: skip
+    for setting in SETTINGS:
+        title = setting_title(setting)
+        rows = [
+            [e["label"], str(len(e["seeds"])),
+             *(value_cell(e[setting][f"{g}/{m}"], lo, scale=SCALE.get(m, 1.0)) for g, m, _, lo in COLUMNS)]
+            for e in summary.values()
+        ]  # fmt: skip
+        lines += ["", f"## Sampled at {title}", "",
+                  *table(["Arm", "n", *(header(h, lo) for _, _, h, lo in COLUMNS)], rows)]  # fmt: skip
+        rows = []
         for e in summary.values():
             for against, name in (("vs_ddpm", "DDPM"), ("vs_control", "eq12 control")):
                 cols = [e[setting][f"{g}/{m}"] for g, m, _, _ in KEY_COLUMNS]
                 if all(c[against] is None for c in cols):
                     continue
                 cells = [
-                    _interval(c[against], lo, SCALE.get(m, 1.0))
+                    interval_cell(c[against], lo, scale=SCALE.get(m, 1.0))
                     for c, (_, m, _, lo) in zip(cols, KEY_COLUMNS, strict=True)
                 ]
-                lines.append(f"| {e['label']} | {name} | " + " | ".join(cells) + " |")
+                rows.append([e["label"], name, *cells])
+        lines += ["", f"Paired differences at {title.split(' (')[0]}, mean [95% interval]:", "",
+                  *table(["Arm", "vs", *(f"Δ {header(h, lo)}" for _, _, h, lo in KEY_COLUMNS)], rows)]  # fmt: skip
     lines += [
         "",
         f"Wall time of this invocation: {meta['wall_s'] / 60:.0f} min ({meta['trained']} runs trained).",
@@ -451,15 +395,9 @@ def plot(summary: dict, path: Path) -> None:
             (0.15, -0.15), (("w0", "C0", "w = 0"), ("recipe", "C1", "recipe w")), strict=True
         ):
             diffs = [e[setting][metric]["vs_ddpm"] for e in arms]
-            mean = scale * np.array([d["mean"] for d in diffs])
-            low, high = (
-                scale * np.array([d["low"] for d in diffs]),
-                scale * np.array([d["high"] for d in diffs]),
-            )
-            ax.errorbar(
-                mean, y + offset, xerr=[mean - low, high - mean], fmt="o", color=color, capsize=3, label=label
-            )
-            ends += [*np.abs(low), *np.abs(high)]
+            mean, err = error_bars(diffs, scale)
+            ax.errorbar(mean, y + offset, xerr=err, fmt="o", color=color, capsize=3, label=label)
+            ends += [abs(scale * d[end]) for d in diffs for end in ("low", "high")]
         big, small = max(ends, default=1.0), np.median(ends) if ends else 1.0
         if big > 30 * small > 0:
             ax.set_xscale("symlog", linthresh=float(small))
@@ -484,7 +422,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--probe-epochs", type=int, default=15, help="training epochs of the digits classifier")
     p.add_argument("--runs", type=Path, default=Path("logs/pcl_study"))
     p.add_argument("--out", type=Path, default=Path("experiments/results/pcl_study"))
+    p.add_argument(
+        "--render-only",
+        action="store_true",
+        help="re-render <out>.md (keeping its Reading) and <out>.png from <out>.json: no training or scoring",
+    )
     args = p.parse_args(argv)
+    if args.render_only:
+        stored = json.loads(args.out.with_suffix(".json").read_text())
+        write_keeping_reading(args.out.with_suffix(".md"), render(stored["arms"], args, stored["meta"]))
+        plot(stored["arms"], args.out.with_suffix(".png"))
+        return
     arms = [a for a in ARMS if any(fnmatch.fnmatch(a.slug, pat) for pat in args.arms)]
     if not arms:
         p.error(f"no arm matches {args.arms}; arms: {' '.join(a.slug for a in ARMS)}")
@@ -498,6 +446,8 @@ def main(argv: list[str] | None = None) -> None:
     counts = longtail_counts(int(torch.bincount(full.labels).max()), 10, 0.1)
     groups = shot_groups(counts)
     torch.set_num_threads(1)  # scoring runs in the worker threads, beside the trainings
+    for arm in arms:  # composed here: Hydra's global state is not for the worker threads
+        recipe_w(arm.family)
     tasks = [(a, seed) for seed in args.seeds for a in arms if seed in a.seeds]  # seed-major
     trained = sum(training_state(args.runs / a.slug / f"seed{s}", args.steps)[0] != "done" for a, s in tasks)
     print(f"{len(tasks)} runs, {trained} to train, with {args.jobs} in parallel", flush=True)

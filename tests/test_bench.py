@@ -1,21 +1,15 @@
-"""The benchmark's interleaved measurement (benchmarks/bench.py): order A B A B ..., and paired ratios that
+"""The benchmark's interleaved measurement (benchmarks/timing.py): order A B A B ..., and paired ratios that
 cancel a load that changes between rounds, where a ratio of separately taken medians does not."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.helpers.train_utils import REPO, load_script
-
-BENCH = REPO / "benchmarks" / "bench.py"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    return load_script(BENCH, "diffrop_bench")
+from benchmarks.sampling import parse_samplers
+from benchmarks.timing import interleaved, paired_ratio
 
 
-def test_interleaved_runs_round_robin_and_paired_ratios_cancel_load_changes(bench):
+def test_interleaved_runs_round_robin_and_paired_ratios_cancel_load_changes():
     """A costs 1 unit and B 2 units of work; the machine's speed changes from round to round (load 1, 5, 1,
     5, 5). Paired per-round ratios give exactly 2; measuring all A first, then all B, under the same load
     timeline gives 10."""
@@ -29,16 +23,16 @@ def test_interleaved_runs_round_robin_and_paired_ratios_cancel_load_changes(benc
 
         return run
 
-    secs = bench.interleaved({"A": measure("A", 1.0), "B": measure("B", 2.0)}, rounds=5)
+    secs = interleaved({"A": measure("A", 1.0), "B": measure("B", 2.0)}, rounds=5)
     assert calls == ["A", "B"] * 5
     assert secs == {"A": [1, 5, 1, 5, 5], "B": [2, 10, 2, 10, 10]}
-    assert bench.paired_ratio(secs["B"], secs["A"]) == 2.0
+    assert paired_ratio(secs["B"], secs["A"]) == 2.0
     with pytest.raises(ValueError, match="rounds"):
-        bench.interleaved({"A": measure("A", 1.0)}, rounds=0)
+        interleaved({"A": measure("A", 1.0)}, rounds=0)
 
 
-def test_sampler_list_parsing(bench):
-    assert bench.parse_samplers("ddim-100, dpmpp2m-10,ddpm-1000") == [
+def test_sampler_list_parsing():
+    assert parse_samplers("ddim-100, dpmpp2m-10,ddpm-1000") == [
         ("ddim", 100),
         ("dpmpp2m", 10),
         ("ddpm", 1000),

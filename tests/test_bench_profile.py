@@ -1,5 +1,5 @@
-"""The training-step profile of benchmarks/bench.py (``--only profile``): the Chrome trace is written and its
-breakdown partitions the step's wall time; the child-process worker (benchmarks/_worker.py) runs; the PRD k-means
+"""The training-step profile (benchmarks/profiling.py, ``bench.py --only profile``): the Chrome trace is written and
+its breakdown partitions the step's wall time; the child-process worker (benchmarks/_worker.py) runs; the PRD k-means
 section times both backends."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.profiling import trace_breakdown
 from tests.helpers.train_utils import REPO, child_env, load_script
 
 
@@ -24,7 +25,7 @@ def _x(name: str, cat: str, ts: float, dur: float) -> dict:
     return {"ph": "X", "name": name, "cat": cat, "ts": ts, "dur": dur}
 
 
-def test_breakdown_of_a_hand_made_gpu_trace(bench):
+def test_breakdown_of_a_hand_made_gpu_trace():
     """Two 100 us steps, W = 200 us. Kernels 10-40 and 30-60 (overlapping: 10-60 busy) and 110-190; the host is in a
     CUDA call 0-20 and in ops 70-80 and 100-105. compute = 50 + 80; dispatch gap (GPU idle, host in an op or call)
     = 0-10, 70-80, 100-105; host outside ops = 60-70, 80-100, 105-110, 190-200."""
@@ -41,14 +42,14 @@ def test_breakdown_of_a_hand_made_gpu_trace(bench):
         _x("cudaDeviceSynchronize", "cuda_runtime", 190, 10),  # waiting, not dispatching: host outside ops
         {"ph": "M", "name": "process_name"},
     ]
-    b = bench.trace_breakdown({"traceEvents": events})
+    b = trace_breakdown({"traceEvents": events})
     assert b["steps"] == 2 and b["step_ms"] == pytest.approx(0.1) and b["timeline"] == "gpu"
     assert b["compute"] == pytest.approx(130 / 200)  # 10-60 and 110-190
     assert b["dispatch_gap"] == pytest.approx(25 / 200)  # 0-10, 70-80, 100-105
     assert b["host_outside_ops"] == pytest.approx(45 / 200)  # 60-70, 80-100, 105-110, 190-200
     assert b["host_in_ops"] == pytest.approx(35 / 200)
     with pytest.raises(ValueError, match="ProfilerStep"):
-        bench.trace_breakdown({"traceEvents": events[3:]})
+        trace_breakdown({"traceEvents": events[3:]})
 
 
 @pytest.mark.slow

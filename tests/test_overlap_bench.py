@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from diffrop.paper.study import value_cell
 from tests.helpers.train_utils import REPO, load_script
 
 bench = load_script(REPO / "experiments" / "overlap_bench.py", "overlap_bench")
@@ -49,7 +50,7 @@ def test_differences_to_ddpm_are_paired_by_seed():
         summary["ddpm"]["metrics"]["eps_err"]["vs_ddpm"] is None
         and "grad_ratio" not in summary["ddpm"]["metrics"]
     )
-    cell = bench._cell(eps, lower=True, digits=4)
+    cell = value_cell(eps, lower=True, digits=4, interval=True)
     assert "**" not in cell and "_+1.0000_" in cell  # the interval excludes 0, and higher eps error is worse
 
 
@@ -119,3 +120,15 @@ def test_eq12_arms_are_also_compared_with_their_grouped_control():
     leak = summary["pcl_eq12_tau8"]["metrics"]["leakage_tail@w0"]["vs_grouped_ddpm"]
     assert leak["mean"] == pytest.approx(-0.1)
     assert "vs_grouped_ddpm" not in summary["grouped_ddpm"]["metrics"]["eps_err"]  # not its own control
+
+
+def test_committed_results_re_render_from_their_json(tmp_path):
+    """--render-only rewrites the tables of experiments/results/overlap_bench.md from overlap_bench.json alone (the
+    flags of the committed run: its defaults, 2 jobs), and keeps the file's Reading."""
+    committed = REPO / "experiments" / "results" / "overlap_bench"
+    (tmp_path / "out.json").write_text(committed.with_suffix(".json").read_text())
+    (tmp_path / "out.md").write_text("stale tables\n## Reading\n\nhand-written\n")
+    bench.main(["--render-only", "--jobs", "2", "--out", str(tmp_path / "out")])
+    tables = committed.with_suffix(".md").read_text().split("\n## Reading")[0]
+    assert (tmp_path / "out.md").read_text() == tables + "\n## Reading\n\nhand-written\n"
+    assert (tmp_path / "out.png").stat().st_size > 0

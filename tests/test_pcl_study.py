@@ -8,8 +8,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from diffrop.paper.digits_probe import score_by_group
+from diffrop.paper.study import value_cell
 from tests.helpers.train_utils import REPO, load_script
 
 study = load_script(REPO / "experiments" / "pcl_study.py", "pcl_study")
@@ -48,17 +50,15 @@ def test_differences_are_paired_by_seed_with_a_hand_computed_interval() -> None:
     )
     assert diff["high"] < 0  # -0.310 .. -0.023: the pairing sees the effect ...
     # ... that Welch, blind to the seeds, does not: seed spread 1.0, sd of the mean difference 0.82, df ~4
-    welch = study.stats.ttest_ind(
-        list(arm.values()), list(base.values()), equal_var=False
-    ).confidence_interval()
+    welch = stats.ttest_ind(list(arm.values()), list(base.values()), equal_var=False).confidence_interval()
     assert welch.low < 0 < welch.high
-    assert "**-0.17**" in study._cell(few, lower=True)  # better and the interval excludes 0: bold
+    assert "**-0.17**" in value_cell(few, lower=True)  # better and the interval excludes 0: bold
     assert summary["ddpm"]["recipe"]["few/fid"]["vs_ddpm"] is None
     # an arm equal to DDPM up to noise: the paired interval straddles 0, the cell carries no mark
     summary = study.summarise({"ddpm": _entry(base), "pcl_alg1_tau3": _entry({0: 3.1, 1: 3.9, 2: 5.0})})
     diff = summary["pcl_alg1_tau3"]["w0"]["few/fid"]["vs_ddpm"]  # differences +0.1, -0.1, 0
     assert diff["mean"] == pytest.approx(0) and diff["high"] == pytest.approx(T_975[2] * 0.1 / np.sqrt(3))
-    assert study._cell(summary["pcl_alg1_tau3"]["w0"]["few/fid"], lower=True).endswith("(+0.00)")
+    assert value_cell(summary["pcl_alg1_tau3"]["w0"]["few/fid"], lower=True).endswith("(+0.00)")
 
 
 def test_welch_only_where_an_arm_shares_fewer_than_two_seeds() -> None:
@@ -68,7 +68,7 @@ def test_welch_only_where_an_arm_shares_fewer_than_two_seeds() -> None:
     assert diff["test"] == "welch" and diff["mean"] == pytest.approx(-1.0)
     # Welch by hand: se = sqrt(0.01/3 + 0.01/3), df = 4
     assert diff["high"] - diff["low"] == pytest.approx(2 * T_975[4] * np.sqrt(0.02 / 3), rel=1e-5)
-    assert study._cell(summary["pcl_alg1_tau1"]["recipe"]["few/fid"], lower=True).endswith("(**-1.00**†)")
+    assert value_cell(summary["pcl_alg1_tau1"]["recipe"]["few/fid"], lower=True).endswith("(**-1.00**†)")
     summary = study.summarise({"ddpm": _entry(base), "pcl_alg1_tau1": _entry({0: 2.0})})
     assert summary["pcl_alg1_tau1"]["recipe"]["few/fid"]["vs_ddpm"] is None  # one value: no interval at all
 
@@ -101,26 +101,6 @@ def test_eq12_arms_are_compared_with_ddpm_and_with_the_grouped_control() -> None
 
 
 _META = {"probe_accuracy": 98.0, "groups": {}, "counts": [], "wall_s": 60.0, "trained": 0}
-
-
-def test_train_log_summary_takes_medians_over_the_second_half(tmp_path) -> None:
-    rows = ["step,train/loss,train/pcl/grad_ratio,train/eps_slope,train/pcl/d_between,train/pcl/d_within"]
-    for step, (ratio, slope) in enumerate([(9.0, 0.1), (9.0, 0.1), (0.1, 0.8), (0.3, 0.9), (0.2, 1.0)]):
-        rows += [f"{step},1.0,{ratio},{slope},2.0,1.5", f"{step},,,,,"]  # every other row: another logger's
-    rows += [
-        "5,1.0,0.0,0.7,0.0,0.0",
-        "6,1.0,0.0,0.7,0.0,0.0",
-    ]  # every label dropped: no pairs, no PCL reading
-    (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
-    # PCL keys: 5 readings (the no-pair steps left out), the second half is the last 3: 0.1, 0.3, 0.2 (with the
-    # zeros it would be 0.3, 0.2, 0, 0: median 0.1, d_between 1.0); eps_slope: 7 readings, the last 4 are
-    # 0.9, 1.0, 0.7, 0.7
-    assert study.train_log_summary(tmp_path) == {
-        "grad_ratio": pytest.approx(0.2),
-        "eps_slope": pytest.approx(0.8),
-        "d_between": 2.0,
-        "d_within": 1.5,
-    }
 
 
 def test_default_run_is_the_new_arm_set() -> None:
@@ -174,3 +154,21 @@ def test_tiny_study_end_to_end_and_resumes(tmp_path) -> None:
     study.main(args)  # finished runs and their scores are reused, not redone
     assert scores.stat().st_mtime_ns == stamp
     assert (tmp_path / "out.md").read_text().endswith("\n## Reading\n\nhand-written\n")  # kept on re-render
+
+
+def test_recipe_guidance_comes_from_the_paper_recipe_config() -> None:
+    """CBDM's README: DDPM 0.8, CBDM 1.6; the study reads them from the recipe, and its table title says them."""
+    assert study.recipe_w("ddpm") == 0.8 and study.recipe_w("cbdm") == 1.6
+    assert study.setting_title("recipe") == "recipe guidance (DDPM family w = 0.8, CBDM family w = 1.6)"
+
+
+def test_committed_results_re_render_from_their_json(tmp_path) -> None:
+    """--render-only rewrites the tables of experiments/results/pcl_study.md from pcl_study.json alone, as committed,
+    and keeps the file's Reading."""
+    committed = REPO / "experiments" / "results" / "pcl_study"
+    (tmp_path / "out.json").write_text(committed.with_suffix(".json").read_text())
+    (tmp_path / "out.md").write_text("stale tables\n## Reading\n\nhand-written\n")
+    study.main(["--render-only", "--out", str(tmp_path / "out")])
+    tables = committed.with_suffix(".md").read_text().split("\n## Reading")[0]
+    assert (tmp_path / "out.md").read_text() == tables + "\n## Reading\n\nhand-written\n"
+    assert (tmp_path / "out.png").stat().st_size > 0

@@ -1,0 +1,1 @@
+"""The benchmarks of benchmarks/bench.py, one module per section (numbers, not pass/fail tests)."""
