@@ -75,7 +75,8 @@ EXP = ("loss=pcl_exp", "tau=exp_decay")
 BATCH = ("loss.terms.pcl.pairing=batch",)  # each sample at its own t and eps (the pairing before Eq. 12)
 EQ12 = ("loss.terms.pcl.pairing=eq12", "loss.terms.pcl.group_size=8")
 PARTNER = ("loss.terms.pcl.pairing=partner",)  # Eq. 12 by one extra forward: no grouping of the DDPM draws
-SAME_XT = ("loss.terms.pcl.pairing=same_xt",)  # beyond the paper: two labels' denoisers at the anchor's own x_t
+# beyond the paper: two labels' denoisers at the anchor's own x_t
+SAME_XT = ("loss.terms.pcl.pairing=same_xt",)
 # margin 0.05 ~ the mean between-class d / abar_{t-1} of this data (d = mean over the 16 dims of |x0^i - x0^j|^2
 # under Eq. 12): the hinge pushes apart pairs closer than a typical cross-class pair. The default margin 1.0 is 20x
 # every pair's d here, so the hinge would be active on all pairs: the naive -d form of paper Fig. 2.
@@ -531,6 +532,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.render_only:
         stored = json.loads(args.out.with_suffix(".json").read_text())
         args.steps, args.guidance = stored["meta"]["steps"], stored["meta"]["guidance"]
+        args.jobs = stored["meta"].get("jobs", args.jobs)
         md = render(stored["arms"], stored["bayes_reference"], args, stored["meta"])
         write_keeping_reading(args.out.with_suffix(".md"), md)
         plot(stored["arms"], args.out.with_suffix(".png"))
@@ -566,7 +568,7 @@ def main(argv: list[str] | None = None) -> None:
     run_times = [r["wall_s"] for runs in results.values() for r in runs.values()]
     meta = facts | {"seeds": args.seeds, "wall_s": time.monotonic() - start, "trained": trained,
                     "runs_s": sum(run_times), "run_s_median": statistics.median(run_times),
-                    "steps": args.steps, "guidance": args.guidance}  # fmt: skip
+                    "steps": args.steps, "guidance": args.guidance, "jobs": args.jobs}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     bayes_json = {str(s): flat_scores(r, args.guidance) | {"slope_per_t": r["eps"]["per_t"]["slope_bayes"]}
                   for s, r in bayes.items()}  # fmt: skip

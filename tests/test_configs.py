@@ -331,7 +331,8 @@ def test_paths_before_a_job_runs_are_the_run_dir_it_would_use(tmp_path) -> None:
     directory (hydra.run.dir), not ``None/checkpoints``."""
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["hydra.run.dir=logs/train/runs/x"], return_hydra_config=True)
-    assert OmegaConf.is_missing(cfg.hydra.runtime, "output_dir")  # as under --cfg: Hydra has not run the job yet
+    # as under --cfg: Hydra has not run the job yet
+    assert OmegaConf.is_missing(cfg.hydra.runtime, "output_dir")
     HydraConfig.instance().set_config(cfg)
     assert cfg.callbacks.checkpoint.dirpath == "logs/train/runs/x/checkpoints"
     # once the job runs, Hydra's runtime.output_dir (in a multirun: the job's own dir) wins

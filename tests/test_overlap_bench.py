@@ -124,11 +124,11 @@ def test_eq12_arms_are_also_compared_with_their_grouped_control():
 
 def test_committed_results_re_render_from_their_json(tmp_path):
     """--render-only rewrites the tables of experiments/results/overlap_bench.md from overlap_bench.json alone (the
-    flags of the committed run: its defaults, 2 jobs), and keeps the file's Reading."""
+    flags of the committed run: its defaults, with --jobs from the JSON), and keeps the file's Reading."""
     committed = REPO / "experiments" / "results" / "overlap_bench"
     (tmp_path / "out.json").write_text(committed.with_suffix(".json").read_text())
     (tmp_path / "out.md").write_text("stale tables\n## Reading\n\nhand-written\n")
-    bench.main(["--render-only", "--jobs", "2", "--out", str(tmp_path / "out")])
+    bench.main(["--render-only", "--out", str(tmp_path / "out")])
     tables = committed.with_suffix(".md").read_text().split("\n## Reading")[0]
     assert (tmp_path / "out.md").read_text() == tables + "\n## Reading\n\nhand-written\n"
     assert (tmp_path / "out.png").stat().st_size > 0

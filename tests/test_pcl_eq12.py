@@ -321,7 +321,8 @@ def test_same_xt_compares_two_labels_denoisers_at_the_anchors_own_x_t() -> None:
     got = -term(step).item()
     coef2 = sched.betas**2 / (sched.alphas * (1 - sched.alpha_bars))
     assert got == pytest.approx(float(coef2[50] + coef2[600]) / 2 * (4 - 1) ** 2 * 12, rel=1e-4)
-    assert len(net.inputs) == 1 and torch.equal(net.inputs[0], xt)  # one extra forward, at the anchors' own x_t
+    # one extra forward, at the anchors' own x_t
+    assert len(net.inputs) == 1 and torch.equal(net.inputs[0], xt)
     with pytest.raises(ValueError, match="pairing=same_xt"):
         PCL("exp", Constant(1.0), pairing="same_xt", pairs="global")
 

@@ -157,10 +157,8 @@ class PCL:
         has_partner = candidates.any(1) & ok
         weights = torch.where(has_partner[:, None], candidates.float(), 1.0)  # a row with none: any j, masked
         j = torch.multinomial(weights, 1).squeeze(1)
-        if self.pairing == "same_xt":
-            xt_j = step.xt
-        else:  # x_t^j - x_t^i = sqrt(abar_t) (x_0^j - x_0^i)
-            xt_j = step.schedule.q_sample(step.x0[j], t, step.eps)
+        same_xt = self.pairing == "same_xt"  # else x_t^j - x_t^i = sqrt(abar_t) (x_0^j - x_0^i)
+        xt_j = step.xt if same_xt else step.schedule.q_sample(step.x0[j], t, step.eps)
         eps_hat_j = step.net(xt_j, t, y[j], torch.ones_like(ok))
         mu_j = step.schedule.posterior_mean(xt_j, t, eps_hat_j)
         d = (step.mu - mu_j).float().flatten(1).square().sum(1)
