@@ -18,6 +18,8 @@ import math
 from pathlib import Path
 
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from diffrop.data.datasets import load_digits
 from diffrop.data.longtail import longtail_counts, select_longtail
@@ -57,7 +59,7 @@ def pair_indices(labels: torch.Tensor, n: int, same: bool, gen: torch.Generator)
 
 def distances(images, labels, t: int, shared_eps: bool, same: bool, n: int, seed: int) -> dict[str, float]:
     gen = torch.Generator().manual_seed(seed)
-    sched = NoiseSchedule()
+    sched = instantiate(OmegaConf.load(REPO / "configs" / "diffusion" / "linear_1000.yaml"))  # as training
     i, j = pair_indices(labels, n, same, gen)
     x0 = images.double()
     abar = sched.alpha_bars[t].double()

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from diffrop.diffusion.sampling import SamplerSpec, autocast_net
-from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.evaluation.generate import sample_images
 from diffrop.evaluation.metrics.scores import fid_from_features
 from diffrop.evaluation.pipeline import sample_dir
 from diffrop.nets.unet import ClassConditionalUNet
+from tests.helpers.config_objects import linear_schedule
 
-SCHEDULE = NoiseSchedule(1000)
+SCHEDULE = linear_schedule(1000)
 
 
 # Overrides conftest's `unet`: the same net without its boosted label embedding. The bf16 tolerances and FID

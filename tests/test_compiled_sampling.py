@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from diffrop.diffusion.sampling import SamplerSpec, sampling_net
-from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.evaluation.generate import sample_images
 from diffrop.evaluation.pipeline import sample_dir
 from diffrop.runtime.compile import CompiledNet
+from tests.helpers.config_objects import linear_schedule
 
-SCHEDULE = NoiseSchedule(1000)
+SCHEDULE = linear_schedule(1000)
 
 
 class ShapeRecorder(torch.nn.Module):

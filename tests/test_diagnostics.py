@@ -8,13 +8,11 @@ import math
 import pytest
 import torch
 
-from diffrop.diffusion.schedule import NoiseSchedule
-from diffrop.losses.ddpm import EpsMSE
 from diffrop.losses.diagnostics import class_distances, loss_diagnostics
 from diffrop.losses.objective import Objective
-from diffrop.losses.pcl import PCL
 from diffrop.losses.step import Step
 from diffrop.losses.tau import Constant
+from tests.helpers.config_objects import eps_mse, linear_schedule, pcl
 from tests.helpers.steps import make_step
 from tests.helpers.train_utils import TINY_RUN_OVERRIDES, train_in_process
 
@@ -32,7 +30,7 @@ def _two_sample_step(seed: int = 0) -> Step:
     xt, eps, eps_hat = (torch.randn(2, 1, 2, 2, generator=g, dtype=torch.float64) for _ in range(3))
     eps_hat.requires_grad_()
     y, t = torch.tensor([0, 1]), torch.tensor([30, 400])
-    return make_step(y, t, xt=xt, x0=xt, eps=eps, eps_hat=eps_hat, schedule=NoiseSchedule(T).double(),
+    return make_step(y, t, xt=xt, x0=xt, eps=eps, eps_hat=eps_hat, schedule=linear_schedule(T).double(),
                      class_freq=torch.full((2,), 0.5))  # fmt: skip
 
 
@@ -60,8 +58,8 @@ def _hand_ratio(step: Step, tau0: float) -> float:
 @pytest.mark.parametrize("tau0", [0.5, 3.0])
 def test_grad_ratio_matches_hand_computation(tau0: float) -> None:
     step = _two_sample_step()
-    pcl = PCL("exp", Constant(tau0), distance="mean", reduction="algorithm1_sum", pairing="batch")
-    _, parts = Objective({"ddpm": EpsMSE(), "pcl": pcl})(step)
+    term = pcl("exp", Constant(tau0), distance="mean", reduction="algorithm1_sum", pairing="batch")
+    _, parts = Objective({"ddpm": eps_mse(), "pcl": term})(step)
     got = loss_diagnostics(step, parts)["pcl/grad_ratio"].item()
     assert got == pytest.approx(_hand_ratio(step, tau0), rel=1e-4)  # the schedule keeps float32 buffers
 
@@ -70,7 +68,9 @@ def test_grad_ratio_scales_linearly_with_tau0_and_keeps_the_graph() -> None:
     ratios = []
     for tau0 in (0.1, 1.0, 10.0):
         step = _two_sample_step(seed=3)
-        total, parts = Objective({"ddpm": EpsMSE(), "pcl": PCL("exp", Constant(tau0), pairing="batch")})(step)
+        total, parts = Objective({"ddpm": eps_mse(), "pcl": pcl("exp", Constant(tau0), pairing="batch")})(
+            step
+        )
         ratios.append(loss_diagnostics(step, parts)["pcl/grad_ratio"].item())
         total.backward()  # the training backward still works after the diagnostic's autograd.grad
         assert step.eps_hat.grad is not None
@@ -80,9 +80,9 @@ def test_grad_ratio_scales_linearly_with_tau0_and_keeps_the_graph() -> None:
 
 def test_grad_ratio_only_for_terms_beside_ddpm() -> None:
     step = _two_sample_step()
-    _, parts = Objective({"ddpm": EpsMSE()})(step)
+    _, parts = Objective({"ddpm": eps_mse()})(step)
     assert set(loss_diagnostics(step, parts)) == {"pcl/d_between", "pcl/d_within", "eps_slope"}
-    _, parts = Objective({"ddpm": EpsMSE(), "extra": EpsMSE(weight=3.0)})(step)
+    _, parts = Objective({"ddpm": eps_mse(), "extra": eps_mse(weight=3.0)})(step)
     assert loss_diagnostics(step, parts)["extra/grad_ratio"].item() == pytest.approx(3.0)  # same term, 3x
 
 

@@ -18,8 +18,8 @@ from diffrop.data.gaussian_mixture import (
     gaussian_kl,
     plane_mixture,
 )
-from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.nets.mlp import ClassConditionalMLP
+from tests.helpers.config_objects import linear_schedule
 from tests.test_configs import compose_train
 
 
@@ -158,7 +158,7 @@ def test_plane_mixture_lives_in_a_plane_with_full_rank_covariances():
 
 def test_bayes_denoiser_has_the_network_call_signature():
     m = random_mixture(dim=4)
-    schedule = NoiseSchedule()
+    schedule = linear_schedule()
     net = BayesDenoiser(m, schedule.alpha_bars)
     x = torch.randn(3, 4, 1, 1)
     t, y, cond = torch.tensor([0, 500, 999]), torch.tensor([0, 1, 2]), torch.tensor([True, True, False])

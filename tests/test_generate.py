@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from diffrop.diffusion.sampling import SamplerSpec
-from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.evaluation.generate import generate, merge_shards, save_grid, shard_path
+from tests.helpers.config_objects import linear_schedule
 
-SCHEDULE = NoiseSchedule(20)
+SCHEDULE = linear_schedule(20)
 SPEC = SamplerSpec("ddim", steps=3, eta=1.0, guidance=0.5, batch_size=3)
 
 

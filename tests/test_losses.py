@@ -9,13 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffrop.diffusion.schedule import NoiseSchedule
-from diffrop.losses.cbdm import CBDM
-from diffrop.losses.ddpm import EpsMSE
 from diffrop.losses.objective import Objective
-from diffrop.losses.pcl import PCL, PHI, pairwise_sq_dist
+from diffrop.losses.pcl import PHI, pairwise_sq_dist
 from diffrop.losses.step import Step
 from diffrop.losses.tau import Constant, Cosine, ExpDecay, Linear
+from tests.helpers.config_objects import cbdm, eps_mse, linear_schedule, pcl
 from tests.helpers.steps import make_step
 
 T = 1000
@@ -114,7 +112,7 @@ def test_tau_rejects_bad_values_naming_the_key(build, key: str) -> None:
 )
 def test_pcl_rejects_bad_config_naming_the_key(kwargs, key: str) -> None:
     with pytest.raises(ValueError, match=key):
-        PCL(**{"phi": "exp", "tau": Constant(1.0), **kwargs})
+        pcl(**{"phi": "exp", "tau": Constant(1.0), **kwargs})
 
 
 # ---------------------------------------------------------------- PCL
@@ -131,7 +129,7 @@ def test_pcl_hand_computation(phi: str, distance: str, reduction: str) -> None:
     d01, d02 = (1.0, 2.0) if distance == "mean" else (2.0, 4.0)  # mean divides by 2 elements
     value = 1.5 * PHI_REF[phi](d01, 1.5) + 1.75 * PHI_REF[phi](d02, 1.5)
     expected = 2.0 * value / (4 if reduction == "pairs_mean" else 3)  # weight 2; 4 pairs | 3 anchors
-    term = PCL(
+    term = pcl(
         phi, Linear(1.0), weight=2.0, margin=1.5, distance=distance, reduction=reduction, pairing="batch"
     )
     step = make_step(HAND_Y, HAND_T, mu=HAND_MU)
@@ -149,7 +147,7 @@ def test_pcl_matches_naive_double_loop(phi: str, distance: str, reduction: str) 
     cond = torch.rand(b, generator=g) > 0.25
     tau = ExpDecay(1.3, 0.4)
     margin = 2.0 if distance == "mean" else 40.0  # keep the hinge active on some pairs
-    term = PCL(phi, tau, weight=0.7, margin=margin, distance=distance, reduction=reduction, pairing="batch")
+    term = pcl(phi, tau, weight=0.7, margin=margin, distance=distance, reduction=reduction, pairing="batch")
     got = term(make_step(y, t, cond, mu=mu)).item()
     expected = 0.7 * naive_pcl(mu, y, t, cond, phi, tau, margin, distance, reduction)
     assert got == pytest.approx(expected, rel=1e-4, abs=1e-6)
@@ -168,7 +166,7 @@ def _random_batch(b: int = 8, seed: int = 1):
 @pytest.mark.parametrize("reduction", ["pairs_mean", "algorithm1_sum"])
 def test_pcl_is_invariant_to_batch_order(reduction: str) -> None:
     mu, y, t, cond = _random_batch()
-    term = PCL("exp", ExpDecay(1.0, 0.5), reduction=reduction, pairing="batch")
+    term = pcl("exp", ExpDecay(1.0, 0.5), reduction=reduction, pairing="batch")
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(5))
     a = term(make_step(y, t, cond, mu=mu))
     b = term(make_step(y[perm], t[perm], cond[perm], mu=mu[perm]))
@@ -179,7 +177,7 @@ def test_pcl_is_invariant_to_batch_order(reduction: str) -> None:
 def test_pcl_ignores_same_label_pairs(phi: str) -> None:
     mu, _, t, _ = _random_batch()
     step = make_step(torch.full((len(t),), 2), t, mu=mu.requires_grad_())
-    loss = PCL(phi, Constant(1.0), pairing="batch")(step)
+    loss = pcl(phi, Constant(1.0), pairing="batch")(step)
     assert loss.item() == 0.0
     assert step.diagnostics["pcl/pairs"].item() == 0
     loss.backward()
@@ -190,7 +188,7 @@ def test_pcl_ignores_same_label_pairs(phi: str) -> None:
 def test_pcl_excludes_label_dropped_samples(reduction: str) -> None:
     mu, y, t, cond = _random_batch(b=10, seed=3)
     assert 0 < int(cond.sum()) < len(cond)
-    term = PCL("recip", Linear(1.0), reduction=reduction, pairing="batch")
+    term = pcl("recip", Linear(1.0), reduction=reduction, pairing="batch")
     mu = mu.clone().requires_grad_()
     full = term(make_step(y, t, cond, mu=mu))
     kept = term(make_step(y[cond], t[cond], mu=mu.detach()[cond]))
@@ -219,7 +217,7 @@ def test_pairwise_sq_dist_gradient_is_finite_at_identical_rows() -> None:
 def test_step_mu_is_the_true_posterior_mean_when_eps_hat_is_eps() -> None:
     """Eq. 9 with the true noise equals q(x_{t-1} | x_t, x0)'s mean (Ho et al. 2020 Eq. 7)."""
     g = torch.Generator().manual_seed(0)
-    sched = NoiseSchedule(T)
+    sched = linear_schedule(T)
     t = torch.tensor([0, 1, 10, 500, 999])
     x0, eps = torch.randn(5, 3, 2, 2, generator=g), torch.randn(5, 3, 2, 2, generator=g)
     xt = sched.q_sample(x0, t, eps)
@@ -241,8 +239,8 @@ def test_eps_mse_equals_mse_loss() -> None:
     g = torch.Generator().manual_seed(0)
     eps, eps_hat = torch.randn(4, 3, 5, 5, generator=g), torch.randn(4, 3, 5, 5, generator=g)
     step = make_step([0, 1, 2, 0], eps=eps, eps_hat=eps_hat, shape=(3, 5, 5))
-    assert EpsMSE()(step).item() == pytest.approx(F.mse_loss(eps_hat, eps).item(), rel=1e-6)
-    assert EpsMSE(weight=3.0)(step).item() == pytest.approx(3 * F.mse_loss(eps_hat, eps).item(), rel=1e-6)
+    assert eps_mse()(step).item() == pytest.approx(F.mse_loss(eps_hat, eps).item(), rel=1e-6)
+    assert eps_mse(weight=3.0)(step).item() == pytest.approx(3 * F.mse_loss(eps_hat, eps).item(), rel=1e-6)
 
 
 def test_eps_mse_reweight_hand_computed() -> None:
@@ -252,7 +250,7 @@ def test_eps_mse_reweight_hand_computed() -> None:
     step = make_step([0, 1], eps=eps, eps_hat=eps_hat, class_freq=freq, shape=(1, 1, 2))
     # weights 1 / (C p_y): 1 / 1.5 and 1 / 0.5
     expected = (1.0 / 1.5 + 2.0 / 0.5) / 2
-    assert EpsMSE(reweight=True)(step).item() == pytest.approx(expected, rel=1e-6)
+    assert eps_mse(reweight=True)(step).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_eps_mse_reweight_has_mean_one_under_the_class_frequencies() -> None:
@@ -260,7 +258,7 @@ def test_eps_mse_reweight_has_mean_one_under_the_class_frequencies() -> None:
     weights = []
     for c in range(4):  # unit error on one sample of class c: the term returns that class's weight
         step = make_step([c], eps=torch.zeros(1, 1, 1, 1), eps_hat=torch.ones(1, 1, 1, 1), class_freq=freq)
-        weights.append(EpsMSE(reweight=True)(step))
+        weights.append(eps_mse(reweight=True)(step))
     assert float((torch.stack(weights) * freq).sum()) == pytest.approx(1.0, rel=1e-6)
 
 
@@ -298,7 +296,7 @@ def test_cbdm_hand_computation() -> None:
     # class_freq one-hot on class 2 makes y' = 2 for every sample, so the expectation is deterministic.
     net = TinyNet()
     y, t = [0, 1, 0], [100, 500, 999]
-    loss = CBDM(weight=2.0, gamma=0.25)(cbdm_step(net, y, t))
+    loss = cbdm(weight=2.0, gamma=0.25)(cbdm_step(net, y, t))
     assert net.calls == 2 and net.seen_y[1].tolist() == [2, 2, 2]
     emb = net.emb.detach()
     # eps(y) - eps(y') = emb[y] - emb[2] (a x cancels); mse = mean over channels of its square
@@ -316,7 +314,7 @@ def test_cbdm_stop_gradients(gamma: float) -> None:
     net = TinyNet()
     y, t = [0, 1, 1], [200, 400, 800]
     step = cbdm_step(net, y, t)
-    CBDM(weight=1.0, gamma=gamma)(step).backward()
+    cbdm(weight=1.0, gamma=gamma)(step).backward()
     emb, xt = net.emb.detach(), step.xt
     w = torch.tensor(t, dtype=torch.float32) / T
     grad_emb, grad_a = torch.zeros_like(emb), torch.tensor(0.0)
@@ -337,14 +335,14 @@ def test_cbdm_skips_all_dropped_batches_without_a_forward() -> None:
     net = TinyNet()
     step = cbdm_step(net, [0, 1], [300, 600], cond=[False, False], all_dropped=True)
     calls = net.calls
-    loss = CBDM()(step)
+    loss = cbdm()(step)
     assert loss.item() == 0.0 and net.calls == calls
 
 
 def test_cbdm_dropped_samples_contribute_zero() -> None:
     net = TinyNet(use_cond=False)  # the net ignores cond, so only the term's own mask can zero sample 1
     y, t = [0, 1, 0], [300, 600, 900]
-    loss = CBDM(weight=1.0, gamma=0.5)(cbdm_step(net, y, t, cond=[True, False, True]))
+    loss = cbdm(weight=1.0, gamma=0.5)(cbdm_step(net, y, t, cond=[True, False, True]))
     emb = net.emb.detach()
     kept = [0, 2]
     expected = sum(t[i] / T * 1.5 * float((emb[y[i]] - emb[2]).square().mean()) for i in kept) / 3
@@ -356,7 +354,7 @@ def test_cbdm_draws_y_prime_from_the_configured_distribution(y_prime: str, freq:
     torch.manual_seed(0)
     net = TinyNet()
     n = 20_000
-    CBDM(y_prime=y_prime)(cbdm_step(net, [0] * n, [500] * n, class_freq=freq))
+    cbdm(y_prime=y_prime)(cbdm_step(net, [0] * n, [500] * n, class_freq=freq))
     counts = torch.bincount(net.seen_y[1], minlength=3).float() / n
     target = torch.tensor(freq) if y_prime == "train_freq" else torch.full((3,), 1 / 3)
     assert torch.allclose(counts, target, atol=0.02)
@@ -369,7 +367,7 @@ def test_cbdm_rejects_bad_config() -> None:
         ({"y_prime": "x"}, "y_prime"),
     ]:
         with pytest.raises(ValueError, match=f"loss.terms.cbdm.{key}"):
-            CBDM(**kwargs)
+            cbdm(**kwargs)
 
 
 # ---------------------------------------------------------------- Objective
@@ -394,7 +392,7 @@ def test_objective_with_real_terms_and_gradients() -> None:
     eps = torch.randn(4, 1, 2, 2, generator=g)
     eps_hat = torch.randn(4, 1, 2, 2, generator=g).requires_grad_()
     step = make_step([0, 1, 2, 0], t=[10, 20, 30, 40], eps=eps, eps_hat=eps_hat)
-    terms = {"ddpm": EpsMSE(), "pcl": PCL("exp", Constant(1.0), pairing="batch")}
+    terms = {"ddpm": eps_mse(), "pcl": pcl("exp", Constant(1.0), pairing="batch")}
     total, parts = Objective(terms)(step)
     assert set(parts) == {"ddpm", "pcl"}
     assert total.item() == pytest.approx(sum(p.item() for p in parts.values()), rel=1e-6)

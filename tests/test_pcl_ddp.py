@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from diffrop.losses.pcl import PCL
 from diffrop.losses.step import Step
 from diffrop.losses.tau import ExpDecay
+from tests.helpers.config_objects import pcl
 from tests.helpers.steps import make_step
 
 WORLD, LOCAL_B, DIM = 2, 5, 12
@@ -66,7 +67,7 @@ def _step(mu, y, t, cond, group, gather=None) -> Step:
 
 
 def _term(reduction: str, pairing: str) -> PCL:
-    return PCL("exp", ExpDecay(1.0, 0.5), weight=1.0, distance="mean", reduction=reduction, pairs="global",
+    return pcl("exp", ExpDecay(1.0, 0.5), weight=1.0, distance="mean", reduction=reduction, pairs="global",
                pairing=pairing, group_size=GROUP)  # fmt: skip
 
 

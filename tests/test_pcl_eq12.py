@@ -12,11 +12,9 @@ import pytest
 import torch
 
 from diffrop.diffusion.noising import draw_noise
-from diffrop.diffusion.schedule import NoiseSchedule
-from diffrop.losses.ddpm import EpsMSE
 from diffrop.losses.objective import Objective
-from diffrop.losses.pcl import PCL
 from diffrop.losses.tau import Constant, ExpDecay
+from tests.helpers.config_objects import eps_mse, linear_schedule, pcl
 from tests.helpers.steps import make_step
 from tests.test_losses import PHI_REF
 
@@ -74,7 +72,7 @@ def test_noise_cancels_between_members_of_a_group() -> None:
     # sqrt(abar_{t-1}) (x_0^i - x_0^j) (the posterior mean's coefficients sum to that), so d_ij under eq12 is
     # abar_{t-1} |x_0^i - x_0^j|^2: no noise left in it.
     torch.manual_seed(3)
-    sched = NoiseSchedule(T)
+    sched = linear_schedule(T)
     x0 = torch.randn(4, 3, 2, 2)
     t, eps, _ = draw_noise(x0, T, group_size=2)
     xt = sched.q_sample(x0, t, eps)
@@ -87,7 +85,7 @@ def test_noise_cancels_between_members_of_a_group() -> None:
         pair = [i, j]
         step = make_step([0, 1], t[pair], x0=x0[pair], xt=xt[pair], eps=eps[pair], eps_hat=eps[pair],
                          schedule=sched, group=torch.zeros(2, dtype=torch.long))  # fmt: skip
-        term = PCL(
+        term = pcl(
             "neg_l2", Constant(1.0), distance="sum", reduction="pairs_mean", pairing="eq12", group_size=2
         )
         d = -term(step).item()  # phi = -d, tau = 1, mean over the 2 ordered pairs
@@ -130,7 +128,7 @@ def test_eq12_matches_naive_double_loop_in_value_and_gradient(
 ) -> None:
     g = torch.Generator().manual_seed(4)
     b, group_size = 11, 4
-    sched = NoiseSchedule(T)
+    sched = linear_schedule(T)
     mu = (torch.randn(b, 2, 3, 3, generator=g) * 0.5).requires_grad_()
     y = torch.randint(0, 3, (b,), generator=g)
     cond = torch.rand(b, generator=g) > 0.2
@@ -139,7 +137,7 @@ def test_eq12_matches_naive_double_loop_in_value_and_gradient(
     tau, margin = ExpDecay(1.3, 0.4), (2.0 if distance == "mean" else 30.0)
     step = make_step(y, t, cond, mu=mu)
     step.group = group
-    term = PCL(phi, tau, weight=0.7, margin=margin, distance=distance, reduction=reduction, pairing="eq12", group_size=group_size,
+    term = pcl(phi, tau, weight=0.7, margin=margin, distance=distance, reduction=reduction, pairing="eq12", group_size=group_size,
                margin_schedule=margin_schedule)  # fmt: skip
     got = term(step)
     abar_prev = sched.alpha_bars_prev.double() if margin_schedule == "abar" else None
@@ -153,11 +151,11 @@ def test_eq12_matches_naive_double_loop_in_value_and_gradient(
 
 def test_hinge_margin_follows_abar_prev_by_hand() -> None:
     # one pair at t = 0 (abar_{-1} = 1) and one at t = 999: margin 2 * abar_{t-1}; d = 1 (mean over 2 elements)
-    sched = NoiseSchedule(T)
+    sched = linear_schedule(T)
     mu = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 0.0], [1.0, 1.0]])
     step = make_step([0, 1, 0, 1], [0, 0, 999, 999], mu=mu)
     step.group = torch.tensor([0, 0, 1, 1])
-    term = PCL(
+    term = pcl(
         "hinge",
         Constant(1.0),
         margin=2.0,
@@ -174,7 +172,7 @@ def test_hinge_margin_follows_abar_prev_by_hand() -> None:
 def test_pairs_across_groups_do_not_count() -> None:
     step = make_step([0, 1, 0, 1], [7, 7, 300, 300], mu=torch.randn(4, 2))
     step.group = torch.tensor([0, 0, 1, 1])
-    PCL("exp", Constant(1.0), pairing="eq12", group_size=2)(step)
+    pcl("exp", Constant(1.0), pairing="eq12", group_size=2)(step)
     assert (
         step.diagnostics["pcl/pairs"].item() == 4
     )  # (0,1), (1,0), (2,3), (3,2); (0,3) and (1,2) cross groups
@@ -182,17 +180,18 @@ def test_pairs_across_groups_do_not_count() -> None:
 
 def test_eq12_refuses_a_step_without_groups() -> None:
     with pytest.raises(ValueError, match="pairing=eq12"):
-        PCL("exp", Constant(1.0), pairing="eq12")(make_step([0, 1], [1, 2], mu=torch.zeros(2, 2)))
+        pcl("exp", Constant(1.0), pairing="eq12")(make_step([0, 1], [1, 2], mu=torch.zeros(2, 2)))
 
 
 def test_objective_asks_for_groups_only_for_eq12() -> None:
-    assert Objective({"ddpm": EpsMSE()}).noise_group_size == 1
+    assert Objective({"ddpm": eps_mse()}).noise_group_size == 1
     assert (
-        Objective({"ddpm": EpsMSE(), "pcl": PCL("exp", Constant(1.0), pairing="batch")}).noise_group_size == 1
+        Objective({"ddpm": eps_mse(), "pcl": pcl("exp", Constant(1.0), pairing="batch")}).noise_group_size
+        == 1
     )
     assert (
         Objective(
-            {"ddpm": EpsMSE(), "pcl": PCL("exp", Constant(0.0), pairing="eq12", group_size=6)}
+            {"ddpm": eps_mse(), "pcl": pcl("exp", Constant(0.0), pairing="eq12", group_size=6)}
         ).noise_group_size
         == 6
     )
@@ -246,14 +245,14 @@ class RecordingNet(torch.nn.Module):
 def test_partner_is_noised_with_the_anchors_t_and_eps_so_the_noise_cancels() -> None:
     # eps_hat = 0 gives mu = x_t / sqrt(alpha_t), so mu_i - mu_j = sqrt(abar_t / alpha_t) (x_0^i - x_0^j) when both
     # share t and eps, whatever eps is. Two samples, labels 0 / 1: each is the other's only partner, at its own t.
-    sched = NoiseSchedule(T)
+    sched = linear_schedule(T)
     g = torch.Generator().manual_seed(5)
     x0, eps = torch.randn(2, 3, 2, 2, generator=g), torch.randn(2, 3, 2, 2, generator=g) * 10
     t = torch.tensor([100, 700])
     net = RecordingNet()
     step = make_step([0, 1], t, x0=x0, xt=sched.q_sample(x0, t, eps), eps=eps, eps_hat=torch.zeros_like(x0),
                      schedule=sched, net=net)  # fmt: skip
-    term = PCL("neg_l2", Constant(1.0), distance="sum", reduction="pairs_mean", pairing="partner")
+    term = pcl("neg_l2", Constant(1.0), distance="sum", reduction="pairs_mean", pairing="partner")
     got = -term(step).item()  # phi = -d, mean over the 2 pairs
     gap = float((x0[0] - x0[1]).square().sum())
     ratio = sched.alpha_bars / sched.alphas
@@ -272,7 +271,7 @@ def test_partners_have_another_label_and_a_kept_label() -> None:
     cond = torch.tensor([True, True, True, True, False, True])
     step = make_step(y, cond=cond, mu=torch.zeros(6, 4), net=net, shape=(4,))
     for _ in range(30):
-        PCL("exp", Constant(1.0), pairing="partner")(step)
+        pcl("exp", Constant(1.0), pairing="partner")(step)
     seen = torch.stack([partner_y for _, partner_y in net.calls])  # [30, 6]
     kept = cond.nonzero().squeeze(1)
     assert (seen[:, kept] != y[kept]).all()  # never the anchor's own label
@@ -283,13 +282,13 @@ def test_partners_have_another_label_and_a_kept_label() -> None:
 
 def test_partner_pairing_keeps_independent_ddpm_draws_and_refuses_global_pairs() -> None:
     assert (
-        Objective({"ddpm": EpsMSE(), "pcl": PCL("exp", Constant(1.0), pairing="partner")}).noise_group_size
+        Objective({"ddpm": eps_mse(), "pcl": pcl("exp", Constant(1.0), pairing="partner")}).noise_group_size
         == 1
     )
     with pytest.raises(ValueError, match="pairing=partner"):
-        PCL("exp", Constant(1.0), pairing="partner", pairs="global")
+        pcl("exp", Constant(1.0), pairing="partner", pairs="global")
     step = make_step([2, 2, 2], mu=torch.zeros(3, 4), net=RecordingNet(), shape=(4,))
-    assert PCL("exp", Constant(1.0), pairing="partner")(step).item() == 0.0  # one class: no pair
+    assert pcl("exp", Constant(1.0), pairing="partner")(step).item() == 0.0  # one class: no pair
 
 
 class LabelNet(torch.nn.Module):
@@ -308,7 +307,7 @@ def test_same_xt_compares_two_labels_denoisers_at_the_anchors_own_x_t() -> None:
     # mu(x_t, c) = (x_t - beta_t / sqrt(1 - abar_t) eps_hat(x_t, c)) / sqrt(alpha_t), so at one x_t the labels' gap is
     # d = (beta_t / sqrt(alpha_t (1 - abar_t)))^2 |eps_hat(x_t, c) - eps_hat(x_t, c')|^2: here (y_i - y_j)^2 per pixel,
     # whatever the images are.
-    sched = NoiseSchedule(T)
+    sched = linear_schedule(T)
     g = torch.Generator().manual_seed(7)
     x0, eps = torch.randn(2, 3, 2, 2, generator=g), torch.randn(2, 3, 2, 2, generator=g)
     t, y = torch.tensor([50, 600]), torch.tensor([1, 4])
@@ -317,14 +316,14 @@ def test_same_xt_compares_two_labels_denoisers_at_the_anchors_own_x_t() -> None:
     eps_hat = net(xt, t, y, torch.ones(2, dtype=torch.bool))
     net.inputs.clear()
     step = make_step(y, t, x0=x0, xt=xt, eps=eps, eps_hat=eps_hat, schedule=sched, net=net)
-    term = PCL("neg_l2", Constant(1.0), distance="sum", reduction="pairs_mean", pairing="same_xt")
+    term = pcl("neg_l2", Constant(1.0), distance="sum", reduction="pairs_mean", pairing="same_xt")
     got = -term(step).item()
     coef2 = sched.betas**2 / (sched.alphas * (1 - sched.alpha_bars))
     assert got == pytest.approx(float(coef2[50] + coef2[600]) / 2 * (4 - 1) ** 2 * 12, rel=1e-4)
     # one extra forward, at the anchors' own x_t
     assert len(net.inputs) == 1 and torch.equal(net.inputs[0], xt)
     with pytest.raises(ValueError, match="pairing=same_xt"):
-        PCL("exp", Constant(1.0), pairing="same_xt", pairs="global")
+        pcl("exp", Constant(1.0), pairing="same_xt", pairs="global")
 
 
 def test_default_pcl_is_eq12_by_partner_forward(tmp_path) -> None:

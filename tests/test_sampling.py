@@ -17,8 +17,9 @@ from diffrop.diffusion.sampling import (
 )
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.evaluation.generate import sample_images
+from tests.helpers.config_objects import linear_schedule
 
-SCHEDULE = NoiseSchedule(50)  # short chains keep the UNet tests fast
+SCHEDULE = linear_schedule(50)  # short chains keep the UNet tests fast
 
 
 class PointMass(torch.nn.Module):
@@ -107,7 +108,7 @@ def test_guided_eps_is_one_batched_forward_equal_to_two_separate_ones(unet):
 @pytest.mark.parametrize("steps", [1, 7, 1000])
 @pytest.mark.parametrize("guidance", [0.0, 2.0])
 def test_ddim_eta0_recovers_the_point_mass_exactly(steps, guidance):
-    schedule = NoiseSchedule(1000)
+    schedule = linear_schedule(1000)
     x_star = _x_star()
     out = ddim_sample(
         PointMass(x_star, schedule), schedule, torch.zeros(5, dtype=torch.long), (5, 3, 4, 4),
@@ -117,7 +118,7 @@ def test_ddim_eta0_recovers_the_point_mass_exactly(steps, guidance):
 
 
 def test_ddpm_ancestral_converges_to_the_point_mass():
-    schedule = NoiseSchedule(1000)
+    schedule = linear_schedule(1000)
     x_star = _x_star()
     # the last step's mean with the exact eps is x* (mu = (x - sqrt(beta_0) eps) / sqrt(alpha_0) = x*)
     out = ddpm_sample(

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from diffrop.diffusion.schedule import NoiseSchedule
+from tests.helpers.config_objects import linear_schedule
 
 T = 1000
 
@@ -61,7 +62,7 @@ def _true_posterior_mean(x0, xt, t: torch.Tensor) -> torch.Tensor:
 
 
 def test_mu_from_true_eps_is_the_true_posterior_mean():
-    s = NoiseSchedule()
+    s = linear_schedule()
     g = torch.Generator().manual_seed(0)
     t = torch.tensor([0, 1, 2, 10, 100, 500, 900, 999])
     x0 = torch.rand(len(t), 3, 4, 4, generator=g) * 2 - 1
@@ -74,7 +75,7 @@ def test_mu_from_true_eps_is_the_true_posterior_mean():
 
 
 def test_predict_x0_inverts_q_sample():
-    s = NoiseSchedule()
+    s = linear_schedule()
     g = torch.Generator().manual_seed(1)
     t = torch.tensor([0, 250, 750])
     x0 = torch.rand(3, 3, 8, 8, generator=g) * 2 - 1
@@ -84,7 +85,7 @@ def test_predict_x0_inverts_q_sample():
 
 
 def test_q_sample_by_hand_with_per_sample_t():
-    s = NoiseSchedule()
+    s = linear_schedule()
     abars = hand_alpha_bars()
     t = torch.tensor([0, 499, 999])
     x0 = torch.full((3, 1, 2, 2), 0.5)
@@ -98,7 +99,7 @@ def test_q_sample_by_hand_with_per_sample_t():
 @pytest.mark.parametrize("t", [0, 100, 600, 999])
 def test_q_sample_moments(t):
     """x_t | x_0 ~ N(sqrt(abar_t) x0, (1 - abar_t) I): check mean and variance over 200,000 draws."""
-    s = NoiseSchedule()
+    s = linear_schedule()
     abar = hand_alpha_bars()[t]
     n = 200_000
     x0 = torch.full((n, 1), 0.8)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.losses.pcl import PHI
 from diffrop.losses.tau import Constant, ExpDecay
 from diffrop.paper.toy import Toy, argmin_2d, diffusion_loss, gaussian_expectation, landscapes, pcl_loss
+from tests.helpers.config_objects import linear_schedule
 from tests.helpers.train_utils import REPO, load_script
 
 STEP = 0.02
@@ -23,7 +23,7 @@ M2 = torch.arange(1.0, 3.4 + 1e-9, STEP, dtype=torch.float64)
 def _simulate(toy: Toy, m: tuple[float, float], n: int, seed: int = 0):
     """Draw (class, t, x0, eps) from the toy's data and run the Gaussian denoiser through the package's schedule."""
     g = torch.Generator().manual_seed(seed)
-    sched = NoiseSchedule(toy.num_steps).double()
+    sched = linear_schedule(toy.num_steps).double()
     y = (torch.rand(n, generator=g, dtype=torch.float64) < toy.weights[1]).long()
     t = toy.timesteps()[torch.randint(toy.num_t, (n,), generator=g)]
     a, mm = torch.tensor(toy.means, dtype=torch.float64)[y], torch.tensor(m, dtype=torch.float64)[y]

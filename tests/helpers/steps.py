@@ -7,6 +7,7 @@ from torch import Tensor
 
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.losses.step import Step
+from tests.helpers.config_objects import linear_schedule
 
 
 def make_step(
@@ -41,7 +42,7 @@ def make_step(
         y=y,
         cond=torch.ones(b, dtype=torch.bool) if cond is None else torch.as_tensor(cond),
         all_dropped=False,
-        schedule=NoiseSchedule(1000) if schedule is None else schedule,
+        schedule=linear_schedule(1000) if schedule is None else schedule,
         class_freq=torch.full((3,), 1 / 3) if class_freq is None else class_freq,
         net=net,
         group=group,

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 
+from tests.helpers.config_objects import linear_schedule, pcl
 from tests.helpers.rank_probe import weights_sha256
 from tests.helpers.slurm_runs import loss_steps, sweep_job_ids
 
@@ -73,18 +74,16 @@ def test_pcl_global_pairs_across_slurm_tasks(submitit_executor: Any, wait_result
         return x, y, t, cond, weight
 
     def pcl_loss(mu, y, t, cond, reduction, gather=None) -> torch.Tensor:
-        from diffrop.diffusion.schedule import NoiseSchedule
-        from diffrop.losses.pcl import PCL
         from diffrop.losses.step import Step
         from diffrop.losses.tau import ExpDecay
 
         z = torch.zeros(len(y), 1)
         step = Step(x0=z, xt=z, t=t, eps=z, eps_hat=z, y=y, cond=cond, all_dropped=False,
-                    schedule=NoiseSchedule(1000), class_freq=torch.ones(3) / 3, net=None)  # fmt: skip
+                    schedule=linear_schedule(1000), class_freq=torch.ones(3) / 3, net=None)  # fmt: skip
         step.__dict__["mu"] = mu  # the posterior mean comes from the tiny linear "network"
         if gather is not None:
             step.gather = gather
-        return PCL("exp", ExpDecay(1.0, 0.5), reduction=reduction, pairs="global", pairing="batch")(step)
+        return pcl("exp", ExpDecay(1.0, 0.5), reduction=reduction, pairs="global", pairing="batch")(step)
 
     def on_rank() -> dict[str, Any]:
         import os

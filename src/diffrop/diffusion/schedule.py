@@ -12,7 +12,7 @@ class NoiseSchedule(nn.Module):
     Everything indexes by integer timesteps ``t`` in ``[0, num_steps)`` (0-based, as the CBDM code does).
     """
 
-    def __init__(self, num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> None:
+    def __init__(self, num_steps: int, beta_start: float, beta_end: float) -> None:
         super().__init__()
         if not 0 < beta_start < beta_end < 1:
             raise ValueError(f"need 0 < beta_start < beta_end < 1, got {beta_start=} {beta_end=}")

@@ -19,7 +19,7 @@ Y_PRIME = ("train_freq", "uniform")
 
 
 class CBDM:
-    def __init__(self, weight: float = 1.0, gamma: float = 0.25, y_prime: str = "train_freq") -> None:
+    def __init__(self, weight: float, gamma: float, y_prime: str) -> None:
         for name, value in (("weight", weight), ("gamma", gamma)):
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"loss.terms.cbdm.{name} must be a finite number >= 0, got {value!r}")

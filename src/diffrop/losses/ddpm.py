@@ -14,7 +14,7 @@ class EpsMSE:
     expectation under the training distribution is 1 (the "+Reweighting" baseline of Table 4).
     """
 
-    def __init__(self, weight: float = 1.0, reweight: bool = False) -> None:
+    def __init__(self, weight: float, reweight: bool) -> None:
         self.weight = weight
         self.reweight = reweight
 

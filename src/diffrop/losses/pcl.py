@@ -69,14 +69,14 @@ class PCL:
         self,
         phi: str,
         tau: Callable[[Tensor], Tensor],
-        weight: float = 1.0,
-        margin: float = 1.0,
-        distance: str = "mean",
-        reduction: str = "algorithm1_sum",
-        pairs: str = "local",
-        pairing: str = "partner",
-        group_size: int = 8,
-        margin_schedule: str = "constant",
+        weight: float,
+        margin: float,
+        distance: str,
+        reduction: str,
+        pairs: str,
+        pairing: str,
+        group_size: int,
+        margin_schedule: str,
     ) -> None:
         self.phi = _choice("phi", phi, PHI)
         if not math.isfinite(weight) or weight < 0:

@@ -56,7 +56,9 @@ class Toy:
     weights: tuple[float, float] = (0.95, 0.05)
     means: tuple[float, float] = (0.0, 2.0)
     num_t: int = 10  # midpoint rule over [0, T): t_k = floor((k + 1/2) T / num_t)
-    num_steps: int = 1000
+    num_steps: int = 1000  # DDPM's linear schedule (Ho et al. 2020), as the paper trains
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.s) and self.s > 0):
@@ -72,7 +74,7 @@ class Toy:
 
     def coefficients(self) -> dict[str, Tensor]:
         """Per-timestep constants [K] of the closed forms in the module docstring."""
-        sched = NoiseSchedule(self.num_steps).double()
+        sched = NoiseSchedule(self.num_steps, self.beta_start, self.beta_end).double()
         t = self.timesteps()
         abar = sched.alpha_bars[t]
         sigma2 = abar * self.s**2 + 1 - abar
