@@ -22,7 +22,7 @@ def plain_step(cfg, warmup: int, reps: int) -> float:
     datamodule = build.build_datamodule(cfg)
     images = datamodule.train_set.images.to(device)
     labels = datamodule.train_set.labels.to(device)
-    net = build.build_net(cfg, datamodule.num_classes).to(device)
+    net = build.build_net(cfg, **build.data_shape(datamodule)).to(device)
     if CUDA and cfg.model.get("channels_last", False) in (True, "auto"):
         net = net.to(memory_format=torch.channels_last)
     ema = [p.detach().clone() for p in net.parameters()]

@@ -30,7 +30,7 @@ def sampling_case() -> tuple[str, int, DictConfig, torch.device, torch.nn.Module
     model, size, _ = TRAIN_CASES["cuda" if CUDA else "cpu"][0]
     cfg = config(model, size, 8)
     device = torch.device("cuda" if CUDA else "cpu")
-    net = build.build_net(cfg, 10).to(device).eval()
+    net = build.build_net(cfg, 10, in_channels=3, image_size=size).to(device).eval()
     if CUDA:
         net = net.to(memory_format=torch.channels_last)
     return model, size, cfg, device, net

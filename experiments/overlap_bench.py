@@ -467,7 +467,7 @@ def mixture_facts(args) -> dict:
         x = m.sample_class(c, n, gen)
         ll = m.log_likelihoods(x, torch.ones(n, dtype=torch.float64))
         errors.append(float((ll[:, other] > ll[:, c]).double().mean()))
-    net = build.build_net(cfg, m.num_classes)
+    net = build.build_net(cfg, **build.data_shape(dm))
     return {
         "num_classes": m.num_classes,
         "dim": m.dim,

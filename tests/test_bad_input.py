@@ -179,7 +179,7 @@ def _tiny_checkpoint(path: Path, num_classes: int, base_channels: int) -> None:
 
     with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=[*TINY, f"model.net.base_channels={base_channels}"])
-    net = build.build_net(cfg, num_classes)
+    net = build.build_net(cfg, num_classes, in_channels=3, image_size=cfg.data.image_size)
     freq = torch.ones(num_classes) / num_classes
     module = DiffusionModule(
         net, build.build_objective(cfg), _schedule(cfg), freq, **build.module_settings(cfg)

@@ -103,7 +103,7 @@ def test_every_option_composes_and_resolves(group, option, tmp_path):
     if group != "experiment":  # experiments name their runs themselves (test_experiments_set_name_and_seed)
         assert c["name"] == f"{c['data']['name']}_{HydraConfig.get().runtime.choices['loss']}"
     assert c["data"]["max_steps"] == c["trainer"]["max_steps"]
-    assert c["model"]["net"]["image_size"] == c["data"]["image_size"]
+    assert not {"image_size", "in_channels", "num_classes"} & set(c["model"]["net"])  # facts of the data
     for term in c["loss"]["terms"].values():
         assert "_target_" in term
 
@@ -140,7 +140,9 @@ def test_imagefolder_needs_a_root(tmp_path):
 
 
 def test_default_model_config_is_the_cbdm_unet(tmp_path):
-    net = build.build_net(compose_train(["model=ddpm_unet"], tmp_path), num_classes=10)
+    net = build.build_net(
+        compose_train(["model=ddpm_unet"], tmp_path), num_classes=10, in_channels=3, image_size=32
+    )
     assert isinstance(net, ClassConditionalUNet)
     assert sum(p.numel() for p in net.parameters()) == 35_751_427
 
@@ -148,7 +150,7 @@ def test_default_model_config_is_the_cbdm_unet(tmp_path):
 @torch.no_grad()
 def test_tiny_model_config_runs_on_digits_size(tmp_path):
     cfg = compose_train(["model=tiny", "data=digits_lt"], tmp_path)
-    net = build.build_net(cfg, num_classes=10).eval()
+    net = build.build_net(cfg, **build.data_shape(build.build_datamodule(cfg))).eval()
     assert net.image_size == 16
     x = torch.randn(2, 3, 16, 16)
     out = net(x, torch.tensor([3, 900]), torch.tensor([1, 7]), torch.tensor([True, False]))

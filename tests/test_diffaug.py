@@ -38,6 +38,7 @@ def test_network_takes_aug_parameters_and_defaults_to_none():
     net = ClassConditionalUNet(
         10,
         image_size=16,
+        in_channels=3,
         base_channels=16,
         channel_mult=(1, 2),
         num_res_blocks=1,

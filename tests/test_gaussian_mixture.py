@@ -209,7 +209,8 @@ def test_gaussian_lt_draws_depend_on_the_seed(tmp_path):
 
 @torch.no_grad()
 def test_mlp_shapes_and_unconditional_branch(tmp_path):
-    net = build.build_net(compose_train(["data=gaussian_lt", "model=mlp"], tmp_path), num_classes=4).eval()
+    cfg = compose_train(["data=gaussian_lt", "model=mlp"], tmp_path)
+    net = build.build_net(cfg, num_classes=4, in_channels=cfg.data.dim, image_size=1).eval()
     assert isinstance(net, ClassConditionalMLP) and (net.in_channels, net.image_size) == (16, 1)
     torch.nn.init.normal_(net.label_embedding.weight)  # clearly non-zero labels
     x = torch.randn(3, 16, 1, 1).expand(2, -1, -1, -1, -1).reshape(6, 16, 1, 1)  # rows i and i + 3 equal

@@ -22,6 +22,7 @@ def tiny_net(seed: int = 0) -> ClassConditionalUNet:
     return ClassConditionalUNet(
         10,
         image_size=16,
+        in_channels=3,
         base_channels=32,
         channel_mult=(1, 2),
         num_res_blocks=1,

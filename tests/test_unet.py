@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from diffrop.nets.unet import ClassConditionalUNet
+from tests.helpers.config_objects import from_yaml
 
 TINY = {
     "image_size": 16,
+    "in_channels": 3,
     "base_channels": 16,
     "channel_mult": (1, 2),
     "num_res_blocks": 1,
@@ -29,13 +31,14 @@ def _tiny(num_classes: int = 5, **kw) -> ClassConditionalUNet:
 
 def test_default_net_matches_cbdm_parameter_count():
     # The DDPM CIFAR-10 UNet + a 10 x 512 label embedding, as in the CBDM code (docs/design.md section 2).
-    net = ClassConditionalUNet(num_classes=10)
+    net = from_yaml("model/ddpm_unet", "net", num_classes=10, in_channels=3, image_size=32)  # model=ddpm_unet
     assert sum(p.numel() for p in net.parameters()) == 35_751_427
     assert net.num_classes == 10 and net.image_size == 32 and net.in_channels == 3
     # The label embedding lives in the time-embedding width 4 * 128.
     assert tuple(net.label_embedding.weight.shape) == (10, 512)
     # 100 classes add 90 more rows of 512.
-    assert sum(p.numel() for p in ClassConditionalUNet(num_classes=100).parameters()) == 35_751_427 + 90 * 512
+    net100 = from_yaml("model/ddpm_unet", "net", num_classes=100, in_channels=3, image_size=32)
+    assert sum(p.numel() for p in net100.parameters()) == 35_751_427 + 90 * 512
 
 
 def _inputs(b: int = 4, size: int = 16, channels: int = 3, seed: int = 0):

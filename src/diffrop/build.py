@@ -32,9 +32,17 @@ def build_datamodule(cfg: DictConfig) -> LongTailDataModule:
     return instantiate(cfg.data, _convert_="all")
 
 
-def build_net(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
+def build_net(cfg: DictConfig, num_classes: int, in_channels: int, image_size: int) -> torch.nn.Module:
+    """``cfg.model.net`` for data of this shape: the data's facts come from the data, never from model configs."""
     num_aug_params = NUM_AUG_PARAMS if cfg.data.augment == "diffaug" else 0
-    return instantiate(cfg.model.net, num_classes=num_classes, num_aug_params=num_aug_params, _convert_="all")
+    return instantiate(cfg.model.net, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                       num_aug_params=num_aug_params, _convert_="all")  # fmt: skip
+
+
+def data_shape(datamodule: LongTailDataModule) -> dict[str, int]:
+    """The ``build_net`` arguments a datamodule fixes."""
+    return {"num_classes": datamodule.num_classes, "in_channels": datamodule.channels,
+            "image_size": datamodule.image_size}  # fmt: skip
 
 
 def build_objective(cfg: DictConfig) -> Objective:
@@ -58,7 +66,7 @@ def module_settings(cfg: DictConfig) -> dict[str, Any]:
 
 def build_module(cfg: DictConfig, datamodule: LongTailDataModule) -> DiffusionModule:
     return DiffusionModule(
-        net=build_net(cfg, datamodule.num_classes),
+        net=build_net(cfg, **data_shape(datamodule)),
         objective=build_objective(cfg),
         schedule=instantiate(cfg.diffusion),
         class_freq=datamodule.class_freq,
@@ -160,6 +168,16 @@ def eval_sampler(
     return {**group, **recipe, **{k: group[k] for k in explicit}}
 
 
+def stored_data_shape(ckpt: Mapping[str, Any], cfg: DictConfig) -> dict[str, int]:
+    """The data shape a checkpoint's network was built for: ``net_data_shape`` in checkpoints written since model
+    configs stopped naming it, else the label embedding's size and the stored model config."""
+    if "net_data_shape" in ckpt:
+        return dict(ckpt["net_data_shape"])
+    num_classes = ckpt["state_dict"]["net.label_embedding.weight"].shape[0]
+    return {"num_classes": num_classes, "in_channels": cfg.model.net.in_channels,
+            "image_size": cfg.model.net.image_size}  # fmt: skip
+
+
 def net_from_checkpoint(path: str | Path, ema: bool = True):
     """Rebuild the network (EMA weights by default) and schedule from a checkpoint's own stored config."""
     path = Path(path)
@@ -171,8 +189,7 @@ def net_from_checkpoint(path: str | Path, ema: bool = True):
     if "diffrop_config" not in ckpt:
         raise ValueError(f"checkpoint {path} carries no DiffROP config: it was not written by src/train.py")
     cfg = OmegaConf.create(upgrade_stored_config(ckpt["diffrop_config"]))
-    num_classes = ckpt["state_dict"]["net.label_embedding.weight"].shape[0]
-    net = build_net(cfg, num_classes)
+    net = build_net(cfg, **stored_data_shape(ckpt, cfg))
     prefix = "ema." if ema else "net."
     net.load_state_dict({k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
     schedule: NoiseSchedule = instantiate(cfg.diffusion)

@@ -33,6 +33,8 @@ def _call(settings: dict[str, Any], kwargs: dict[str, Any]) -> Any:
     """``settings["_target_"]`` called directly (its errors arrive unwrapped, as tests match them)."""
     module, _, name = settings.pop("_target_").rpartition(".")
     return getattr(importlib.import_module(module), name)(**{**settings, **kwargs})
+
+
 def pcl(phi: str, tau, **kwargs: Any):
     """configs/loss/term/pcl.yaml's PCL with this phi and tau schedule."""
     return from_yaml("loss/term/pcl", phi=phi, tau=tau, **kwargs)

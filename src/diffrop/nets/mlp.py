@@ -30,10 +30,10 @@ class ClassConditionalMLP(nn.Module):
         self,
         num_classes: int,
         in_channels: int,
-        image_size: int = 1,
-        width: int = 256,
-        depth: int = 3,
-        emb_dim: int = 128,
+        image_size: int,
+        width: int,
+        depth: int,
+        emb_dim: int,
         num_aug_params: int = 0,
     ) -> None:
         super().__init__()

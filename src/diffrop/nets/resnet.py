@@ -36,7 +36,7 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """CIFAR ResNet-(6n+2) on float images normalised with the CIFAR mean / std."""
 
-    def __init__(self, num_classes: int, depth: int = 32, in_channels: int = 3) -> None:
+    def __init__(self, num_classes: int, depth: int, in_channels: int = 3) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"classifier.depth must be 6n + 2 (8, 20, 32, 44, 56, 110), got {depth}")

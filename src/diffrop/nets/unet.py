@@ -18,14 +18,14 @@ class ClassConditionalUNet(nn.Module):
     def __init__(
         self,
         num_classes: int,
-        image_size: int = 32,
-        in_channels: int = 3,
-        base_channels: int = 128,
-        channel_mult: Sequence[int] = (1, 2, 2, 2),
-        num_res_blocks: int = 2,
-        attn_resolutions: Sequence[int] = (16,),
-        dropout: float = 0.1,
-        norm_groups: int = 32,
+        image_size: int,
+        in_channels: int,
+        base_channels: int,
+        channel_mult: Sequence[int],
+        num_res_blocks: int,
+        attn_resolutions: Sequence[int],
+        dropout: float,
+        norm_groups: int,
         num_aug_params: int = 0,
     ) -> None:
         super().__init__()

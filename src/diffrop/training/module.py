@@ -208,6 +208,9 @@ class DiffusionModule(L.LightningModule):
     # --- checkpoints carry their config ---------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["diffrop_config"] = self.run_config
+        checkpoint["net_data_shape"] = {  # what build.build_net needs besides the config: the data's shape
+            "num_classes": self.net.num_classes, "in_channels": self.net.in_channels,
+            "image_size": self.net.image_size}  # fmt: skip
         if self.guard.mode == "stop":
             self.guard.check()  # never write a checkpoint from after a non-finite step
         checkpoint["rng_states"] = collect_rng_states()
