@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.helpers.config_objects import from_group
 from tests.helpers.train_utils import REPO, THREADS, TINY_RUN_OVERRIDES, TRAIN_PY, child_env, train_in_process
 
 TINY = [*TINY_RUN_OVERRIDES, "trainer.max_steps=1"]
@@ -143,13 +144,11 @@ def test_imagefolder_unreadable_images_are_all_named_in_one_line(tmp_path, capsy
 def test_imagefolder_skip_corrupt_leaves_them_out_and_counts_them(tmp_path):
     import json
 
-    from diffrop.data.datamodule import LongTailDataModule
-
     bad = _bad_tree(tmp_path / "tree")
-    dm = LongTailDataModule(
+    dm = from_group(
+        "data",
         "imagefolder_lt",
-        "imagefolder",
-        str(tmp_path / "tree"),
+        root=str(tmp_path / "tree"),
         imb_factor=1.0,
         image_size=8,
         skip_corrupt=True,

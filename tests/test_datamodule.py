@@ -11,13 +11,14 @@ import torch
 
 from diffrop.data.balance import StepBatchSampler, class_balancing_weights
 from diffrop.data.datamodule import LongTailDataModule
+from tests.helpers.config_objects import from_group
 from tests.helpers.fakedata import write_image_folder
 
 # --- imagefolder_lt --------------------------------------------------------------------------------------
 
 
 def _folder_dm(root, **kw) -> LongTailDataModule:
-    return LongTailDataModule(name="imagefolder_lt", source="imagefolder", root=str(root), **kw)
+    return from_group("data", "imagefolder_lt", root=str(root), **kw)
 
 
 def test_imagefolder_classes_sorted_and_longtail(tmp_path):
@@ -69,8 +70,7 @@ def test_imagefolder_train_without_class_folders(tmp_path):
 
 
 def _digits_dm(**kw) -> LongTailDataModule:
-    kw = {"imb_factor": 0.1, "image_size": 16, "batch_size": 32, "hflip": False, **kw}
-    return LongTailDataModule(name="digits_lt", source="digits", **kw)
+    return from_group("data", "digits_lt", **kw)
 
 
 def _expected_digit_counts(imb: float) -> list[int]:
@@ -137,13 +137,13 @@ def test_data_summary_json(tmp_path):
 
 def test_bad_datamodule_arguments_are_clear():
     with pytest.raises(ValueError, match=r"data\.source"):
-        LongTailDataModule(name="x", source="mnist")
+        from_group("data", "digits_lt", source="mnist")
     with pytest.raises(ValueError, match=r"data\.balance"):
-        LongTailDataModule(name="x", source="digits", balance="balanced")
+        from_group("data", "digits_lt", source="digits", balance="balanced")
     with pytest.raises(ValueError, match=r"data\.augment"):
-        LongTailDataModule(name="x", source="digits", augment="mixup")
+        from_group("data", "digits_lt", source="digits", augment="mixup")
     with pytest.raises(ValueError, match=r"data\.batch_size"):
-        LongTailDataModule(name="x", source="digits", batch_size=0)
+        from_group("data", "digits_lt", source="digits", batch_size=0)
 
 
 # --- class re-sampling -----------------------------------------------------------------------------------
@@ -223,7 +223,7 @@ def test_ddp_ranks_split_the_same_global_batch(mode):
 
 
 def test_datamodule_loader_uses_trainer_rank_and_step():
-    dm = _digits_dm(batch_size=32, max_steps=12)
+    dm = _digits_dm(batch_size=32, max_steps=12, on_device=False)  # the stand-in trainer has no device
     dm.trainer = SimpleNamespace(global_rank=0, world_size=1, global_step=0)
     full = [y for _, y in dm.train_dataloader()]
     halves = []

@@ -24,10 +24,10 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from diffrop import build
-from diffrop.data.datamodule import LongTailDataModule
 from diffrop.evaluation import pipeline as evaluation
 from diffrop.evaluation.metrics.features import InceptionWeightsError
 from diffrop.training.periodic_fid import PeriodicFID
+from tests.helpers.config_objects import from_group
 from tests.helpers.disk import tmpfs
 from tests.helpers.eval_fake_extractor import FakeExtractor
 from tests.helpers.inception_weights import write_fidelity_weights
@@ -99,7 +99,7 @@ def eval_in_process(ckpt: Path, out: Path, *overrides: str) -> None:
 
 def _reference(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
     """First ``per_class`` images of each class of the full digits set, selected independently with NumPy."""
-    full = LongTailDataModule("digits_lt", "digits", image_size=16).full_train_set()
+    full = from_group("data", "digits_lt").full_train_set()
     y = full.labels.numpy()
     keep = np.sort(np.concatenate([np.flatnonzero(y == c)[:per_class] for c in range(10)]))
     return full.images[keep], full.labels[keep]
@@ -482,7 +482,7 @@ def test_no_ckpt_path_says_what_to_pass(tmp_path, multirun):
 # --------------------------------------------------------------------------------------- periodic FID
 def test_periodic_fid_logs_val_fid(ckpt, tmp_path, fake_extractor):
     net, schedule, _, _ = build.net_from_checkpoint(ckpt)
-    datamodule = LongTailDataModule("digits_lt", "digits", image_size=16)
+    datamodule = from_group("data", "digits_lt")
     logged = []
     logger = SimpleNamespace(log_metrics=lambda metrics, step: logged.append((step, metrics)))
     trainer = SimpleNamespace(datamodule=datamodule, global_step=4, loggers=[logger], callback_metrics={})

@@ -8,8 +8,8 @@ import itertools
 import numpy as np
 import pytest
 
-from diffrop.data.datamodule import LongTailDataModule
 from diffrop.data.longtail import longtail_counts, select_longtail, shot_groups
+from tests.helpers.config_objects import from_group
 from tests.helpers.fakedata import decode_index
 
 CIFAR10LT_COUNTS = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]  # docs/design.md section 2
@@ -76,7 +76,7 @@ def test_select_matches_reference_loop_on_small_labels():
 
 
 def test_cifar10lt_through_datamodule(fake_cifar, cifar_md5_bypass):
-    dm = LongTailDataModule(name="cifar10lt", source="cifar10", root=str(fake_cifar.root), imb_factor=0.01)
+    dm = from_group("data", "cifar10lt", root=str(fake_cifar.root), imb_factor=0.01)
     train = dm.train_set
     assert len(train.labels) == 12406
     assert dm.class_counts == CIFAR10LT_COUNTS
@@ -93,7 +93,7 @@ def test_cifar10lt_through_datamodule(fake_cifar, cifar_md5_bypass):
 
 
 def test_cifar100lt_through_datamodule(fake_cifar, cifar_md5_bypass):
-    dm = LongTailDataModule(name="cifar100lt", source="cifar100", root=str(fake_cifar.root), imb_factor=0.01)
+    dm = from_group("data", "cifar100lt", root=str(fake_cifar.root), imb_factor=0.01)
     counts = dm.class_counts
     assert sum(counts) == 10847 and len(dm.train_set.labels) == 10847
     assert counts[0] == 500 and counts[-1] == 5
@@ -106,13 +106,13 @@ def test_cifar100lt_through_datamodule(fake_cifar, cifar_md5_bypass):
 
 
 def test_balanced_cifar10_keeps_everything(fake_cifar, cifar_md5_bypass):
-    dm = LongTailDataModule(name="cifar10", source="cifar10", root=str(fake_cifar.root), imb_factor=1.0)
+    dm = from_group("data", "cifar10", root=str(fake_cifar.root), imb_factor=1.0)
     assert dm.class_counts == [5000] * 10
     assert sorted(decode_index(dm.train_set.images).tolist()) == list(range(50000))
 
 
 def test_missing_cifar_offline_says_where_and_how(tmp_path):
-    dm = LongTailDataModule(name="cifar10lt", source="cifar10", root=str(tmp_path / "nowhere"))
+    dm = from_group("data", "cifar10lt", root=str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError) as info:
         dm.train_set  # noqa: B018
     msg = str(info.value)
@@ -121,7 +121,7 @@ def test_missing_cifar_offline_says_where_and_how(tmp_path):
 
 
 def test_missing_cifar100_offline(tmp_path):
-    dm = LongTailDataModule(name="cifar100lt", source="cifar100", root=str(tmp_path))
+    dm = from_group("data", "cifar100lt", root=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="cifar-100-python"):
         dm.train_set  # noqa: B018
 

@@ -111,8 +111,8 @@ def build_trainer(
 
 
 # Checkpoints keep their resolved config; those written before the package was split into layers (v0.1) name
-# these modules in their `_target_`s and call data.balance `data.sampler`. `upgrade_stored_config` maps both, so an
-# old config instantiates today.
+# these modules in their `_target_`s, call data.balance `data.sampler` and lack data.skip_corrupt.
+# `upgrade_stored_config` maps all three, so an old config instantiates today.
 MOVED_MODULES = {
     "diffrop.callbacks.": "diffrop.training.callbacks.",
     "diffrop.checkpoint_io.": "diffrop.training.checkpoint_io.",
@@ -130,6 +130,8 @@ def upgrade_stored_config(stored: Mapping[str, Any]) -> dict[str, Any]:
     data = cfg.get("data")
     if isinstance(data, dict) and "sampler" in data and "balance" not in data:
         data["balance"] = data.pop("sampler")
+    if isinstance(data, dict):  # settings added since, at the value that reproduces what older runs did
+        data.setdefault("skip_corrupt", False)
     return cfg
 
 

@@ -32,22 +32,22 @@ class GaussianLTDataModule(LongTailDataModule):
         batch_size: int,
         seed: int,
         max_steps: int,
-        embedding_seed: int = 0,
-        source: str = "gaussian",
-        image_size: int = 1,
-        augment: str = "none",
-        balance: str = "none",
-        num_workers: int = 0,
-        on_device: bool | str = "auto",
+        embedding_seed: int,
+        source: str,
+        image_size: int,
+        augment: str,
+        balance: str,
+        num_workers: int,
+        on_device: bool | str,
     ) -> None:
         if image_size != 1 or augment != "none":
             raise ValueError(
                 "data=gaussian_lt stores [N, dim, 1, 1] draws: image_size must be 1, augment none"
             )
         super().__init__(
-            name=name, source=source, imb_factor=imb_factor, image_size=1, batch_size=batch_size,
-            num_workers=num_workers, seed=seed, balance=balance, hflip=False, max_steps=max_steps,
-            on_device=on_device,
+            name=name, source=source, root=None, imb_factor=imb_factor, image_size=1, batch_size=batch_size,
+            num_workers=num_workers, seed=seed, download=False, balance=balance, hflip=False, augment=augment,
+            augment_prob=0.0, max_steps=max_steps, on_device=on_device, skip_corrupt=False,
         )  # fmt: skip
         if len(plane_means) != len(plane_covs):
             raise ValueError("data.plane_means and data.plane_covs must name the same number of classes")
