@@ -11,27 +11,33 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import RichProgressBar
 
-from diffrop.runtime.progress import LogProgress, progress_bar, track
+from diffrop.runtime.progress import LogProgress, track
+from tests.helpers.config_objects import from_yaml
+
+
+def default_bar(kind: str, **kwargs):
+    """``callbacks.progress_bar`` as configs/callbacks/default.yaml sets it, of this kind."""
+    return from_yaml("callbacks/default", "progress_bar", kind=kind, **kwargs)
 
 
 def test_auto_picks_log_lines_when_stdout_is_not_a_terminal(monkeypatch):
     monkeypatch.setattr("sys.stdout", io.StringIO())  # like a file: not a TTY
     monkeypatch.delenv("FORCE_COLOR", raising=False)
     monkeypatch.delenv("TTY_COMPATIBLE", raising=False)
-    bar = progress_bar("auto", every_n_steps=7)
+    bar = default_bar("auto", every_n_steps=7)
     assert isinstance(bar, LogProgress) and bar.every_n_steps == 7
 
 
 def test_auto_picks_rich_on_a_terminal(monkeypatch):
     monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich's switch for "treat the output as a terminal"
-    assert isinstance(progress_bar("auto"), RichProgressBar)
+    assert isinstance(default_bar("auto"), RichProgressBar)
 
 
 def test_explicit_kinds_and_bad_values():
-    assert isinstance(progress_bar("rich", refresh_rate=3), RichProgressBar)
-    assert isinstance(progress_bar("log"), LogProgress)
+    assert isinstance(default_bar("rich", refresh_rate=3), RichProgressBar)
+    assert isinstance(default_bar("log"), LogProgress)
     with pytest.raises(ValueError, match="kind='tqdm'"):
-        progress_bar("tqdm")
+        default_bar("tqdm")
     with pytest.raises(ValueError, match="every_n_steps > 0 or every_n_seconds > 0"):
         LogProgress(every_n_steps=0, every_n_seconds=0)
 

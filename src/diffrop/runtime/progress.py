@@ -39,9 +39,7 @@ def with_loss(trainer: L.Trainer, metrics: dict[str, Any]) -> dict[str, Any]:
     return metrics | {LOSS_KEY: loss.item()} if isinstance(loss, Tensor) else metrics
 
 
-def progress_bar(
-    kind: str = "auto", refresh_rate: int = 10, every_n_steps: int = 0, every_n_seconds: float = 30.0
-) -> ProgressBar:
+def progress_bar(kind: str, refresh_rate: int, every_n_steps: int, every_n_seconds: float) -> ProgressBar:
     """``auto``: rich's live bar where rich can draw one (a terminal, Jupyter), ``LogProgress`` lines otherwise.
 
     ``refresh_rate`` is the rich bar's; ``every_n_steps`` / ``every_n_seconds`` the log lines' (0 switches one off).
