@@ -14,7 +14,6 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig
 
 from diffrop import build
-from diffrop.runtime import resolvers
 from diffrop.runtime.atomic_write import remove_stale_temps
 from diffrop.runtime.console import quiet_third_party_noise
 from diffrop.runtime.entry import guarded_run, slurm_job, stop
@@ -38,7 +37,6 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     return ckpt_path
 
 
-resolvers.register()  # before Hydra composes: configs/hydra/launcher/slurm.yaml uses them
 
 # The EMA copy is in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", module="lightning")
