@@ -12,7 +12,7 @@ import torch
 from diffrop.diffusion.sampling import SamplerSpec, autocast_net
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.evaluation.generate import sample_images
-from diffrop.evaluation.metrics.scores import fid_from_features
+from diffrop.evaluation.metrics import fid_from_features
 from diffrop.evaluation.pipeline import sample_dir
 from diffrop.nets.unet import ClassConditionalUNet
 

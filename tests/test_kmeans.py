@@ -10,8 +10,8 @@ import torch
 from omegaconf import OmegaConf
 from sklearn.metrics import adjusted_rand_score
 
+from diffrop.evaluation.metrics import cluster_labels, prd_f_beta
 from diffrop.evaluation.metrics.kmeans import default_init_size, kmeans
-from diffrop.evaluation.metrics.scores import cluster_labels, prd_f_beta
 from diffrop.evaluation.pipeline import EvalSettings, validate
 from tests.helpers.train_utils import REPO
 

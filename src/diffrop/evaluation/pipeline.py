@@ -20,9 +20,16 @@ from diffrop.diffusion.denoiser import Denoiser
 from diffrop.diffusion.sampling import SamplerSpec, sample_labels
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.evaluation.generate import generate, merge_shards, save_grid, wait_for_shards
-from diffrop.evaluation.metrics import ReferenceCache, compute_all, make_extractor, make_key, per_class
+from diffrop.evaluation.metrics import (
+    KMEANS_BACKENDS,
+    MetricSettings,
+    ReferenceCache,
+    compute_all,
+    make_extractor,
+    make_key,
+    per_class,
+)
 from diffrop.evaluation.metrics.features import EXTRACTORS, FidHelperFeatures, InceptionFeatures
-from diffrop.evaluation.metrics.scores import KMEANS_BACKENDS
 from diffrop.runtime.progress import emit
 
 Extractor = InceptionFeatures | FidHelperFeatures
@@ -292,10 +299,11 @@ def evaluate_spec(
     fake_feats, fake_logits = extractor.extract(rgb(images), settings.feature_batch_size, progress)
     metrics = compute_all(  # on the extractor's device: the k-NN distances of precision / recall run on a GPU
         real[0].to(fake_feats.device), real[1], fake_feats, fake_logits, fake_labels,
-        groups, num_classes, k=settings.k, is_splits=settings.is_splits,
-        prd_clusters_per_class=settings.prd_clusters_per_class, prd_runs=settings.prd_runs, seed=settings.seed,
-        prd_kmeans=settings.kmeans,
-        kid_subsets=settings.kid_subsets, kid_subset_size=settings.kid_subset_size,
+        groups, num_classes, MetricSettings(
+            k=settings.k, is_splits=settings.is_splits, prd_clusters_per_class=settings.prd_clusters_per_class,
+            prd_runs=settings.prd_runs, seed=settings.seed, kmeans=settings.kmeans,
+            kid_subsets=settings.kid_subsets, kid_subset_size=settings.kid_subset_size,
+        ),
         stage=(lambda name: emit(f"scoring: {name}")) if progress else (lambda name: None),
     )  # fmt: skip
     if progress:
