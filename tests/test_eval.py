@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import urllib.error
+from dataclasses import MISSING, fields
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,6 +23,7 @@ import pytest
 import scipy.linalg
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from diffrop import build
 from diffrop.data.datamodule import LongTailDataModule
@@ -388,6 +390,17 @@ def test_bad_settings_fail_before_any_feature_or_sample_work(
         run_eval(ckpt, tmp_path / "eval", *overrides)
     assert work == [] and fake_extractor.images_seen == 0
     assert not (tmp_path / "refs").exists() and not (tmp_path / "eval" / "samples").exists()
+
+
+def test_eval_settings_are_the_whole_eval_node_and_keep_no_defaults_of_their_own():
+    """configs/eval.yaml holds each setting's one default: ``EvalSettings`` takes every key of ``eval`` (an extra or
+    missing key is a TypeError when eval.py builds it) and defines none of them again."""
+    node = OmegaConf.to_container(eval_cfg().eval, resolve=True)
+    assert [f.name for f in fields(evaluation.EvalSettings)] == list(node)
+    assert all(f.default is MISSING and f.default_factory is MISSING for f in fields(evaluation.EvalSettings))
+    assert evaluation.EvalSettings(**node).metrics.kid_subset_size == node["kid_subset_size"]
+    with pytest.raises(TypeError):
+        evaluation.EvalSettings(**{**node, "not_a_setting": 1})
 
 
 def test_default_eval_dir_is_next_to_the_run(ckpt, tmp_path):
