@@ -396,7 +396,7 @@ def test_eval_settings_are_the_whole_eval_node_and_keep_no_defaults_of_their_own
     """configs/eval.yaml holds each setting's one default: ``EvalSettings`` takes every key of ``eval`` (an extra or
     missing key is a TypeError when eval.py builds it) and defines none of them again."""
     node = OmegaConf.to_container(eval_cfg().eval, resolve=True)
-    assert [f.name for f in fields(evaluation.EvalSettings)] == list(node)
+    assert {f.name for f in fields(evaluation.EvalSettings)} == set(node)
     assert all(f.default is MISSING and f.default_factory is MISSING for f in fields(evaluation.EvalSettings))
     assert evaluation.EvalSettings(**node).metrics.kid_subset_size == node["kid_subset_size"]
     with pytest.raises(TypeError):
@@ -500,7 +500,8 @@ def test_periodic_fid_logs_val_fid(ckpt, tmp_path, fake_extractor):
     logger = SimpleNamespace(log_metrics=lambda metrics, step: logged.append((step, metrics)))
     trainer = SimpleNamespace(datamodule=datamodule, global_step=4, loggers=[logger], callback_metrics={})
     module = SimpleNamespace(ema=net, schedule=schedule, device=torch.device("cpu"))
-    callback = PeriodicFID(every_n_steps=2, num_samples=20, steps=2, batch_size=10, cache_dir=str(tmp_path),
+    callback = PeriodicFID(every_n_steps=2, num_samples=20, steps=2, batch_size=10, extractor="torch-fidelity",
+                           inception_weights=None, feature_batch_size=100, reference_cache=str(tmp_path),
                            reference_per_class=3)  # fmt: skip
     callback.on_fit_start(trainer, module)
     callback.on_train_batch_end(trainer, module, None, None, 0)
