@@ -128,16 +128,21 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[s
         },
         "config": {"eval": _container(cfg), "train": OmegaConf.to_container(ckpt_cfg)},
     }
+    write_results(results, run_dir)
+    return results
+
+
+def write_results(results: dict[str, Any], run_dir: Path) -> None:
+    """<run_dir>/per_class.png (its path, or None, recorded as ``per_class_plot``), then results.json, atomically."""
     s = results["sampler"]
     plot = plots.plot_per_class(
         results["per_class"], results["data"]["class_counts"], run_dir / "per_class.png",
         class_names=results["data"]["class_names"],
-        title=f"{ckpt_cfg.get('name')}: {s['name']} {s['steps']} steps, w={s['guidance_scale']:g}",
+        title=f"{results['checkpoint']['name']}: {s['name']} {s['steps']} steps, w={s['guidance_scale']:g}",
     )  # fmt: skip
     results["per_class_plot"] = str(plot) if plot else None  # None: no class had enough samples for a score
     with atomic_write(run_dir / "results.json", "w") as f:
         f.write(json.dumps(results, indent=2))
-    return results
 
 
 def _container(cfg: DictConfig) -> dict[str, Any]:

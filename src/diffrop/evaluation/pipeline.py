@@ -97,7 +97,7 @@ def build_extractor(kind: str, weights_path: str | Path | None, device: str | to
     return make_extractor(kind, weights_path, device)
 
 
-def reference_images(datamodule: LongTailDataModule, per_class: int | None = None) -> tuple[Tensor, Tensor]:
+def reference_images(datamodule: LongTailDataModule, per_class: int | None) -> tuple[Tensor, Tensor]:
     """The balanced full training set (FID reference), optionally the first ``per_class`` images of each class."""
     full = datamodule.full_train_set()
     images, labels = full.images, full.labels
@@ -134,9 +134,9 @@ def reference_features(
     datamodule: LongTailDataModule,
     extractor: Extractor,
     cache: ReferenceCache,
-    per_class: int | None = None,
-    batch_size: int = 100,
-    progress: bool = True,
+    per_class: int | None,
+    batch_size: int,
+    progress: bool,
 ) -> tuple[Tensor, Tensor, str]:
     """(features [N, D], labels [N], cache key) of the reference set, computed once per key and stored."""
     images, labels = reference_images(datamodule, per_class)
