@@ -331,6 +331,26 @@ def test_compute_all_keys_and_consistency():
     ]  # fmt: skip
 
 
+def test_every_metric_module_is_listed_once():
+    """A new score is a module with a ``METRIC`` plus its line in ``METRICS``: forgetting the line fails here, and
+    no two scores write the same key."""
+    import importlib
+    import pkgutil
+
+    import diffrop.evaluation.metrics as package
+    from diffrop.evaluation.metrics.suite import METRICS, PER_SHOT
+
+    modules = [
+        importlib.import_module(f"{package.__name__}.{m.name}")
+        for m in pkgutil.iter_modules(package.__path__)
+    ]
+    declared = [m.METRIC for m in modules if hasattr(m, "METRIC")]
+    assert sorted(m.name for m in declared) == sorted(m.name for m in METRICS)
+    keys = [k for m in METRICS for k in m.keys]
+    assert len(keys) == len(set(keys))
+    assert {m.name for m in METRICS if m.per_shot} == {m.name for m in PER_SHOT}
+
+
 # ------------------------------------------------------------------------------------- reference cache
 def test_reference_cache_computes_once_and_reloads(tmp_path):
     calls = []
