@@ -22,7 +22,7 @@ def rss(field: str) -> int:
 
 def precision_recall(n: int, chunk: int) -> dict:
     """Seconds and peak extra memory of improved precision / recall on two N x 2048 float32 feature sets."""
-    from diffrop.evaluation.metrics.scores import precision_recall as pr
+    from diffrop.evaluation.metrics import precision_recall as pr
 
     g = torch.Generator().manual_seed(0)
     dev = "cuda" if torch.cuda.is_available() else "cpu"

@@ -38,7 +38,7 @@ WORKER = Path(__file__).resolve().parent / "_worker.py"  # child-process measure
 
 def kid_row(n: int) -> dict:
     """KID on N x 2048 features with the default 100 subsets of 1000 (float64, on the GPU if there is one)."""
-    from diffrop.evaluation.metrics.scores import kernel_inception_distance
+    from diffrop.evaluation.metrics import kernel_inception_distance
 
     g = torch.Generator().manual_seed(0)
     real, fake = (torch.randn(n, 2048, generator=g).to("cuda" if CUDA else "cpu") for _ in range(2))

@@ -22,7 +22,7 @@ def bench_kmeans(args) -> list[dict]:
     """One PRD k-means run (F_8 / F_1/8 do ``eval.prd_runs`` = 10 of them) on ``--kmeans-n`` x 2048 features into
     ``--kmeans-k`` clusters (paper size: 100000 = 50k generated + 50k reference, 20 x 100 = 2000): torch on the
     device, and with ``--kmeans-sklearn`` the reference code's sklearn ``MiniBatchKMeans(n_init=10)`` (CPU)."""
-    from diffrop.evaluation.metrics.scores import cluster_labels
+    from diffrop.evaluation.metrics import cluster_labels
 
     x = mixture_features(args.kmeans_n)
     backends = ["torch", *(["sklearn"] if args.kmeans_sklearn else [])]

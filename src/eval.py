@@ -12,7 +12,6 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,10 @@ from rich.table import Table
 
 from diffrop import build
 from diffrop.data.datamodule import LongTailDataModule
-from diffrop.diffusion.sampling import SamplerSpec, sampling_net
+from diffrop.diffusion.sampling import SamplerSpec
 from diffrop.evaluation import pipeline as evaluation
 from diffrop.evaluation import plots
 from diffrop.evaluation import wandb_log as eval_wandb
-from diffrop.evaluation.metrics import ReferenceCache, weights_fingerprint
 from diffrop.runtime.atomic_write import atomic_write
 from diffrop.runtime.entry import guarded_run
 
@@ -103,9 +101,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[s
     the checkpoint's own sampler recipe (``build.eval_sampler``).
     """
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)))
-    e = cfg.eval
-    settings = evaluation.EvalSettings(**{f.name: e[f.name] for f in fields(evaluation.EvalSettings)})
+    settings = evaluation.EvalSettings(**OmegaConf.to_container(cfg.eval, resolve=True))
     net, schedule, ckpt_cfg, ckpt = build.net_from_checkpoint(cfg.ckpt_path)
     stored = OmegaConf.to_container(ckpt_cfg.sampler, resolve=True) if "sampler" in ckpt_cfg else None
     spec = SamplerSpec(
@@ -113,75 +109,38 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[s
     )
     datamodule = datamodule_for(ckpt_cfg, cfg.get("data"))
     check_matches(datamodule, net, cfg.ckpt_path)
-    specs = evaluation.sweep_specs(spec, e.guidance_sweep)
-    ref_labels = evaluation.reference_images(datamodule, settings.reference_per_class)[1]
-    evaluation.validate(settings, specs, datamodule, ref_labels, schedule.num_steps)  # before any slow work
-    net, schedule = sampling_net(net.to(device), spec, device), schedule.to(device)  # compiled once, if asked
-    extractor = (
-        evaluation.build_extractor(settings.extractor, settings.inception_weights, device)
-        if rank == 0
-        else None
-    )
-    classifier = (
-        evaluation.load_classifier(e.classifier_ckpt, device) if e.classifier_ckpt and rank == 0 else None
-    )
-
-    if rank == 0:
-        cache = ReferenceCache(e.reference_cache)
-        real_feats, real_labels, ref_key = evaluation.reference_features(
-            datamodule,
-            extractor,
-            cache,
-            settings.reference_per_class,
-            settings.feature_batch_size,
-            e.progress,
-        )
-    else:  # only the labels, for the size checks
-        real_feats, real_labels = None, ref_labels
-    manifest = {"checkpoint": str(Path(cfg.ckpt_path).resolve()), "global_step": ckpt.get("global_step")}
-    runs = [
-        evaluation.evaluate_spec(
-            net, schedule, s, settings=settings, datamodule=datamodule, real=(real_feats, real_labels),
-            extractor=extractor, out_dir=run_dir, device=device, manifest=manifest, classifier=classifier,
-            rank=rank, world_size=world, progress=e.progress,
-        )
-        for s in specs
-    ]  # fmt: skip
-    if rank != 0:
+    evaluator = evaluation.Evaluator(  # checks every setting against the data before any slow work
+        settings, net, schedule, spec, datamodule,
+        device=resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0))), rank=rank, world_size=world,
+    )  # fmt: skip
+    checkpoint = str(Path(cfg.ckpt_path).resolve())
+    results = evaluator.run(run_dir, {"checkpoint": checkpoint, "global_step": ckpt.get("global_step")})
+    if results is None:  # ranks > 0 only draw their shards
         return None
-    results = evaluation.combine(runs, sweep=bool(e.guidance_sweep))
     results |= {
         "checkpoint": {
-            "path": manifest["checkpoint"],
-            "global_step": manifest["global_step"],
+            "path": checkpoint,
+            "global_step": ckpt.get("global_step"),
             "name": ckpt_cfg.get("name"),
             "artifact": eval_wandb.checkpoint_artifact(OmegaConf.to_container(ckpt_cfg)),  # W&B lineage
         },
-        "config": {
-            "eval": _container(cfg),
-            "train": OmegaConf.to_container(ckpt_cfg),
-        },
-        "extractor": {
-            "kind": settings.extractor,
-            "name": extractor.name,
-            "weights": settings.inception_weights,
-            "weights_fingerprint": weights_fingerprint(getattr(extractor, "weights_path", None)),
-            "reference_key": ref_key,
-            "reference_size": len(real_labels),
-        },
-        "settings": asdict(settings),
-        "data": datamodule.summary(),
+        "config": {"eval": _container(cfg), "train": OmegaConf.to_container(ckpt_cfg)},
     }
+    write_results(results, run_dir)
+    return results
+
+
+def write_results(results: dict[str, Any], run_dir: Path) -> None:
+    """<run_dir>/per_class.png (its path, or None, recorded as ``per_class_plot``), then results.json, atomically."""
     s = results["sampler"]
     plot = plots.plot_per_class(
         results["per_class"], results["data"]["class_counts"], run_dir / "per_class.png",
         class_names=results["data"]["class_names"],
-        title=f"{ckpt_cfg.get('name')}: {s['name']} {s['steps']} steps, w={s['guidance_scale']:g}",
+        title=f"{results['checkpoint']['name']}: {s['name']} {s['steps']} steps, w={s['guidance_scale']:g}",
     )  # fmt: skip
     results["per_class_plot"] = str(plot) if plot else None  # None: no class had enough samples for a score
     with atomic_write(run_dir / "results.json", "w") as f:
         f.write(json.dumps(results, indent=2))
-    return results
 
 
 def _container(cfg: DictConfig) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import torch
 
 from diffrop.diffusion.sampling import SamplerSpec, autocast_net
 from diffrop.evaluation.generate import sample_images
-from diffrop.evaluation.metrics.scores import fid_from_features
+from diffrop.evaluation.metrics import fid_from_features
 from diffrop.evaluation.pipeline import sample_dir
 from diffrop.nets.unet import ClassConditionalUNet
 from tests.helpers.config_objects import linear_schedule

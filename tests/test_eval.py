@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import urllib.error
+from dataclasses import MISSING, fields
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,6 +23,7 @@ import pytest
 import scipy.linalg
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from diffrop import build
 from diffrop.evaluation import pipeline as evaluation
@@ -390,6 +392,17 @@ def test_bad_settings_fail_before_any_feature_or_sample_work(
     assert not (tmp_path / "refs").exists() and not (tmp_path / "eval" / "samples").exists()
 
 
+def test_eval_settings_are_the_whole_eval_node_and_keep_no_defaults_of_their_own():
+    """configs/eval.yaml holds each setting's one default: ``EvalSettings`` takes every key of ``eval`` (an extra or
+    missing key is a TypeError when eval.py builds it) and defines none of them again."""
+    node = OmegaConf.to_container(eval_cfg().eval, resolve=True)
+    assert {f.name for f in fields(evaluation.EvalSettings)} == set(node)
+    assert all(f.default is MISSING and f.default_factory is MISSING for f in fields(evaluation.EvalSettings))
+    assert evaluation.EvalSettings(**node).metrics.kid_subset_size == node["kid_subset_size"]
+    with pytest.raises(TypeError):
+        evaluation.EvalSettings(**{**node, "not_a_setting": 1})
+
+
 def test_default_eval_dir_is_next_to_the_run(ckpt, tmp_path):
     assert eval_entry.eval_dir(str(ckpt)) == str(ckpt.parent.parent / "eval")
     assert eval_entry.eval_dir(str(tmp_path / "x.ckpt")).startswith("logs/eval/runs/")
@@ -487,7 +500,8 @@ def test_periodic_fid_logs_val_fid(ckpt, tmp_path, fake_extractor):
     logger = SimpleNamespace(log_metrics=lambda metrics, step: logged.append((step, metrics)))
     trainer = SimpleNamespace(datamodule=datamodule, global_step=4, loggers=[logger], callback_metrics={})
     module = SimpleNamespace(ema=net, schedule=schedule, device=torch.device("cpu"))
-    callback = PeriodicFID(every_n_steps=2, num_samples=20, steps=2, batch_size=10, cache_dir=str(tmp_path),
+    callback = PeriodicFID(every_n_steps=2, num_samples=20, steps=2, batch_size=10, extractor="torch-fidelity",
+                           inception_weights=None, feature_batch_size=100, reference_cache=str(tmp_path),
                            reference_per_class=3)  # fmt: skip
     callback.on_fit_start(trainer, module)
     callback.on_train_batch_end(trainer, module, None, None, 0)

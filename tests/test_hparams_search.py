@@ -24,7 +24,7 @@ def test_two_trial_optuna_sweep_reports_its_best_trial(tmp_path) -> None:
         "hydra.sweeper.sampler.n_startup_trials=2", "callbacks.periodic_fid.num_samples=20",
         "callbacks.periodic_fid.steps=2", "callbacks.periodic_fid.extractor=fid-helper",
         f"callbacks.periodic_fid.inception_weights={weights}", "callbacks.periodic_fid.reference_per_class=5",
-        f"callbacks.periodic_fid.cache_dir={tmp_path / 'refs'}", "callbacks.sample_grid.every_n_steps=0",
+        f"callbacks.periodic_fid.reference_cache={tmp_path / 'refs'}", "callbacks.sample_grid.every_n_steps=0",
         "~callbacks.progress_bar", f"hydra.sweep.dir={sweep}",
     ]  # fmt: skip
     env = child_env(OMP_NUM_THREADS=str(THREADS), PYTHONWARNINGS="ignore")

@@ -7,12 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from sklearn.metrics import adjusted_rand_score
 
+from diffrop.evaluation.metrics import cluster_labels, prd_f_beta
 from diffrop.evaluation.metrics.kmeans import default_init_size, kmeans
-from diffrop.evaluation.metrics.scores import cluster_labels, prd_f_beta
-from diffrop.evaluation.pipeline import EvalSettings, validate
+from diffrop.evaluation.pipeline import EvalSettings
 from tests.helpers.train_utils import REPO
 
 
@@ -85,8 +86,9 @@ def test_backend_setting():
     ):  # one F_8 whatever the device: no device-picked backend
         with pytest.raises(ValueError, match="kmeans"):
             prd_f_beta(np.zeros((4, 2)), np.zeros((4, 2)), 2, kmeans=gone)
-    cfg = OmegaConf.load(REPO / "configs" / "eval.yaml")
-    assert cfg.eval.kmeans == "sklearn" == EvalSettings().kmeans  # the reference's algorithm, CPU or GPU
-    # a bad value is refused by the checks that run before any slow work
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        node = OmegaConf.to_container(compose("eval").eval, resolve=True)
+    assert node["kmeans"] == "sklearn" == EvalSettings(**node).kmeans  # the reference's algorithm, CPU or GPU
+    # a bad value is refused when the settings are built, before any slow work
     with pytest.raises(ValueError, match=r"eval\.kmeans='faiss' is not one of"):
-        validate(EvalSettings(kmeans="faiss"), [], None, torch.zeros(0), 1000)
+        EvalSettings(**(node | {"kmeans": "faiss"}))

@@ -10,12 +10,9 @@ import pytest
 import scipy.linalg
 import torch
 
-from diffrop.evaluation.metrics import reference as reference_module
-from diffrop.evaluation.metrics import scores as scores_module
-from diffrop.evaluation.metrics.reference import ReferenceCache, make_key
-from diffrop.evaluation.metrics.scores import (
+from diffrop.evaluation.metrics import (
+    MetricSettings,
     compute_all,
-    f_beta_score,
     feature_stats,
     fid_from_features,
     frechet_distance,
@@ -24,10 +21,12 @@ from diffrop.evaluation.metrics.scores import (
     knn_radii,
     mmd2_unbiased,
     per_group,
-    prd_curve,
     prd_f_beta,
     precision_recall,
 )
+from diffrop.evaluation.metrics import reference as reference_module
+from diffrop.evaluation.metrics.prd import f_beta_score, prd_curve
+from diffrop.evaluation.metrics.reference import ReferenceCache, make_key
 
 
 # ------------------------------------------------------------------------------------------------ KID
@@ -232,7 +231,7 @@ def test_precision_recall_distance_blocks_are_bounded_by_chunk(monkeypatch):
         shapes.append((a.shape[0], b.shape[0]))
         return real_cdist(a, b, *args, **kwargs)
 
-    monkeypatch.setattr(scores_module.torch, "cdist", spy)
+    monkeypatch.setattr(torch, "cdist", spy)
     x, y = torch.randn(300, 4), torch.randn(200, 4)
     precision_recall(x, y, k=3, chunk=64)
     assert shapes and max(rows for rows, _ in shapes) <= 64
@@ -297,13 +296,20 @@ def test_per_group_selects_the_classes():
         per_group(lambda r, f: 0, real, real_y, fake, fake_y, {"none": [7]})
 
 
+def _settings(**values) -> MetricSettings:
+    """configs/eval.yaml's metric values, written out, with ``values`` on top."""
+    base = dict(k=5, is_splits=10, prd_clusters_per_class=20, prd_runs=10, kmeans="sklearn", kid_subsets=100,
+                kid_subset_size=1000, seed=0)  # fmt: skip
+    return MetricSettings(**(base | values))
+
+
 def test_compute_all_keys_and_consistency():
     rng = np.random.default_rng(9)
     real = torch.as_tensor(rng.normal(size=(120, 12)), dtype=torch.float32)
     fake = torch.as_tensor(rng.normal(size=(120, 12)) + 0.2, dtype=torch.float32)
     real_y, fake_y = torch.arange(120) % 3, torch.arange(120) % 3
     groups = {"many": [0], "few": [1, 2]}
-    out = compute_all(real, real_y, fake, None, fake_y, groups, num_classes=3, prd_runs=1)
+    out = compute_all(real, real_y, fake, None, fake_y, groups, num_classes=3, settings=_settings(prd_runs=1))
     assert set(out) == {"fid", "kid", "kid_std", "is_mean", "is_std", "precision", "recall", "f_8", "f_1_8",
                         "per_shot"}  # fmt: skip
     assert out["is_mean"] is None and out["is_std"] is None
@@ -318,11 +324,31 @@ def test_compute_all_keys_and_consistency():
     )
     assert 0.0 <= out["f_8"] <= 1.0 and 0.0 <= out["f_1_8"] <= 1.0
     logits, stages = torch.zeros(120, 1008), []
-    with_is = compute_all(real, real_y, fake, logits, fake_y, groups, 3, prd_runs=1, stage=stages.append)
+    with_is = compute_all(real, real_y, fake, logits, fake_y, groups, 3, _settings(prd_runs=1), stages.append)
     assert with_is["is_mean"] == pytest.approx(1.0)
     assert [name.split(" (")[0] for name in stages] == [  # a progress line before each score, IS only with logits
         "Inception Score", "precision / recall", "F_8 / F_1/8", "KID", "FID", "per-shot FID, KID, precision / recall"
     ]  # fmt: skip
+
+
+def test_every_metric_module_is_listed_once():
+    """A new score is a module with a ``METRIC`` plus its line in ``METRICS``: forgetting the line fails here, and
+    no two scores write the same key."""
+    import importlib
+    import pkgutil
+
+    import diffrop.evaluation.metrics as package
+    from diffrop.evaluation.metrics.suite import METRICS, PER_SHOT
+
+    modules = [
+        importlib.import_module(f"{package.__name__}.{m.name}")
+        for m in pkgutil.iter_modules(package.__path__)
+    ]
+    declared = [m.METRIC for m in modules if hasattr(m, "METRIC")]
+    assert sorted(m.name for m in declared) == sorted(m.name for m in METRICS)
+    keys = [k for m in METRICS for k in m.keys]
+    assert len(keys) == len(set(keys))
+    assert {m.name for m in METRICS if m.per_shot} == {m.name for m in PER_SHOT}
 
 
 # ------------------------------------------------------------------------------------- reference cache

@@ -1,6 +1,7 @@
 """Evaluation of a trained model (docs/design.md section 3): reference features of the balanced training set (cached),
 generated sets per sampler setting, every score of ``metrics.compute_all``, per-shot scores, optional generated-
-sample class accuracy, and the guidance sweep of paper Fig. 4b. Hydra-free: ``src/eval.py`` builds the objects.
+sample class accuracy, and the guidance sweep of paper Fig. 4b. ``EvalSettings`` is the ``eval`` config node,
+``Evaluator`` the whole evaluation; Hydra-free: ``src/eval.py`` builds the objects.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,21 @@ from torch import Tensor
 
 from diffrop.data.datamodule import LongTailDataModule
 from diffrop.diffusion.denoiser import Denoiser
-from diffrop.diffusion.sampling import SamplerSpec, sample_labels
+from diffrop.diffusion.sampling import SamplerSpec, sample_labels, sampling_net
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.evaluation.classification import shot_accuracy
 from diffrop.evaluation.generate import generate, merge_shards, save_grid, wait_for_shards
-from diffrop.evaluation.metrics import ReferenceCache, compute_all, make_extractor, make_key, per_class
+from diffrop.evaluation.metrics import (
+    KMEANS_BACKENDS,
+    MetricSettings,
+    ReferenceCache,
+    compute_all,
+    make_extractor,
+    make_key,
+    per_class,
+    weights_fingerprint,
+)
 from diffrop.evaluation.metrics.features import EXTRACTORS, FidHelperFeatures, InceptionFeatures
-from diffrop.evaluation.metrics.scores import KMEANS_BACKENDS
 from diffrop.runtime.progress import emit
 
 Extractor = InceptionFeatures | FidHelperFeatures
@@ -31,25 +40,56 @@ Extractor = InceptionFeatures | FidHelperFeatures
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """The ``eval`` config node, minus what ``src/eval.py`` resolves itself (checkpoint, data, W&B)."""
+    """The whole ``eval`` config node, checked once here (configs/eval.yaml documents each key and holds its one
+    default). What needs the data or the sampler (set sizes, steps) is checked by ``Evaluator`` on construction."""
 
-    num_samples: int = 50000
-    seed: int = 0  # sample k has seed seed + k
-    shard_size: int = 1000
-    extractor: str = "torch-fidelity"  # torch-fidelity | fid-helper
-    inception_weights: str | None = None  # local weights file; None lets the library download (needs network)
-    feature_batch_size: int = 100
-    reference_per_class: int | None = None  # cap the reference set (first n of each class); None = all
-    k: int = 5  # improved precision / recall neighbourhood
-    is_splits: int = 10
-    prd_clusters_per_class: int = 20  # F_8 / F_1/8 k-means clusters = this x C
-    prd_runs: int = 10
-    kmeans: str = "sklearn"  # F_8 / F_1/8 k-means: sklearn (the reference's) | torch (opt-in, GPU-fast)
-    kid_subsets: int = 100  # KID: mean over this many random subset pairs ...
-    kid_subset_size: int = 1000  # ... of this many rows each (capped at a per-shot group's size)
-    grid_per_class: int = 10
-    per_class_fid_min_samples: int = 500  # per-class FID only where both sides have this many samples
-    overwrite: bool = False  # delete samples drawn with other settings instead of refusing
+    num_samples: int
+    seed: int  # sample k has seed seed + k
+    shard_size: int
+    extractor: str  # EXTRACTORS
+    inception_weights: str | None  # local weights file; None lets the library download (needs network)
+    feature_batch_size: int
+    reference_cache: str  # folder of the reference-feature cache (metrics.ReferenceCache)
+    reference_per_class: int | None  # cap the reference set (first n of each class); None = all
+    k: int
+    is_splits: int
+    prd_clusters_per_class: int
+    prd_runs: int
+    kmeans: str  # metrics.KMEANS_BACKENDS
+    kid_subsets: int
+    kid_subset_size: int
+    guidance_sweep: list[float] | None  # one evaluation per w, the best FID kept (paper Fig. 4b)
+    classifier_ckpt: str | None  # generated-sample accuracy (``load_classifier``)
+    grid_per_class: int
+    per_class_fid_min_samples: int
+    overwrite: bool  # delete samples drawn with other settings instead of refusing
+    progress: bool
+
+    def __post_init__(self) -> None:
+        positive = (
+            "num_samples",
+            "shard_size",
+            "feature_batch_size",
+            "k",
+            "is_splits",
+            "prd_clusters_per_class",
+        )
+        for name in (*positive, "prd_runs"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"eval.{name} must be > 0, got {getattr(self, name)}")
+        if self.grid_per_class < 0:
+            raise ValueError(f"eval.grid_per_class must be >= 0, got {self.grid_per_class}")
+        if self.reference_per_class is not None and self.reference_per_class <= 0:
+            raise ValueError(f"eval.reference_per_class must be > 0 or null, got {self.reference_per_class}")
+        if self.kmeans not in KMEANS_BACKENDS:
+            raise ValueError(f"eval.kmeans={self.kmeans!r} is not one of {list(KMEANS_BACKENDS)}")
+        if self.extractor not in EXTRACTORS:
+            raise ValueError(f"eval.extractor={self.extractor!r} is not one of {sorted(EXTRACTORS)}")
+
+    @property
+    def metrics(self) -> MetricSettings:
+        """The values the scores read (``metrics.compute_all``)."""
+        return MetricSettings(**{f.name: getattr(self, f.name) for f in fields(MetricSettings)})
 
 
 def build_extractor(kind: str, weights_path: str | Path | None, device: str | torch.device) -> Extractor:
@@ -58,7 +98,7 @@ def build_extractor(kind: str, weights_path: str | Path | None, device: str | to
     return make_extractor(kind, weights_path, device)
 
 
-def reference_images(datamodule: LongTailDataModule, per_class: int | None = None) -> tuple[Tensor, Tensor]:
+def reference_images(datamodule: LongTailDataModule, per_class: int | None) -> tuple[Tensor, Tensor]:
     """The balanced full training set (FID reference), optionally the first ``per_class`` images of each class."""
     full = datamodule.full_train_set()
     images, labels = full.images, full.labels
@@ -95,9 +135,9 @@ def reference_features(
     datamodule: LongTailDataModule,
     extractor: Extractor,
     cache: ReferenceCache,
-    per_class: int | None = None,
-    batch_size: int = 100,
-    progress: bool = True,
+    per_class: int | None,
+    batch_size: int,
+    progress: bool,
 ) -> tuple[Tensor, Tensor, str]:
     """(features [N, D], labels [N], cache key) of the reference set, computed once per key and stored."""
     images, labels = reference_images(datamodule, per_class)
@@ -126,71 +166,6 @@ def reference_features(
 
     features, stored_labels = cache.get_or_compute(key, compute)
     return features, stored_labels, key
-
-
-def check_sizes(
-    settings: EvalSettings,
-    labels: Tensor,
-    real_labels: Tensor,
-    groups: Mapping[str, Sequence[int]],
-    num_classes: int,
-) -> None:
-    """Fail before sampling when the set sizes cannot support the requested scores."""
-    n = min(len(labels), len(real_labels))
-    clusters = settings.prd_clusters_per_class * num_classes
-    if clusters > 2 * n:
-        raise ValueError(
-            f"F_8 / F_1/8 cluster {n} generated + {n} reference features into {clusters} = "
-            f"eval.prd_clusters_per_class ({settings.prd_clusters_per_class}) x {num_classes} classes, more than the "
-            f"{2 * n} points; raise eval.num_samples or lower eval.prd_clusters_per_class"
-        )
-    if len(labels) < settings.is_splits:
-        raise ValueError(f"eval.num_samples={len(labels)} is below eval.is_splits={settings.is_splits}")
-    for name, classes in groups.items():
-        for what, y in (("generated", labels), ("reference", real_labels)):
-            count = int(torch.isin(y, torch.as_tensor(list(classes))).sum())
-            if count <= settings.k:
-                raise ValueError(
-                    f"shot group {name!r} has {count} {what} samples, need more than eval.k={settings.k} for "
-                    "per-shot precision / recall; raise eval.num_samples (or eval.reference_per_class)"
-                )
-
-
-def validate(
-    settings: EvalSettings,
-    specs: Sequence[SamplerSpec],
-    datamodule: LongTailDataModule,
-    real_labels: Tensor,
-    num_timesteps: int,
-) -> None:
-    """Every check on the evaluation settings, for every sampler setting of a sweep, run before any feature
-    extraction or generation: a bad value must cost seconds, not the minutes of work that come before its use.
-    ``real_labels`` are the reference set's labels (``reference_images``; no features needed). The weights and
-    classifier files are checked where they are loaded, which is before any slow work too."""
-    positive = ("num_samples", "shard_size", "feature_batch_size", "k", "is_splits", "prd_clusters_per_class")
-    for name in (*positive, "prd_runs"):
-        if getattr(settings, name) <= 0:
-            raise ValueError(f"eval.{name} must be > 0, got {getattr(settings, name)}")
-    if settings.grid_per_class < 0:
-        raise ValueError(f"eval.grid_per_class must be >= 0, got {settings.grid_per_class}")
-    if settings.reference_per_class is not None and settings.reference_per_class <= 0:
-        raise ValueError(f"eval.reference_per_class must be > 0 or null, got {settings.reference_per_class}")
-    if settings.kmeans not in KMEANS_BACKENDS:
-        raise ValueError(f"eval.kmeans={settings.kmeans!r} is not one of {list(KMEANS_BACKENDS)}")
-    if settings.extractor not in EXTRACTORS:
-        raise ValueError(f"eval.extractor={settings.extractor!r} is not one of {sorted(EXTRACTORS)}")
-    for spec in specs:
-        if spec.name == "ddpm" and spec.steps != num_timesteps:
-            raise ValueError(
-                f"sampler=ddpm walks all T={num_timesteps} steps (got sampler.steps={spec.steps}); "
-                "use sampler=ddim for fewer steps"
-            )
-        if not 1 <= spec.steps <= num_timesteps:
-            raise ValueError(f"sampler.steps must be in [1, {num_timesteps}], got {spec.steps}")
-        labels = sample_labels(
-            settings.num_samples, datamodule.num_classes, spec.labels, datamodule.class_freq
-        )
-        check_sizes(settings, labels, real_labels, datamodule.shot_groups, datamodule.num_classes)
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -246,81 +221,6 @@ def sample_dir(root: Path, spec: SamplerSpec, num_samples: int, seed: int) -> Pa
     )
 
 
-def evaluate_spec(
-    net: Denoiser,
-    schedule: NoiseSchedule,
-    spec: SamplerSpec,
-    *,
-    settings: EvalSettings,
-    datamodule: LongTailDataModule,
-    real: tuple[Tensor, Tensor],
-    extractor: Extractor,
-    out_dir: Path,
-    device: str | torch.device,
-    manifest: dict[str, Any],
-    classifier: torch.nn.Module | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-    progress: bool = True,
-) -> dict[str, Any] | None:
-    """Generate (resumably) and score one sampler setting; ``None`` on ranks > 0, which only draw their shards."""
-    num_classes, groups = datamodule.num_classes, datamodule.shot_groups
-    labels = sample_labels(settings.num_samples, num_classes, spec.labels, datamodule.class_freq)
-    check_sizes(settings, labels, real[1], groups, num_classes)
-    folder = sample_dir(out_dir / "samples", spec, settings.num_samples, settings.seed)
-    if settings.overwrite and rank == 0 and folder.is_dir():
-        for stale in [*folder.glob("shard_*.npz"), folder / "manifest.json", folder / "samples.npz"]:
-            stale.unlink(missing_ok=True)
-    shards = generate(
-        net,
-        schedule,
-        labels,
-        folder,
-        spec,
-        seed=settings.seed,
-        shard_size=settings.shard_size,
-        device=device,
-        rank=rank,
-        world_size=world_size,
-        manifest=manifest,
-        progress=progress,
-    )
-    if rank != 0:
-        return None
-    wait_for_shards(shards)
-    images, fake_labels, _ = merge_shards(shards, folder / "samples.npz")
-    save_grid(images, fake_labels, folder / "grid.png", per_class=settings.grid_per_class)
-    fake_feats, fake_logits = extractor.extract(rgb(images), settings.feature_batch_size, progress)
-    metrics = compute_all(  # on the extractor's device: the k-NN distances of precision / recall run on a GPU
-        real[0].to(fake_feats.device), real[1], fake_feats, fake_logits, fake_labels,
-        groups, num_classes, k=settings.k, is_splits=settings.is_splits,
-        prd_clusters_per_class=settings.prd_clusters_per_class, prd_runs=settings.prd_runs, seed=settings.seed,
-        prd_kmeans=settings.kmeans,
-        kid_subsets=settings.kid_subsets, kid_subset_size=settings.kid_subset_size,
-        stage=(lambda name: emit(f"scoring: {name}")) if progress else (lambda name: None),
-    )  # fmt: skip
-    if progress:
-        emit("scoring: per class")
-    classes = per_class(  # the per-class plot's data (diffrop.evaluation.plots.plot_per_class)
-        real[0].to(fake_feats.device), real[1], fake_feats, fake_labels, num_classes,
-        k=settings.k, min_fid_samples=settings.per_class_fid_min_samples,
-    )  # fmt: skip
-    if classifier is not None:
-        acc = classify_accuracy(classifier, images, fake_labels, groups)
-        metrics["accuracy"] = acc["overall"]
-        for group, value in acc["per_shot"].items():
-            metrics["per_shot"][group]["accuracy"] = value
-        classes["accuracy"] = acc["per_class"]
-    return {
-        "metrics": metrics,
-        "per_class": classes,
-        "sampler": spec.describe(),
-        "num_samples": len(fake_labels),
-        "label_counts": torch.bincount(fake_labels, minlength=num_classes).tolist(),
-        "samples": str(folder / "samples.npz"),
-    }
-
-
 def sweep_specs(spec: SamplerSpec, guidance_sweep: Sequence[float] | None) -> list[SamplerSpec]:
     """One spec per w of ``eval.guidance_sweep`` (paper Fig. 4b), or just ``spec``."""
     return [replace(spec, guidance=float(w)) for w in guidance_sweep] if guidance_sweep else [spec]
@@ -334,3 +234,164 @@ def combine(runs: list[dict[str, Any]], sweep: bool) -> dict[str, Any]:
         out["guidance_sweep"] = [{"w": r["sampler"]["guidance_scale"], **r["metrics"]} for r in runs]
         out["best_w"] = best["sampler"]["guidance_scale"]
     return out
+
+
+def check_steps(spec: SamplerSpec, num_timesteps: int) -> None:
+    """The sampler's step count against the checkpoint's T (the samplers check it too, but only once they run)."""
+    if spec.name == "ddpm" and spec.steps != num_timesteps:
+        raise ValueError(
+            f"sampler=ddpm walks all T={num_timesteps} steps (got sampler.steps={spec.steps}); "
+            "use sampler=ddim for fewer steps"
+        )
+    if not 1 <= spec.steps <= num_timesteps:
+        raise ValueError(f"sampler.steps must be in [1, {num_timesteps}], got {spec.steps}")
+
+
+class Evaluator:
+    """One checkpoint's evaluation: for each sampler setting (``spec``, or one per w of ``eval.guidance_sweep``) a
+    generated set drawn in resumable shards, scored against the reference features.
+
+    Construction runs every check that needs the data or the sampler (steps, set sizes against the scores), for
+    every setting of a sweep, before any slow work: a bad value costs seconds, not the minutes of reference
+    features or sampling that come before its use. ``run`` then does the work; under torchrun every rank draws its
+    shards and rank 0 scores.
+    """
+
+    def __init__(
+        self,
+        settings: EvalSettings,
+        net: Denoiser,
+        schedule: NoiseSchedule,
+        spec: SamplerSpec,
+        datamodule: LongTailDataModule,
+        *,
+        device: str | torch.device,
+        rank: int,
+        world_size: int,
+    ) -> None:
+        self.settings, self.datamodule = settings, datamodule
+        self.device, self.rank, self.world_size = device, rank, world_size
+        real_labels = reference_images(datamodule, settings.reference_per_class)[1]
+        self.plan: list[tuple[SamplerSpec, Tensor]] = []  # (setting, the labels of its generated set)
+        for s in sweep_specs(spec, settings.guidance_sweep):
+            check_steps(s, schedule.num_steps)
+            labels = sample_labels(
+                settings.num_samples, datamodule.num_classes, s.labels, datamodule.class_freq
+            )
+            self._check_sizes(labels, real_labels)
+            self.plan.append((s, labels))
+        self.net = sampling_net(net.to(device), spec, device)  # compiled once for the whole sweep, if asked
+        self.schedule = schedule.to(device)
+
+    def _check_sizes(self, labels: Tensor, real_labels: Tensor) -> None:
+        """Fail before sampling when the set sizes cannot support the requested scores."""
+        s, groups, num_classes = self.settings, self.datamodule.shot_groups, self.datamodule.num_classes
+        n = min(len(labels), len(real_labels))
+        clusters = s.prd_clusters_per_class * num_classes
+        if clusters > 2 * n:
+            raise ValueError(
+                f"F_8 / F_1/8 cluster {n} generated + {n} reference features into {clusters} = "
+                f"eval.prd_clusters_per_class ({s.prd_clusters_per_class}) x {num_classes} classes, more than the "
+                f"{2 * n} points; raise eval.num_samples or lower eval.prd_clusters_per_class"
+            )
+        if len(labels) < s.is_splits:
+            raise ValueError(f"eval.num_samples={len(labels)} is below eval.is_splits={s.is_splits}")
+        for name, classes in groups.items():
+            for what, y in (("generated", labels), ("reference", real_labels)):
+                count = int(torch.isin(y, torch.as_tensor(list(classes))).sum())
+                if count <= s.k:
+                    raise ValueError(
+                        f"shot group {name!r} has {count} {what} samples, need more than eval.k={s.k} for "
+                        "per-shot precision / recall; raise eval.num_samples (or eval.reference_per_class)"
+                    )
+
+    def run(self, out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        """Draw and score every setting into ``out_dir``/samples; results.json's body without the checkpoint and
+        config records (``combine`` of the runs, then ``extractor``, ``settings``, ``data``). None on ranks > 0.
+        ``manifest`` (checkpoint path, step) goes into each shard's manifest: resuming never mixes checkpoints."""
+        s = self.settings
+        if self.rank != 0:
+            for spec, labels in self.plan:
+                self._draw(spec, labels, out_dir, manifest)
+            return None
+        extractor = build_extractor(s.extractor, s.inception_weights, self.device)
+        classifier = load_classifier(s.classifier_ckpt, self.device) if s.classifier_ckpt else None
+        real_feats, real_labels, ref_key = reference_features(
+            self.datamodule, extractor, ReferenceCache(s.reference_cache), s.reference_per_class,
+            s.feature_batch_size, s.progress,
+        )  # fmt: skip
+        runs = [
+            self._score(spec, *self._draw(spec, labels, out_dir, manifest), real_feats, real_labels, extractor,
+                        classifier)
+            for spec, labels in self.plan
+        ]  # fmt: skip
+        return combine(runs, sweep=bool(s.guidance_sweep)) | {
+            "extractor": {
+                "kind": s.extractor,
+                "name": extractor.name,
+                "weights": s.inception_weights,
+                "weights_fingerprint": weights_fingerprint(getattr(extractor, "weights_path", None)),
+                "reference_key": ref_key,
+                "reference_size": len(real_labels),
+            },
+            "settings": asdict(s),
+            "data": self.datamodule.summary(),
+        }
+
+    def _draw(
+        self, spec: SamplerSpec, labels: Tensor, out_dir: Path, manifest: dict[str, Any]
+    ) -> tuple[Path, list[Path]]:
+        """Draw this rank's missing shards of one setting: (its folder, every shard path)."""
+        s = self.settings
+        folder = sample_dir(out_dir / "samples", spec, s.num_samples, s.seed)
+        if s.overwrite and self.rank == 0 and folder.is_dir():
+            for stale in [*folder.glob("shard_*.npz"), folder / "manifest.json", folder / "samples.npz"]:
+                stale.unlink(missing_ok=True)
+        shards = generate(
+            self.net, self.schedule, labels, folder, spec, seed=s.seed, shard_size=s.shard_size,
+            device=self.device, rank=self.rank, world_size=self.world_size, manifest=manifest, progress=s.progress,
+        )  # fmt: skip
+        return folder, shards
+
+    def _score(
+        self,
+        spec: SamplerSpec,
+        folder: Path,
+        shards: list[Path],
+        real_feats: Tensor,
+        real_labels: Tensor,
+        extractor: Extractor,
+        classifier: torch.nn.Module | None,
+    ) -> dict[str, Any]:
+        """Once every rank's shards are in: the merged set and its grid, every score (``metrics.compute_all``),
+        the per-class scores and, with a classifier, its accuracy."""
+        s, num_classes, groups = self.settings, self.datamodule.num_classes, self.datamodule.shot_groups
+        wait_for_shards(shards)
+        images, fake_labels, _ = merge_shards(shards, folder / "samples.npz")
+        save_grid(images, fake_labels, folder / "grid.png", per_class=s.grid_per_class)
+        fake_feats, fake_logits = extractor.extract(rgb(images), s.feature_batch_size, s.progress)
+        real_feats = real_feats.to(fake_feats.device)  # the k-NN distances of precision / recall run on a GPU
+        metrics = compute_all(
+            real_feats, real_labels, fake_feats, fake_logits, fake_labels, groups, num_classes, s.metrics,
+            stage=(lambda name: emit(f"scoring: {name}")) if s.progress else (lambda name: None),
+        )  # fmt: skip
+        if s.progress:
+            emit("scoring: per class")
+        classes = per_class(  # the per-class plot's data (diffrop.evaluation.plots.plot_per_class)
+            real_feats, real_labels, fake_feats, fake_labels, num_classes, k=s.k,
+            min_fid_samples=s.per_class_fid_min_samples,
+        )  # fmt: skip
+        if classifier is not None:
+            acc = classify_accuracy(classifier, images, fake_labels, groups)
+            metrics["accuracy"] = acc["overall"]
+            for group, value in acc["per_shot"].items():
+                metrics["per_shot"][group]["accuracy"] = value
+            classes["accuracy"] = acc["per_class"]
+        return {
+            "metrics": metrics,
+            "per_class": classes,
+            "sampler": spec.describe(),
+            "num_samples": len(fake_labels),
+            "label_counts": torch.bincount(fake_labels, minlength=num_classes).tolist(),
+            "samples": str(folder / "samples.npz"),
+        }

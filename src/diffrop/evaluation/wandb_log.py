@@ -60,7 +60,7 @@ def log_results(run: Any, results: Mapping[str, Any]) -> None:
             columns=list(TABLE_COLUMNS), data=results_rows(results), allow_mixed_types=True
         )
     }
-    # evaluation.evaluate_spec writes the grid beside the samples
+    # the Evaluator (diffrop.evaluation.pipeline) writes the grid beside the samples
     grid = Path(results["samples"]).parent / "grid.png"
     if grid.is_file():
         media["eval/samples"] = wandb.Image(str(grid), caption=f"{caption}: one row per class")

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from diffrop.data.datasets import load_digits
 from diffrop.evaluation.classification import classification_metrics, shot_accuracy, split_per_class
-from diffrop.evaluation.metrics.scores import fid_from_features, mmd2_unbiased, precision_recall
+from diffrop.evaluation.metrics import fid_from_features, mmd2_unbiased, precision_recall
 from diffrop.nets.resnet import CifarResNet
 from diffrop.training.classifier import ClassifierModule
 

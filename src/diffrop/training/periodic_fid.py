@@ -29,16 +29,18 @@ class PeriodicFID(L.Callback):
         steps: int = 50,
         guidance: float = 0.0,
         batch_size: int = 250,
-        extractor: str = "torch-fidelity",
-        inception_weights: str | None = None,
-        cache_dir: str = "data/fid_refs",
-        reference_per_class: int | None = None,
-        feature_batch_size: int = 100,
         seed: int = 0,
+        *,
+        extractor: str,
+        inception_weights: str | None,
+        feature_batch_size: int,
+        reference_cache: str,
+        reference_per_class: int | None,
     ) -> None:
+        """The feature settings are eval's (configs/features/default.yaml): same extractor, same reference cache."""
         self.every_n_steps, self.num_samples, self.seed = every_n_steps, num_samples, seed
         self.spec = SamplerSpec("ddim", steps, 0.0, guidance, "balanced", batch_size)
-        self.kind, self.weights, self.cache_dir = extractor, inception_weights, Path(cache_dir)
+        self.kind, self.weights, self.reference_cache = extractor, inception_weights, Path(reference_cache)
         self.reference_per_class, self.feature_batch_size = reference_per_class, feature_batch_size
         self._extractor: evaluation.Extractor | None = None
         self._reference: tuple | None = None
@@ -47,7 +49,7 @@ class PeriodicFID(L.Callback):
     def prepare(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         """Build the extractor and load (or compute once) the reference statistics; fails fast on missing weights."""
         self._extractor = evaluation.build_extractor(self.kind, self.weights, module.device)
-        cache = ReferenceCache(self.cache_dir)
+        cache = ReferenceCache(self.reference_cache)
         _, _, key = evaluation.reference_features(
             trainer.datamodule,
             self._extractor,

@@ -1,4 +1,4 @@
-"""k-means in torch, on the features' device, for the PRD scores F_8 / F_1/8 (``scores.prd_f_beta``).
+"""k-means in torch, on the features' device, for the PRD scores F_8 / F_1/8 (``prd.prd_f_beta``).
 
 Why torch here: scikit-learn's k-means has no GPU path, and at the paper's size (CIFAR-100-LT: 50k + 50k Inception
 features of 2048 dims, 20 x 100 = 2,000 clusters, 10 runs) its CPU cost is minutes per run (README, "Speed";

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffrop.evaluation.metrics.scores import feature_stats
+from diffrop.evaluation.metrics.fid import feature_stats
 from diffrop.runtime.atomic_write import atomic_write
 
 
