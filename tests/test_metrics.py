@@ -327,8 +327,10 @@ def test_compute_all_keys_and_consistency():
     with_is = compute_all(real, real_y, fake, logits, fake_y, groups, 3, _settings(prd_runs=1), stages.append)
     assert with_is["is_mean"] == pytest.approx(1.0)
     assert [name.split(" (")[0] for name in stages] == [  # a progress line before each score, IS only with logits
-        "Inception Score", "precision / recall", "F_8 / F_1/8", "KID", "FID", "per-shot FID, KID, precision / recall"
+        "FID", "KID", "Inception Score", "precision / recall", "F_8 / F_1/8", "per-shot FID, KID, precision / recall"
     ]  # fmt: skip
+    keys = ["fid", "kid", "kid_std", "is_mean", "is_std", "precision", "recall", "f_8", "f_1_8"]
+    assert list(with_is)[:9] == keys  # FID first in results.json and the table
 
 
 def test_every_metric_module_is_listed_once():

@@ -16,13 +16,8 @@ from diffrop.evaluation.metrics import fid, isc, kid, prc, prd
 from diffrop.evaluation.metrics.base import Features, Metric, MetricSettings, as_matrix
 from diffrop.evaluation.metrics.groups import per_group
 
-METRICS: tuple[Metric, ...] = (
-    isc.METRIC,
-    prc.METRIC,
-    prd.METRIC,
-    kid.METRIC,
-    fid.METRIC,
-)  # run in this order
+# run in this order, which is also the order of the keys in results.json and the console table (FID first)
+METRICS: tuple[Metric, ...] = (fid.METRIC, kid.METRIC, isc.METRIC, prc.METRIC, prd.METRIC)
 PER_SHOT: tuple[Metric, ...] = (fid.METRIC, kid.METRIC, prc.METRIC)  # their ``per_shot`` keys, per shot group
 
 
@@ -40,7 +35,7 @@ def compute_all(
     """The scores of ``METRICS`` on the whole set, then ``per_shot: {group: {...}}`` of ``PER_SHOT``.
     ``stage(name)`` is called as each score starts (progress lines: some take minutes at paper size).
 
-    Keys: ``is_mean, is_std, precision, recall, f_8, f_1_8, kid, kid_std, fid, per_shot: {group: {fid, kid,
+    Keys: ``fid, kid, kid_std, is_mean, is_std, precision, recall, f_8, f_1_8, per_shot: {group: {fid, kid,
     precision, recall}}``; ``is_mean`` / ``is_std`` are None when ``fake_logits`` is None (an extractor without
     logits).
     """
