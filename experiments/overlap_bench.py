@@ -43,7 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffrop.diffusion.sampling import ddim_sample, dpmpp2m_sample
+from diffrop.diffusion.samplers.ddim import ddim_sample
+from diffrop.diffusion.samplers.dpmpp2m import dpmpp2m_sample
 from diffrop.paper.reading import write_keeping_reading
 
 REPO = Path(__file__).resolve().parents[1]

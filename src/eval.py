@@ -27,7 +27,8 @@ from rich.table import Table
 
 from diffrop import build
 from diffrop.data.datamodule import LongTailDataModule
-from diffrop.diffusion.sampling import SamplerSpec, sampling_net
+from diffrop.diffusion.sampling import SamplerSpec
+from diffrop.diffusion.sampling_net import sampling_net
 from diffrop.evaluation import pipeline as evaluation
 from diffrop.evaluation import plots
 from diffrop.evaluation import wandb_log as eval_wandb

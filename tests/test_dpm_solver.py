@@ -11,16 +11,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from diffrop.diffusion.sampling import (
-    SamplerSpec,
-    ddim_sample,
-    dpmpp2m_sample,
-    dpmpp_x0_estimate,
-    guided_eps,
-    half_log_snr,
-    logsnr_grid,
-    sample,
-)
+from diffrop.diffusion.samplers.ddim import ddim_sample
+from diffrop.diffusion.samplers.dpmpp2m import dpmpp2m_sample, dpmpp_x0_estimate, half_log_snr, logsnr_grid
+from diffrop.diffusion.samplers.loop import guided_eps
+from diffrop.diffusion.sampling import SamplerSpec, sample
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.evaluation.generate import sample_images
 from diffrop.evaluation.pipeline import sample_dir

@@ -17,9 +17,9 @@ from torch import Tensor
 
 from diffrop.data.datamodule import LongTailDataModule
 from diffrop.diffusion.denoiser import Denoiser
-from diffrop.diffusion.sampling import SamplerSpec, sample_labels
+from diffrop.diffusion.sampling import SamplerSpec
 from diffrop.diffusion.schedule import NoiseSchedule
-from diffrop.evaluation.generate import generate, merge_shards, save_grid, wait_for_shards
+from diffrop.evaluation.generate import generate, merge_shards, sample_labels, save_grid, wait_for_shards
 from diffrop.evaluation.metrics import ReferenceCache, compute_all, make_extractor, make_key, per_class
 from diffrop.evaluation.metrics.features import EXTRACTORS, FidHelperFeatures, InceptionFeatures
 from diffrop.evaluation.metrics.scores import KMEANS_BACKENDS

@@ -17,7 +17,7 @@ from rich import get_console
 from rich.table import Table
 from torchvision.utils import save_image
 
-from diffrop.diffusion.sampling import ddim_sample
+from diffrop.diffusion.samplers.ddim import ddim_sample
 
 
 class SampleGrid(L.Callback):

@@ -15,9 +15,9 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from diffrop.diffusion.sampling import SamplerSpec, sample_labels
+from diffrop.diffusion.sampling import SamplerSpec
 from diffrop.evaluation import pipeline as evaluation
-from diffrop.evaluation.generate import sample_images
+from diffrop.evaluation.generate import sample_images, sample_labels
 from diffrop.evaluation.metrics import ReferenceCache, feature_stats, frechet_distance
 
 
