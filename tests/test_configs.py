@@ -27,8 +27,9 @@ from tests.helpers.fakedata import write_image_folder
 from tests.helpers.train_utils import CONFIG_DIR
 
 SKIP_DIRS = {"local"}  # untracked machine config, may be empty
-# Pieces that other options include (loss recipes = terms; paper experiments = recipe + method [+ preset]).
-BUILDING_BLOCKS = {"loss/term", "experiment/method", "experiment/recipe", "experiment/preset"}
+# Pieces that other options include (loss recipes = terms; paper experiments = recipe + method [+ preset]; the
+# keys every sampler shares).
+BUILDING_BLOCKS = {"loss/term", "experiment/method", "experiment/recipe", "experiment/preset", "sampler/base"}
 
 
 def group_options() -> list[tuple[str, str]]:
