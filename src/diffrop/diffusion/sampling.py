@@ -47,6 +47,11 @@ class SamplerSpec:
         if sampler.check_eta is not None:
             sampler.check_eta(self.eta)
 
+    def timesteps(self, schedule: NoiseSchedule) -> list[int]:
+        """The timesteps this setting evaluates the network at on ``schedule`` (raises where the steps do not fit
+        it, e.g. DDPM with steps != T): a check to run before a long job draws its first sample."""
+        return samplers.get(self.name).grid(schedule, self.steps)
+
     def describe(self) -> dict:
         """The results.json ``sampler`` entry (``guidance_scale`` is w, the key the table renderer reads).
 

@@ -1,5 +1,6 @@
-"""A cheap FID during training (issue 4): every K steps, FID of a few thousand DDIM samples of the EMA network
-against the cached reference features of the balanced training set, logged as ``val/fid``.
+"""A cheap FID during training (issue 4): every K steps, FID of a few thousand samples of the EMA network, drawn
+with the run's ``sampler`` group, against the cached reference features of the balanced training set, logged as
+``val/fid``.
 
 Same protocol as ``src/eval.py`` at a smaller scale (exactly balanced labels, per-sample seeds 0..N-1, so the
 curve compares the same noise at every step); its numbers are biased upwards by the small N, so compare them
@@ -24,11 +25,9 @@ from diffrop.evaluation.metrics import ReferenceCache, feature_stats, frechet_di
 class PeriodicFID(L.Callback):
     def __init__(
         self,
+        sampler: SamplerSpec,
         every_n_steps: int = 10000,
         num_samples: int = 2000,
-        steps: int = 50,
-        guidance: float = 0.0,
-        batch_size: int = 250,
         extractor: str = "torch-fidelity",
         inception_weights: str | None = None,
         cache_dir: str = "data/fid_refs",
@@ -37,7 +36,9 @@ class PeriodicFID(L.Callback):
         seed: int = 0,
     ) -> None:
         self.every_n_steps, self.num_samples, self.seed = every_n_steps, num_samples, seed
-        self.spec = SamplerSpec("ddim", steps, 0.0, guidance, "balanced", batch_size)
+        self.spec = (
+            sampler  # the run's sampler group (build.build_callbacks); labels are always balanced here
+        )
         self.kind, self.weights, self.cache_dir = extractor, inception_weights, Path(cache_dir)
         self.reference_per_class, self.feature_batch_size = reference_per_class, feature_batch_size
         self._extractor: evaluation.Extractor | None = None
@@ -73,6 +74,7 @@ class PeriodicFID(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self.every_n_steps:
+            self.spec.timesteps(module.schedule)  # a sampler that does not fit the schedule fails now
             self.prepare(trainer, module)
             for logger in trainer.loggers:  # the run's summary shows the best FID, not the last one
                 if isinstance(logger, WandbLogger):
