@@ -3,11 +3,16 @@ evaluation (``sampler.compile``)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
 from diffrop.diffusion.denoiser import Denoiser
 from diffrop.runtime.compile import CompiledNet
+
+if TYPE_CHECKING:  # sampling.py imports this module
+    from diffrop.diffusion.sampling import SamplerSpec
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -32,8 +37,8 @@ def autocast_net(net: Denoiser, precision: str, device: torch.device) -> Denoise
     return bf16_net
 
 
-def sampling_net(net: Denoiser, spec, device: torch.device) -> Denoiser:
-    """The network that draws the samples of ``spec`` (a ``SamplerSpec``): ``net`` itself, or for
+def sampling_net(net: Denoiser, spec: SamplerSpec, device: torch.device) -> Denoiser:
+    """The network that draws the samples of ``spec``: ``net`` itself, or for
     ``sampler.compile=true`` compiled once for every batch to come, with static shapes (``sample_images`` pads the
     last batch to ``sampler.batch_size``) and, on CUDA, CUDA graphs (``mode="reduce-overhead"``: one graph replay
     per step instead of ~200 kernel launches). Falls back to eager with a warning where compilation fails."""

@@ -1,6 +1,6 @@
 """Sharded, resumable generation of an evaluation set (docs/design.md section 3).
 
-Sample k has label ``labels[k]`` and seed ``seed + k``; its noise comes from its own generator
+Sample k has label ``labels[k]`` (``sample_labels``: balanced or the training mix) and seed ``seed + k``; its noise comes from its own generator
 (``StackedGenerator``), so the images do not depend on the batch size, the shard size or how shards are split
 over processes. Samples [i * shard_size, (i + 1) * shard_size) go to ``shard_{i:05d}.npz`` (uint8 NHWC images,
 labels, seeds), written to a temporary name and renamed with ``os.replace``: a crash never leaves a half-written
