@@ -36,9 +36,7 @@ class PeriodicFID(L.Callback):
         seed: int = 0,
     ) -> None:
         self.every_n_steps, self.num_samples, self.seed = every_n_steps, num_samples, seed
-        self.spec = (
-            sampler  # the run's sampler group (build.build_callbacks); labels are always balanced here
-        )
+        self.spec = sampler  # the run's sampler group (build.build_callbacks); labels: always balanced
         self.kind, self.weights, self.cache_dir = extractor, inception_weights, Path(cache_dir)
         self.reference_per_class, self.feature_batch_size = reference_per_class, feature_batch_size
         self._extractor: evaluation.Extractor | None = None
