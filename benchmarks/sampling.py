@@ -84,7 +84,9 @@ def bench_sampler_compile(args) -> list[dict]:
     """Eager vs ``sampler.compile=true`` (static shapes; CUDA graphs on a GPU) for the last of ``--samplers``,
     guided (w = 1), in the last of the precisions; plus the largest pixel difference between the two on the same
     noise (uint8 levels), so that a speed-up is never read without its effect on the images."""
-    from diffrop.diffusion.sampling import StackedGenerator, sampling_net, to_uint8
+    from diffrop.diffusion.samplers.loop import StackedGenerator
+    from diffrop.diffusion.sampling_net import sampling_net
+    from diffrop.evaluation.generate import to_uint8
 
     _, size, cfg, device, net = sampling_case()
     b = args.sample_batch

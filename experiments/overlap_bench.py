@@ -45,7 +45,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffrop.diffusion.sampling import ddim_sample, dpmpp2m_sample
+from diffrop.diffusion.samplers.ddim import ddim_sample
+from diffrop.diffusion.samplers.dpmpp2m import dpmpp2m_sample
 from diffrop.paper.reading import write_keeping_reading
 from diffrop.paper.study import (
     difference,

@@ -42,7 +42,8 @@ import torch
 from diffrop.build import net_from_checkpoint
 from diffrop.data.datasets import load_digits, resize_uint8
 from diffrop.data.longtail import longtail_counts, shot_groups
-from diffrop.diffusion.sampling import ddim_sample, to_uint8
+from diffrop.diffusion.samplers.ddim import ddim_sample
+from diffrop.evaluation.generate import to_uint8
 from diffrop.paper.cells import training_state
 from diffrop.paper.digits_probe import PROBE_SIZE, load_or_train_probe, probe_outputs, score_by_group
 from diffrop.paper.reading import write_keeping_reading

@@ -9,7 +9,8 @@ import statistics
 import pytest
 import torch
 
-from diffrop.diffusion.sampling import SamplerSpec, autocast_net
+from diffrop.diffusion.sampling import SamplerSpec
+from diffrop.diffusion.sampling_net import autocast_net
 from diffrop.evaluation.generate import sample_images
 from diffrop.evaluation.metrics import fid_from_features
 from diffrop.evaluation.pipeline import sample_dir

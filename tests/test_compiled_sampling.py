@@ -8,7 +8,8 @@ import warnings
 import pytest
 import torch
 
-from diffrop.diffusion.sampling import SamplerSpec, sampling_net
+from diffrop.diffusion.sampling import SamplerSpec
+from diffrop.diffusion.sampling_net import sampling_net
 from diffrop.evaluation.generate import sample_images
 from diffrop.evaluation.pipeline import sample_dir
 from diffrop.runtime.compile import CompiledNet

@@ -9,18 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from diffrop.diffusion.sampling import (
-    SamplerSpec,
-    ddim_sample,
-    dpmpp2m_sample,
-    dpmpp_x0_estimate,
-    guided_eps,
-    half_log_snr,
-    logsnr_grid,
-    sample,
-)
+from diffrop.diffusion.samplers.ddim import ddim_sample
+from diffrop.diffusion.samplers.dpmpp2m import dpmpp2m_sample, dpmpp_x0_estimate, half_log_snr, logsnr_grid
+from diffrop.diffusion.samplers.loop import guided_eps
+from diffrop.diffusion.sampling import SamplerSpec, sample
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.evaluation.generate import sample_images
 from diffrop.evaluation.pipeline import sample_dir
@@ -194,8 +189,10 @@ def test_spec_dispatch_and_per_sample_seeds(unet):
 
 @pytest.mark.parametrize("option", ["ddim", "ddpm", "dpmpp2m"])
 def test_sampler_configs_build_specs_and_distinct_sample_folders(option, tmp_path):
-    path = Path(__file__).resolve().parents[1] / "configs" / "sampler" / f"{option}.yaml"
-    spec = SamplerSpec(**OmegaConf.to_container(OmegaConf.load(path)))
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    with initialize_config_dir(str(configs), version_base="1.3"):  # the group file with its shared base keys
+        group = compose("eval", overrides=[f"sampler={option}", "ckpt_path=x.ckpt"]).sampler
+    spec = SamplerSpec(**OmegaConf.to_container(group))
     folder = sample_dir(tmp_path, spec, 100, 0).name
     assert spec.name == option and folder.startswith(f"{option}{spec.steps}_")
     assert ("_eta" in folder) == (

@@ -26,6 +26,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from diffrop import build
+from diffrop.diffusion.sampling import SamplerSpec
 from diffrop.evaluation import pipeline as evaluation
 from diffrop.evaluation.metrics.features import InceptionWeightsError
 from diffrop.training.periodic_fid import PeriodicFID
@@ -500,9 +501,9 @@ def test_periodic_fid_logs_val_fid(ckpt, tmp_path, fake_extractor):
     logger = SimpleNamespace(log_metrics=lambda metrics, step: logged.append((step, metrics)))
     trainer = SimpleNamespace(datamodule=datamodule, global_step=4, loggers=[logger], callback_metrics={})
     module = SimpleNamespace(ema=net, schedule=schedule, device=torch.device("cpu"))
-    callback = PeriodicFID(every_n_steps=2, num_samples=20, steps=2, batch_size=10, extractor="torch-fidelity",
-                           inception_weights=None, feature_batch_size=100, reference_cache=str(tmp_path),
-                           reference_per_class=3)  # fmt: skip
+    callback = PeriodicFID(SamplerSpec("ddim", 2, 0.0, batch_size=10), every_n_steps=2, num_samples=20, seed=0,
+                           sampler_overrides={}, extractor="torch-fidelity", inception_weights=None,
+                           feature_batch_size=100, reference_cache=str(tmp_path), reference_per_class=3)  # fmt: skip
     callback.on_fit_start(trainer, module)
     callback.on_train_batch_end(trainer, module, None, None, 0)
     trainer.global_step = 5  # not a multiple of 2: nothing
@@ -510,7 +511,6 @@ def test_periodic_fid_logs_val_fid(ckpt, tmp_path, fake_extractor):
     assert len(logged) == 1 and logged[0][0] == 4
     fid = logged[0][1]["val/fid"]
     # independent: the same 20 samples (balanced labels, seeds 0..19) scored with scipy
-    from diffrop.diffusion.sampling import SamplerSpec
     from diffrop.evaluation.generate import sample_images
 
     images = sample_images(

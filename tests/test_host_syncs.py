@@ -30,7 +30,7 @@ def test_no_tensor_is_read_by_the_host_between_logging_steps(tmp_path, bar, loss
     overrides = [
         "data=digits_lt", "model=tiny", "trainer=cpu", "logger=csv", "data.batch_size=8", "optim.warmup_steps=0",
         f"loss={loss}", f"data.on_device={on_device}", "optim.nonfinite=skip", "trainer.max_steps=9",
-        "trainer.log_every_n_steps=4", "callbacks.sample_grid.every_n_steps=0", "callbacks.sample_grid.steps=2",
+        "trainer.log_every_n_steps=4", "callbacks.sample_grid.every_n_steps=0", "sampler.steps=2",
         f"callbacks.progress_bar.kind={bar}", "callbacks.progress_bar.refresh_rate=4",
         "callbacks.progress_bar.every_n_steps=4", "callbacks.progress_bar.every_n_seconds=0",
         "~callbacks.model_summary",

@@ -22,7 +22,7 @@ def test_two_trial_optuna_sweep_reports_its_best_trial(tmp_path) -> None:
         sys.executable, str(REPO / "src" / "train.py"), "hparams_search=pcl_tau", "experiment=quickstart",
         "loss=pcl_exp", "trainer.max_steps=3", "data.batch_size=16", "hydra.sweeper.n_trials=2",
         "hydra.sweeper.sampler.n_startup_trials=2", "callbacks.periodic_fid.num_samples=20",
-        "callbacks.periodic_fid.steps=2", "callbacks.periodic_fid.extractor=fid-helper",
+        "sampler.steps=2", "callbacks.periodic_fid.extractor=fid-helper",
         f"callbacks.periodic_fid.inception_weights={weights}", "callbacks.periodic_fid.reference_per_class=5",
         f"callbacks.periodic_fid.reference_cache={tmp_path / 'refs'}", "callbacks.sample_grid.every_n_steps=0",
         "~callbacks.progress_bar", f"hydra.sweep.dir={sweep}",

@@ -17,7 +17,7 @@ from diffrop.runtime.stored_run import StoredRunMismatch, adopt_stored_run
 from tests.helpers.train_utils import REPO, TRAIN_PY, load_ckpt, train_env
 
 # the quickstart, cut to a few steps; what `make quickstart` stores plus the cuts
-QUICK = ["experiment=quickstart", "callbacks.sample_grid.steps=2", "callbacks.sample_grid.per_class=1",
+QUICK = ["experiment=quickstart", "sampler.steps=2", "callbacks.sample_grid.per_class=1",
          "callbacks.checkpoint.every_n_train_steps=3", "callbacks.progress_bar.kind=log"]  # fmt: skip
 
 

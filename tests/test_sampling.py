@@ -6,17 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffrop.diffusion.sampling import (
-    SamplerSpec,
-    StackedGenerator,
-    ddim_sample,
-    ddpm_sample,
-    guided_eps,
-    sample,
-    sample_labels,
-)
+from diffrop.diffusion.samplers.ddim import ddim_sample
+from diffrop.diffusion.samplers.ddpm import ddpm_sample
+from diffrop.diffusion.samplers.loop import StackedGenerator, guided_eps
+from diffrop.diffusion.sampling import SamplerSpec, sample
 from diffrop.diffusion.schedule import NoiseSchedule
-from diffrop.evaluation.generate import sample_images
+from diffrop.evaluation.generate import sample_images, sample_labels
 from tests.helpers.config_objects import linear_schedule
 
 SCHEDULE = linear_schedule(50)  # short chains keep the UNet tests fast

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from diffrop.data.datamodule import LongTailDataModule
 from diffrop.data.diffaug import NUM_AUG_PARAMS
+from diffrop.diffusion.sampling import SamplerSpec
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.losses.objective import Objective
 from diffrop.runtime.run_status import run_id
@@ -92,6 +94,26 @@ def run_hparams(cfg: DictConfig, choices: Mapping[str, str | None]) -> dict[str,
     return OmegaConf.to_container(cfg, resolve=True) | {"choices": picked}
 
 
+def build_sampler(cfg: DictConfig) -> SamplerSpec:
+    """The run's ``sampler`` group: what its sample grids and periodic FID draw with, and (stored with the
+    checkpoint) the recipe ``src/eval.py`` evaluates it with."""
+    return SamplerSpec(**OmegaConf.to_container(cfg.sampler, resolve=True))
+
+
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The configured callbacks (``callbacks.<name>=null`` switches one off); one whose constructor takes
+    ``sampler`` gets the run's (``build_sampler``), so ``sampler=...`` / ``sampler.steps=...`` govern them too."""
+    sampler = build_sampler(cfg) if cfg.get("sampler") is not None else None
+    callbacks = []
+    for c in (cfg.get("callbacks") or {}).values():
+        if c is None:
+            continue
+        make = instantiate(c, _partial_=True)
+        takes_sampler = "sampler" in inspect.signature(make.func).parameters
+        callbacks.append(make(sampler=sampler) if takes_sampler else make())
+    return callbacks
+
+
 def build_trainer(
     cfg: DictConfig, run_dir: str | Path, hparams: Mapping[str, Any] | None = None, **overrides: Any
 ) -> L.Trainer:
@@ -102,8 +124,7 @@ def build_trainer(
             continue
         extra = {"id": run_id(run_dir)} if name == "wandb" else {}
         loggers.append(instantiate(logger_cfg, **extra))
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]  # null: off
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **overrides)
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=build_callbacks(cfg), **overrides)
     if hparams is not None:
         for logger in trainer.loggers:  # rank zero only (Lightning's loggers guard it)
             logger.log_hyperparams(dict(hparams))

@@ -54,14 +54,14 @@ class KillAt(L.Callback):
                 half_then_die  # AtomicCheckpointIO looks it up at each save
             )
         if self.where == "grid":
-            sample = diffrop.training.callbacks.ddim_sample
+            sample = diffrop.training.callbacks.sample
 
             def die_in_grid(*args, **kwargs):
                 if trainer.global_step == self.step:
                     die()
                 return sample(*args, **kwargs)
 
-            diffrop.training.callbacks.ddim_sample = die_in_grid  # SampleGrid.draw looks it up at each grid
+            diffrop.training.callbacks.sample = die_in_grid  # SampleGrid.draw looks it up at each grid
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if self.where == "step" and trainer.global_step == self.step:  # before ModelCheckpoint (always last)

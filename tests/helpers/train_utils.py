@@ -24,7 +24,7 @@ TRAIN_PY = REPO / "src" / "train.py"
 THREADS = int(os.environ.get("OMP_NUM_THREADS", "1"))
 
 # A run of a few seconds on a CPU: tiny UNet on 16x16 digits, CSV logging every step, a 1-image-per-class,
-# 2-step sample grid at the end. Append trainer.max_steps=K and hydra.run.dir=DIR.
+# 2-step (sampler.steps) sample grid at the end. Append trainer.max_steps=K and hydra.run.dir=DIR.
 TINY_RUN_OVERRIDES = [
     "data=digits_lt",
     "model=tiny",
@@ -35,7 +35,7 @@ TINY_RUN_OVERRIDES = [
     "optim.warmup_steps=0",
     "optim.ema_decay=0.5",
     "callbacks.sample_grid.every_n_steps=0",
-    "callbacks.sample_grid.steps=2",
+    "sampler.steps=2",
     "callbacks.sample_grid.per_class=1",
     "~callbacks.progress_bar",
     "~callbacks.model_summary",

@@ -1,6 +1,6 @@
 """Sharded, resumable generation of an evaluation set (docs/design.md section 3).
 
-Sample k has label ``labels[k]`` and seed ``seed + k``; its noise comes from its own generator
+Sample k has label ``labels[k]`` (``sample_labels``: balanced or the training mix) and seed ``seed + k``; its noise comes from its own generator
 (``StackedGenerator``), so the images do not depend on the batch size, the shard size or how shards are split
 over processes. Samples [i * shard_size, (i + 1) * shard_size) go to ``shard_{i:05d}.npz`` (uint8 NHWC images,
 labels, seeds), written to a temporary name and renamed with ``os.replace``: a crash never leaves a half-written
@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,51 @@ from torch import Tensor
 from torchvision.utils import save_image
 
 from diffrop.diffusion.denoiser import Denoiser
-from diffrop.diffusion.sampling import SamplerSpec, StackedGenerator, sample, to_uint8
+from diffrop.diffusion.samplers.loop import StackedGenerator
+from diffrop.diffusion.sampling import LABEL_MODES, SamplerSpec, sample
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.runtime.atomic_write import atomic_write
 from diffrop.runtime.progress import track
+
+
+def sample_labels(
+    num_samples: int,
+    num_classes: int,
+    mode: str = "balanced",
+    class_freq: Sequence[float] | Tensor | None = None,
+) -> Tensor:
+    """Labels of a generated set [N] (long).
+
+    ``balanced``: sample k gets class k % C (exactly balanced when C divides N; docs/design.md section 3).
+    ``train``: class counts follow the training label frequencies by largest-remainder allocation of N
+    (deterministic; ties go to the lower class index), interleaved so that any prefix is close to the same mix:
+    the i-th sample of class c sits at position key (i + 1/2) / n_c, classes ordered by key then index.
+    """
+    if num_samples <= 0 or num_classes <= 0:
+        raise ValueError(f"need num_samples > 0 and num_classes > 0, got {num_samples}, {num_classes}")
+    if mode == "balanced":
+        return torch.arange(num_samples) % num_classes
+    if mode != "train":
+        raise ValueError(f"sampler.labels={mode!r} is not one of {list(LABEL_MODES)}")
+    if class_freq is None:
+        raise ValueError("sampler.labels=train needs the training class frequencies")
+    freq = np.asarray(torch.as_tensor(class_freq, dtype=torch.float64), dtype=np.float64)
+    if freq.shape != (num_classes,) or (freq < 0).any() or freq.sum() <= 0:
+        raise ValueError(
+            f"class_freq must be {num_classes} non-negative numbers with a positive sum, got {freq}"
+        )
+    quota = freq / freq.sum() * num_samples
+    counts = np.floor(quota).astype(np.int64)
+    remainder_order = sorted(range(num_classes), key=lambda c: (-(quota[c] - counts[c]), c))
+    counts[remainder_order[: num_samples - counts.sum()]] += 1
+    labels = np.repeat(np.arange(num_classes), counts)
+    keys = np.concatenate([(np.arange(n) + 0.5) / n for n in counts if n > 0])
+    return torch.as_tensor(labels[np.lexsort((labels, keys))], dtype=torch.long)
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """[-1, 1] float -> [0, 255] uint8."""
+    return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 @torch.no_grad()

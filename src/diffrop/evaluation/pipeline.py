@@ -18,10 +18,11 @@ from torch import Tensor
 
 from diffrop.data.datamodule import LongTailDataModule
 from diffrop.diffusion.denoiser import Denoiser
-from diffrop.diffusion.sampling import SamplerSpec, sample_labels, sampling_net
+from diffrop.diffusion.sampling import SamplerSpec
+from diffrop.diffusion.sampling_net import sampling_net
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.evaluation.classification import shot_accuracy
-from diffrop.evaluation.generate import generate, merge_shards, save_grid, wait_for_shards
+from diffrop.evaluation.generate import generate, merge_shards, sample_labels, save_grid, wait_for_shards
 from diffrop.evaluation.metrics import (
     KMEANS_BACKENDS,
     MetricSettings,

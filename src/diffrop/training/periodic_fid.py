@@ -1,5 +1,6 @@
-"""A cheap FID during training (issue 4): every K steps, FID of a few thousand DDIM samples of the EMA network
-against the cached reference features of the balanced training set, logged as ``val/fid``.
+"""A cheap FID during training (issue 4): every K steps, FID of a few thousand samples of the EMA network, drawn
+with the run's ``sampler`` group, against the cached reference features of the balanced training set, logged as
+``val/fid``.
 
 Same protocol as ``src/eval.py`` at a smaller scale (exactly balanced labels, per-sample seeds 0..N-1, so the
 curve compares the same noise at every step); its numbers are biased upwards by the small N, so compare them
@@ -8,29 +9,30 @@ with each other, not with 50k-sample FIDs. Rank 0 computes while the other ranks
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from diffrop.diffusion.sampling import SamplerSpec, sample_labels
+from diffrop.diffusion.sampling import SamplerSpec
 from diffrop.evaluation import pipeline as evaluation
-from diffrop.evaluation.generate import sample_images
+from diffrop.evaluation.generate import sample_images, sample_labels
 from diffrop.evaluation.metrics import ReferenceCache, feature_stats, frechet_distance
 
 
 class PeriodicFID(L.Callback):
     def __init__(
         self,
-        every_n_steps: int = 10000,
-        num_samples: int = 2000,
-        steps: int = 50,
-        guidance: float = 0.0,
-        batch_size: int = 250,
-        seed: int = 0,
+        sampler: SamplerSpec,
         *,
+        every_n_steps: int,
+        num_samples: int,
+        seed: int,
+        sampler_overrides: dict[str, Any],
         extractor: str,
         inception_weights: str | None,
         feature_batch_size: int,
@@ -39,7 +41,8 @@ class PeriodicFID(L.Callback):
     ) -> None:
         """The feature settings are eval's (configs/features/default.yaml): same extractor, same reference cache."""
         self.every_n_steps, self.num_samples, self.seed = every_n_steps, num_samples, seed
-        self.spec = SamplerSpec("ddim", steps, 0.0, guidance, "balanced", batch_size)
+        # the run's sampler group (build.build_callbacks), with this callback's overrides (a cheaper proxy)
+        self.spec = dataclasses.replace(sampler, **sampler_overrides)
         self.kind, self.weights, self.reference_cache = extractor, inception_weights, Path(reference_cache)
         self.reference_per_class, self.feature_batch_size = reference_per_class, feature_batch_size
         self._extractor: evaluation.Extractor | None = None
@@ -75,6 +78,7 @@ class PeriodicFID(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self.every_n_steps:
+            self.spec.timesteps(module.schedule)  # a sampler that does not fit the schedule fails now
             self.prepare(trainer, module)
             for logger in trainer.loggers:  # the run's summary shows the best FID, not the last one
                 if isinstance(logger, WandbLogger):

@@ -1,0 +1,39 @@
+"""SampleGrid draws the run's sampler setting (not a sampler of its own) and refuses, at fit start, one that does
+not fit the model's schedule."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torchvision.io import decode_png, read_file
+
+from diffrop.diffusion.samplers.dpmpp2m import dpmpp2m_sample
+from diffrop.diffusion.sampling import SamplerSpec
+from diffrop.diffusion.schedule import NoiseSchedule
+from diffrop.training.callbacks import SampleGrid
+
+SCHEDULE = NoiseSchedule(50)
+
+
+def test_the_grid_is_the_runs_sampler_from_the_grid_seed(unet, tmp_path):
+    spec = SamplerSpec("dpmpp2m", steps=4, eta=None, guidance=1.5)
+    grid = SampleGrid(str(tmp_path), spec, per_class=2, seed=3)
+    module = SimpleNamespace(ema=unet, schedule=SCHEDULE, device=torch.device("cpu"))
+    path = grid.draw(SimpleNamespace(global_step=7, loggers=[]), module)
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    x = dpmpp2m_sample(unet, SCHEDULE, y, (6, 3, 8, 8), 4, 1.5, torch.Generator().manual_seed(3))
+    # save_image: 2 px of padding around each 8 x 8 image, one row per class
+    png = decode_png(read_file(str(path)))
+    for k in range(6):
+        row, col = divmod(k, 2)
+        tile = png[:, 2 + 10 * row : 10 + 10 * row, 2 + 10 * col : 10 + 10 * col]
+        expected = ((x[k] + 1) / 2 * 255 + 0.5).clamp(0, 255).to(torch.uint8)  # save_image's rounding
+        assert torch.equal(tile, expected)
+
+
+def test_a_sampler_that_does_not_fit_the_schedule_fails_at_fit_start(tmp_path):
+    grid = SampleGrid(str(tmp_path), SamplerSpec("ddpm", steps=1000, eta=None))
+    with pytest.raises(ValueError, match="walks all T=50 steps"):
+        grid.on_fit_start(SimpleNamespace(), SimpleNamespace(schedule=SCHEDULE))

@@ -1,0 +1,81 @@
+"""The sampler registry: a sampler defined outside the package (a time grid and an update rule, nothing else)
+is registered and drawn through ``SamplerSpec`` / ``sample`` like the built-in ones; every built-in sampler has
+its config file and every config file names a registered sampler."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from diffrop.diffusion import samplers
+from diffrop.diffusion.samplers.loop import Chain, Sampler
+from diffrop.diffusion.sampling import SamplerSpec, sample
+from diffrop.diffusion.schedule import NoiseSchedule
+from tests.helpers.train_utils import CONFIG_DIR
+
+SCHEDULE = NoiseSchedule(50)
+X_STAR = torch.linspace(-0.9, 0.9, 2 * 3 * 3).view(1, 2, 3, 3)
+
+
+class PointMass(torch.nn.Module):
+    """The exact eps for data that is the single point X_STAR: eps = (x_t - sqrt(abar_t) x*) / sqrt(1 - abar_t)."""
+
+    def forward(self, x, t, y, cond):
+        abar = SCHEDULE.alpha_bars[t].view(-1, 1, 1, 1)
+        return (x - abar.sqrt() * X_STAR) / (1 - abar).sqrt()
+
+
+def one_step_grid(schedule: NoiseSchedule, steps: int) -> list[int]:
+    if steps != 1:
+        raise ValueError("the one-step sampler takes sampler.steps=1")
+    return [schedule.num_steps - 1]
+
+
+def jump_to_x0(chain: Chain, x, eps, t: int, s: int, state):
+    """Straight to the data prediction x0 = (x - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
+    abar = chain.schedule.alpha_bars[t]
+    return (x - (1 - abar).sqrt() * eps) / abar.sqrt(), state
+
+
+def no_eta(eta: float | None) -> None:
+    if eta is not None:
+        raise ValueError("the one-step sampler has no eta")
+
+
+@pytest.fixture
+def one_step():
+    toy = Sampler("one_step", one_step_grid, jump_to_x0, no_eta)
+    samplers.register(toy)
+    yield toy
+    del samplers.REGISTRY["one_step"]
+
+
+def test_a_registered_sampler_is_drawn_through_sampler_spec(one_step):
+    assert "one_step" in samplers.names()
+    spec = SamplerSpec("one_step", steps=1, eta=None, guidance=0.5)
+    y = torch.tensor([0, 1, 2])
+    x = sample(PointMass(), SCHEDULE, y, (3, 2, 3, 3), spec, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(x, X_STAR.expand(3, -1, -1, -1))  # exact eps: one jump lands on x*
+
+
+def test_the_registered_sampler_validates_its_own_settings(one_step):
+    with pytest.raises(ValueError, match="no eta"):
+        SamplerSpec("one_step", steps=1, eta=0.3)
+    spec = SamplerSpec("one_step", steps=2, eta=None)
+    with pytest.raises(ValueError, match="steps=1"):
+        sample(PointMass(), SCHEDULE, torch.zeros(1, dtype=torch.long), (1, 2, 3, 3), spec)
+
+
+def test_unknown_names_and_name_clashes_are_refused(one_step):
+    with pytest.raises(ValueError, match="is not one of"):
+        SamplerSpec("nope")
+    with pytest.raises(ValueError, match="registered already"):
+        samplers.register(Sampler("ddim", one_step_grid, jump_to_x0))
+    samplers.register(one_step)  # the same object again is a no-op
+
+
+def test_every_sampler_module_has_a_config_and_every_config_a_sampler():
+    configs = {p.stem: OmegaConf.load(p) for p in (CONFIG_DIR / "sampler").glob("*.yaml")}
+    assert {c.name for c in configs.values()} == set(configs) == set(samplers.names())
+    assert set(samplers.names()) >= {"ddpm", "ddim", "dpmpp2m"}
