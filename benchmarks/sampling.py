@@ -47,7 +47,7 @@ def bench_samplers(args) -> list[dict]:
         for precision in precisions:
             for name, steps in parse_samplers(args.samplers):
                 eta = 0.0 if name == "ddim" else None
-                spec = SamplerSpec(name, steps, eta, guidance, batch_size=b, precision=precision)
+                spec = SamplerSpec(name, steps, eta, guidance, "balanced", b, precision, compile=False)
                 specs[(name, steps, guidance, precision)] = spec
     schedules = {n: instantiate(cfg.diffusion, num_steps=n).to(device) for n in {1000, args.ddpm_steps}}
 
@@ -93,10 +93,7 @@ def bench_sampler_compile(args) -> list[dict]:
     name, steps = parse_samplers(args.samplers)[-1]
     precision = (args.precisions or ("bf16" if CUDA else "fp32")).split(",")[-1]
     eta = 0.0 if name == "ddim" else None
-    specs = {
-        c: SamplerSpec(name, steps, eta, 1.0, batch_size=b, precision=precision, compile=bool(c))
-        for c in (0, 1)
-    }
+    specs = {c: SamplerSpec(name, steps, eta, 1.0, "balanced", b, precision, compile=bool(c)) for c in (0, 1)}
     nets = {c: sampling_net(net, spec, device) for c, spec in specs.items()}
     schedule = instantiate(cfg.diffusion).to(device)
     y = torch.arange(b, device=device) % 10

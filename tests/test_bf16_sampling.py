@@ -9,13 +9,12 @@ import statistics
 import pytest
 import torch
 
-from diffrop.diffusion.sampling import SamplerSpec
 from diffrop.diffusion.sampling_net import autocast_net
 from diffrop.evaluation.generate import sample_images
 from diffrop.evaluation.metrics import fid_from_features
 from diffrop.evaluation.pipeline import sample_dir
 from diffrop.nets.unet import ClassConditionalUNet
-from tests.helpers.config_objects import linear_schedule
+from tests.helpers.config_objects import linear_schedule, sampler_spec
 
 SCHEDULE = linear_schedule(1000)
 
@@ -48,7 +47,7 @@ def test_only_the_network_runs_in_bf16(unet):
     with pytest.raises(ValueError, match="precision"):
         autocast_net(unet, "fp16", torch.device("cpu"))
     with pytest.raises(ValueError, match="precision"):
-        SamplerSpec(precision="fp8")
+        sampler_spec(precision="fp8")
 
 
 @pytest.mark.parametrize(("name", "guidance"), [("ddim", 0.0), ("dpmpp2m", 0.0), ("dpmpp2m", 1.5)])
@@ -60,7 +59,7 @@ def test_same_seeds_fp32_vs_bf16_images_differ_by_a_bounded_amount(unet, name, g
     labels, seeds = torch.arange(16) % 3, torch.arange(16)
 
     def images(seeds: torch.Tensor, precision: str) -> torch.Tensor:
-        spec = SamplerSpec(name, 10, eta, guidance, batch_size=16, precision=precision)
+        spec = sampler_spec(name, 10, eta, guidance, batch_size=16, precision=precision)
         return sample_images(unet, SCHEDULE, labels, seeds, spec).int()
 
     fp32, bf16, other = images(seeds, "fp32"), images(seeds, "bf16"), images(seeds + 100, "fp32")
@@ -72,7 +71,7 @@ def test_same_seeds_fp32_vs_bf16_images_differ_by_a_bounded_amount(unet, name, g
 
 
 def test_precision_is_recorded_only_when_not_fp32(tmp_path):
-    fp32, bf16 = SamplerSpec("dpmpp2m", 20, None), SamplerSpec("dpmpp2m", 20, None, precision="bf16")
+    fp32, bf16 = sampler_spec("dpmpp2m", 20, None), sampler_spec("dpmpp2m", 20, None, precision="bf16")
     assert "precision" not in fp32.describe()  # manifests of earlier fp32 shards stay valid
     assert bf16.describe() == fp32.describe() | {"precision": "bf16"}
     assert sample_dir(tmp_path, fp32, 10, 0) != sample_dir(tmp_path, bf16, 10, 0)
@@ -88,7 +87,7 @@ def test_bf16_moves_fid_less_than_the_seed_to_seed_spread(unet):
     projection = torch.randn((3 * 8 * 8, 16), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
     def features(first_seed: int, precision: str = "fp32") -> torch.Tensor:
-        spec = SamplerSpec("dpmpp2m", 10, None, 1.0, batch_size=64, precision=precision)
+        spec = sampler_spec("dpmpp2m", 10, None, 1.0, batch_size=64, precision=precision)
         images = sample_images(unet, SCHEDULE, labels, torch.arange(first_seed, first_seed + 64), spec)
         return images.flatten(1).double() / 255 @ projection
 

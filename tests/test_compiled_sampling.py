@@ -8,12 +8,11 @@ import warnings
 import pytest
 import torch
 
-from diffrop.diffusion.sampling import SamplerSpec
 from diffrop.diffusion.sampling_net import sampling_net
 from diffrop.evaluation.generate import sample_images
 from diffrop.evaluation.pipeline import sample_dir
 from diffrop.runtime.compile import CompiledNet
-from tests.helpers.config_objects import linear_schedule
+from tests.helpers.config_objects import linear_schedule, sampler_spec
 
 SCHEDULE = linear_schedule(1000)
 
@@ -39,7 +38,7 @@ def test_padding_gives_one_shape_and_the_same_images(unet, guidance):
     runs = {}
     for compile_ in (False, True):
         net = ShapeRecorder(unet.eval())
-        spec = SamplerSpec("dpmpp2m", 5, None, guidance, batch_size=4, compile=compile_)
+        spec = sampler_spec("dpmpp2m", 5, None, guidance, batch_size=4, compile=compile_)
         runs[compile_] = (sample_images(net, SCHEDULE, labels, seeds, spec), set(net.batches))
     per_call = 8 if guidance else 4
     assert runs[False][1] == {per_call, per_call * 3 // 4}
@@ -50,18 +49,18 @@ def test_padding_gives_one_shape_and_the_same_images(unet, guidance):
 
 
 def test_compile_is_recorded_and_gets_its_own_folder(tmp_path):
-    eager, compiled = SamplerSpec("ddim", 10), SamplerSpec("ddim", 10, compile=True)
+    eager, compiled = sampler_spec("ddim", 10), sampler_spec("ddim", 10, compile=True)
     assert "compile" not in eager.describe()  # manifests of earlier shards stay valid
     assert compiled.describe() == eager.describe() | {"compile": True}
     assert sample_dir(tmp_path, compiled, 10, 0).name.endswith("_compiled_n10_seed0")
     assert sample_dir(tmp_path, eager, 10, 0) != sample_dir(tmp_path, compiled, 10, 0)
     with pytest.raises(ValueError, match=r"sampler\.compile must be true or false"):
-        SamplerSpec(compile="yes")
+        sampler_spec(compile="yes")
 
 
 def test_sampling_net_is_the_net_itself_unless_asked(unet):
-    assert sampling_net(unet, SamplerSpec(), torch.device("cpu")) is unet
-    compiled = sampling_net(unet, SamplerSpec(compile=True), torch.device("cpu"))
+    assert sampling_net(unet, sampler_spec(), torch.device("cpu")) is unet
+    compiled = sampling_net(unet, sampler_spec(compile=True), torch.device("cpu"))
     assert isinstance(compiled, CompiledNet)
     assert (compiled.in_channels, compiled.image_size) == (unet.in_channels, unet.image_size)  # the net's
 
@@ -71,9 +70,9 @@ def test_compiled_net_falls_back_to_eager_with_one_warning(unet, monkeypatch):
         raise RuntimeError("backend exploded")
 
     monkeypatch.setattr(torch, "compile", lambda net, **kw: broken)
-    net = sampling_net(unet.eval(), SamplerSpec(compile=True), torch.device("cpu"))
+    net = sampling_net(unet.eval(), sampler_spec(compile=True), torch.device("cpu"))
     labels, seeds = torch.arange(5) % 3, torch.arange(5)
-    spec = SamplerSpec("ddim", 4, 0.0, batch_size=4, compile=True)
+    spec = sampler_spec("ddim", 4, 0.0, batch_size=4, compile=True)
     with pytest.warns(UserWarning, match=r"sampler\.compile=true: compilation failed .*backend exploded"):
         images = sample_images(net, SCHEDULE, labels, seeds, spec)
     assert torch.equal(images, sample_images(unet, SCHEDULE, labels, seeds, spec))
@@ -100,7 +99,7 @@ def test_real_compile_on_cpu_draws_the_eager_images(unet):
     """torch.compile on this machine (a C++ compiler is part of the setup): no fallback, the same images as eager
     within one uint8 level, guided, with a padded last batch. (It also covers model.compile's wrapper.)"""
     labels, seeds = torch.arange(6) % 3, torch.arange(6)
-    spec = SamplerSpec("dpmpp2m", 4, None, 1.0, batch_size=4, compile=True)
+    spec = sampler_spec("dpmpp2m", 4, None, 1.0, batch_size=4, compile=True)
     net = sampling_net(unet.eval(), spec, torch.device("cpu"))
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="sampler.compile")  # a fallback fails the test

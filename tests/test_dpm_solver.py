@@ -19,7 +19,7 @@ from diffrop.diffusion.sampling import SamplerSpec, sample
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.evaluation.generate import sample_images
 from diffrop.evaluation.pipeline import sample_dir
-from tests.helpers.config_objects import linear_schedule
+from tests.helpers.config_objects import linear_schedule, sampler_spec
 
 SCHEDULE = linear_schedule(1000)
 M, S = 0.05, 0.2  # data x0 ~ N(M, S^2 I): M + 4.5 S < 1, so clipping x0 to [-1, 1] never acts
@@ -171,10 +171,10 @@ def test_matches_diffusers_dpm_solver_multistep(unet, steps, guidance):
 
 def test_spec_dispatch_and_per_sample_seeds(unet):
     labels, seeds = torch.arange(6) % 3, torch.arange(40, 46)
-    spec = SamplerSpec("dpmpp2m", steps=4, eta=None, guidance=0.5, batch_size=4)
+    spec = sampler_spec("dpmpp2m", steps=4, eta=None, guidance=0.5, batch_size=4)
     by4 = sample_images(unet, linear_schedule(50), labels, seeds, spec)
     by6 = sample_images(
-        unet, linear_schedule(50), labels, seeds, SamplerSpec("dpmpp2m", 4, None, 0.5, batch_size=6)
+        unet, linear_schedule(50), labels, seeds, sampler_spec("dpmpp2m", 4, None, 0.5, batch_size=6)
     )
     assert (by4.int() - by6.int()).abs().max() <= 1 and (by4 == by6).float().mean() > 0.99
     direct = dpmpp2m_sample(unet, linear_schedule(50), labels[:1], (1, 3, 8, 8), steps=4, guidance=0.5,
@@ -184,7 +184,7 @@ def test_spec_dispatch_and_per_sample_seeds(unet):
     )
     assert torch.equal(direct, via_spec)
     with pytest.raises(ValueError, match="eta"):
-        SamplerSpec("dpmpp2m", eta=0.5)
+        sampler_spec("dpmpp2m", eta=0.5)
 
 
 @pytest.mark.parametrize("option", ["ddim", "ddpm", "dpmpp2m"])

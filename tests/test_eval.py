@@ -26,11 +26,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from diffrop import build
-from diffrop.diffusion.sampling import SamplerSpec
 from diffrop.evaluation import pipeline as evaluation
 from diffrop.evaluation.metrics.features import InceptionWeightsError
 from diffrop.training.periodic_fid import PeriodicFID
-from tests.helpers.config_objects import from_group
+from tests.helpers.config_objects import from_group, sampler_spec
 from tests.helpers.disk import tmpfs
 from tests.helpers.eval_fake_extractor import FakeExtractor
 from tests.helpers.inception_weights import write_fidelity_weights
@@ -501,7 +500,7 @@ def test_periodic_fid_logs_val_fid(ckpt, tmp_path, fake_extractor):
     logger = SimpleNamespace(log_metrics=lambda metrics, step: logged.append((step, metrics)))
     trainer = SimpleNamespace(datamodule=datamodule, global_step=4, loggers=[logger], callback_metrics={})
     module = SimpleNamespace(ema=net, schedule=schedule, device=torch.device("cpu"))
-    callback = PeriodicFID(SamplerSpec("ddim", 2, 0.0, batch_size=10), every_n_steps=2, num_samples=20, seed=0,
+    callback = PeriodicFID(sampler_spec("ddim", 2, 0.0, batch_size=10), every_n_steps=2, num_samples=20, seed=0,
                            sampler_overrides={}, extractor="torch-fidelity", inception_weights=None,
                            feature_batch_size=100, reference_cache=str(tmp_path), reference_per_class=3)  # fmt: skip
     callback.on_fit_start(trainer, module)
@@ -514,7 +513,7 @@ def test_periodic_fid_logs_val_fid(ckpt, tmp_path, fake_extractor):
     from diffrop.evaluation.generate import sample_images
 
     images = sample_images(
-        net, schedule, torch.arange(20) % 10, torch.arange(20), SamplerSpec("ddim", 2, 0.0)
+        net, schedule, torch.arange(20) % 10, torch.arange(20), sampler_spec("ddim", 2, 0.0)
     )
     real = fake_extractor.features(_reference(3)[0]).double().numpy()
     assert fid == pytest.approx(_fid_scipy(real, fake_extractor.features(images).double().numpy()), rel=1e-4)

@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from diffrop.diffusion.sampling import SamplerSpec
 from diffrop.evaluation.generate import generate, merge_shards, save_grid, shard_path
-from tests.helpers.config_objects import linear_schedule
+from tests.helpers.config_objects import linear_schedule, sampler_spec
 
 SCHEDULE = linear_schedule(20)
-SPEC = SamplerSpec("ddim", steps=3, eta=1.0, guidance=0.5, batch_size=3)
+SPEC = sampler_spec("ddim", steps=3, eta=1.0, guidance=0.5, batch_size=3)
 
 
 class CountingNet(torch.nn.Module):
@@ -99,7 +98,7 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
                  manifest={"checkpoint": "a.ckpt", "global_step": 20})  # fmt: skip
     assert "delete" in str(err.value)
     with pytest.raises(ValueError, match="guidance_scale"):
-        other = SamplerSpec("ddim", steps=3, eta=1.0, guidance=2.0, batch_size=3)
+        other = sampler_spec("ddim", steps=3, eta=1.0, guidance=2.0, batch_size=3)
         generate(CountingNet(), SCHEDULE, _labels(6), tmp_path, other, shard_size=4, progress=False,
                  manifest={"checkpoint": "a.ckpt", "global_step": 10})  # fmt: skip
 

@@ -16,7 +16,8 @@ import torch
 from hydra._internal.utils import _locate
 
 from diffrop import build
-from diffrop.diffusion.sampling import SamplerSpec, sample
+from diffrop.diffusion.sampling import sample
+from tests.helpers.config_objects import sampler_spec
 
 LEGACY = Path(__file__).parent / "data" / "legacy_v0.1_tiny.ckpt"
 LEGACY_NET = [
@@ -67,7 +68,7 @@ def test_legacy_checkpoint_samples():
     net, schedule, cfg, ckpt = build.net_from_checkpoint(LEGACY)
     assert ckpt["global_step"] == 2 and cfg.data.name == "digits_lt"
     labels = torch.arange(4)
-    spec = SamplerSpec(name="ddim", steps=2, guidance=1.0)
+    spec = sampler_spec(name="ddim", steps=2, guidance=1.0)
     images = sample(net, schedule, labels, (4, 3, 16, 16), spec, torch.Generator().manual_seed(0))
     assert images.shape == (4, 3, 16, 16) and torch.isfinite(images).all()
 

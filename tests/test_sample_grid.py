@@ -10,16 +10,15 @@ import torch
 from torchvision.io import decode_png, read_file
 
 from diffrop.diffusion.samplers.dpmpp2m import dpmpp2m_sample
-from diffrop.diffusion.sampling import SamplerSpec
-from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.training.callbacks import SampleGrid
+from tests.helpers.config_objects import linear_schedule, sampler_spec
 
-SCHEDULE = NoiseSchedule(50)
+SCHEDULE = linear_schedule(50)
 
 
 def test_the_grid_is_the_runs_sampler_from_the_grid_seed(unet, tmp_path):
-    spec = SamplerSpec("dpmpp2m", steps=4, eta=None, guidance=1.5)
-    grid = SampleGrid(str(tmp_path), spec, per_class=2, seed=3)
+    spec = sampler_spec("dpmpp2m", steps=4, eta=None, guidance=1.5)
+    grid = SampleGrid(str(tmp_path), spec, every_n_steps=5000, per_class=2, seed=3)
     module = SimpleNamespace(ema=unet, schedule=SCHEDULE, device=torch.device("cpu"))
     path = grid.draw(SimpleNamespace(global_step=7, loggers=[]), module)
     y = torch.tensor([0, 0, 1, 1, 2, 2])
@@ -34,6 +33,8 @@ def test_the_grid_is_the_runs_sampler_from_the_grid_seed(unet, tmp_path):
 
 
 def test_a_sampler_that_does_not_fit_the_schedule_fails_at_fit_start(tmp_path):
-    grid = SampleGrid(str(tmp_path), SamplerSpec("ddpm", steps=1000, eta=None))
+    grid = SampleGrid(
+        str(tmp_path), sampler_spec("ddpm", steps=1000, eta=None), every_n_steps=5000, per_class=8
+    )
     with pytest.raises(ValueError, match="walks all T=50 steps"):
         grid.on_fit_start(SimpleNamespace(), SimpleNamespace(schedule=SCHEDULE))

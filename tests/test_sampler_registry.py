@@ -10,11 +10,12 @@ from omegaconf import OmegaConf
 
 from diffrop.diffusion import samplers
 from diffrop.diffusion.samplers.loop import Chain, Sampler
-from diffrop.diffusion.sampling import SamplerSpec, sample
+from diffrop.diffusion.sampling import sample
 from diffrop.diffusion.schedule import NoiseSchedule
+from tests.helpers.config_objects import linear_schedule, sampler_spec
 from tests.helpers.train_utils import CONFIG_DIR
 
-SCHEDULE = NoiseSchedule(50)
+SCHEDULE = linear_schedule(50)
 X_STAR = torch.linspace(-0.9, 0.9, 2 * 3 * 3).view(1, 2, 3, 3)
 
 
@@ -53,7 +54,7 @@ def one_step():
 
 def test_a_registered_sampler_is_drawn_through_sampler_spec(one_step):
     assert "one_step" in samplers.names()
-    spec = SamplerSpec("one_step", steps=1, eta=None, guidance=0.5)
+    spec = sampler_spec("one_step", steps=1, eta=None, guidance=0.5)
     y = torch.tensor([0, 1, 2])
     x = sample(PointMass(), SCHEDULE, y, (3, 2, 3, 3), spec, torch.Generator().manual_seed(0))
     torch.testing.assert_close(x, X_STAR.expand(3, -1, -1, -1))  # exact eps: one jump lands on x*
@@ -61,15 +62,15 @@ def test_a_registered_sampler_is_drawn_through_sampler_spec(one_step):
 
 def test_the_registered_sampler_validates_its_own_settings(one_step):
     with pytest.raises(ValueError, match="no eta"):
-        SamplerSpec("one_step", steps=1, eta=0.3)
-    spec = SamplerSpec("one_step", steps=2, eta=None)
+        sampler_spec("one_step", steps=1, eta=0.3)
+    spec = sampler_spec("one_step", steps=2, eta=None)
     with pytest.raises(ValueError, match="steps=1"):
         sample(PointMass(), SCHEDULE, torch.zeros(1, dtype=torch.long), (1, 2, 3, 3), spec)
 
 
 def test_unknown_names_and_name_clashes_are_refused(one_step):
     with pytest.raises(ValueError, match="is not one of"):
-        SamplerSpec("nope")
+        sampler_spec("nope")
     with pytest.raises(ValueError, match="registered already"):
         samplers.register(Sampler("ddim", one_step_grid, jump_to_x0))
     samplers.register(one_step)  # the same object again is a no-op

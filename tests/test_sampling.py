@@ -9,10 +9,10 @@ import torch
 from diffrop.diffusion.samplers.ddim import ddim_sample
 from diffrop.diffusion.samplers.ddpm import ddpm_sample
 from diffrop.diffusion.samplers.loop import StackedGenerator, guided_eps
-from diffrop.diffusion.sampling import SamplerSpec, sample
+from diffrop.diffusion.sampling import sample
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.evaluation.generate import sample_images, sample_labels
-from tests.helpers.config_objects import linear_schedule
+from tests.helpers.config_objects import linear_schedule, sampler_spec
 
 SCHEDULE = linear_schedule(50)  # short chains keep the UNet tests fast
 
@@ -37,7 +37,7 @@ def _x_star() -> torch.Tensor:
 @pytest.mark.parametrize("name", ["ddpm", "ddim"])
 def test_shapes_range_and_seed_determinism(unet, name):
     y = torch.tensor([0, 1, 2, 1])
-    spec = SamplerSpec(name, steps=50 if name == "ddpm" else 5, eta=0.5, guidance=1.0)
+    spec = sampler_spec(name, steps=50 if name == "ddpm" else 5, eta=0.5, guidance=1.0)
 
     def draw(seed: int) -> torch.Tensor:
         return sample(unet, SCHEDULE, y, (4, 3, 8, 8), spec, torch.Generator().manual_seed(seed))
@@ -64,8 +64,8 @@ def test_stacked_generator_rows_come_from_their_own_seed():
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_per_sample_seeds_make_images_independent_of_batch_size(unet, eta):
     labels, seeds = torch.arange(8) % 3, torch.arange(100, 108)
-    spec4 = SamplerSpec("ddim", steps=4, eta=eta, guidance=0.5, batch_size=4)
-    spec8 = SamplerSpec("ddim", steps=4, eta=eta, guidance=0.5, batch_size=8)
+    spec4 = sampler_spec("ddim", steps=4, eta=eta, guidance=0.5, batch_size=4)
+    spec8 = sampler_spec("ddim", steps=4, eta=eta, guidance=0.5, batch_size=8)
     by4 = sample_images(unet, SCHEDULE, labels, seeds, spec4)
     by8 = sample_images(unet, SCHEDULE, labels, seeds, spec8)
     assert by4.dtype == torch.uint8 and by4.shape == (8, 3, 8, 8)
@@ -126,7 +126,7 @@ def test_ddpm_ancestral_converges_to_the_point_mass():
 def test_ddpm_spec_refuses_fewer_steps_than_the_schedule():
     with pytest.raises(ValueError, match="sampler=ddim"):
         sample(PointMass(_x_star(), SCHEDULE), SCHEDULE, torch.zeros(1, dtype=torch.long), (1, 3, 4, 4),
-               SamplerSpec("ddpm", steps=10))  # fmt: skip
+               sampler_spec("ddpm", steps=10))  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -136,7 +136,7 @@ def test_ddpm_spec_refuses_fewer_steps_than_the_schedule():
 )  # fmt: skip
 def test_sampler_spec_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        SamplerSpec(**kwargs)
+        sampler_spec(**kwargs)
 
 
 def test_balanced_labels_are_k_mod_c():

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any
 
@@ -51,3 +52,22 @@ def cbdm(**kwargs: Any):
 def linear_schedule(num_steps: int = 1000):
     """configs/diffusion/linear_1000.yaml's betas (Ho et al. 2020) over ``num_steps``."""
     return from_yaml("diffusion/linear_1000", num_steps=num_steps)
+
+
+_SPEC_POSITIONAL = ("steps", "eta", "guidance")
+
+
+@functools.cache
+def _sampler_group(option: str) -> dict[str, Any]:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return OmegaConf.to_container(compose("train", overrides=[f"sampler={option}"]).sampler, resolve=True)
+
+
+def sampler_spec(name: str = "ddim", *args: Any, **kwargs: Any):
+    """The SamplerSpec of configs/sampler/<name>.yaml (of ddim.yaml's shared keys for a sampler without a file),
+    with positional steps, eta, guidance and keyword settings on top."""
+    from diffrop.diffusion.sampling import SamplerSpec
+
+    option = name if (CONFIG_DIR / "sampler" / f"{name}.yaml").is_file() else "ddim"
+    positional = dict(zip(_SPEC_POSITIONAL[: len(args)], args, strict=True))
+    return SamplerSpec(**{**_sampler_group(option), "name": name, **positional, **kwargs})

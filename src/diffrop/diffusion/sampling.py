@@ -25,14 +25,14 @@ class SamplerSpec:
     """One sampler setting (the Hydra ``sampler`` group): which chain (a name in ``samplers.REGISTRY``), how many
     steps (network evaluations), eta (DDIM only), guidance w, labels, and how to run the network."""
 
-    name: str = "ddim"
-    steps: int = 100
-    eta: float | None = 0.0
-    guidance: float = 0.0
-    labels: str = "balanced"
-    batch_size: int = 256
-    precision: str = "fp32"  # fp32 | bf16 (the network under bf16 autocast, the sampler in fp32)
-    compile: bool = False  # torch.compile the network for sampling (``sampling_net``)
+    name: str
+    steps: int
+    eta: float | None
+    guidance: float
+    labels: str
+    batch_size: int
+    precision: str  # fp32 | bf16 (the network under bf16 autocast, the sampler in fp32)
+    compile: bool  # torch.compile the network for sampling (``sampling_net``)
 
     def __post_init__(self) -> None:
         sampler = samplers.get(self.name)  # raises for an unknown name

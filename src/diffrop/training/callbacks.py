@@ -34,8 +34,8 @@ class SampleGrid(L.Callback):
         self,
         out_dir: str,
         sampler: SamplerSpec,
-        every_n_steps: int = 5000,
-        per_class: int = 8,
+        every_n_steps: int,
+        per_class: int,
         max_classes: int = 10,
         seed: int = 0,
     ) -> None:
