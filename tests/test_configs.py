@@ -258,8 +258,15 @@ def test_sample_grid_and_periodic_fid_draw_with_the_runs_sampler(tmp_path):
     )
     callbacks = {type(c).__name__: c for c in build.build_callbacks(cfg)}
     grid, fid = callbacks["SampleGrid"].sampler, callbacks["PeriodicFID"].spec
-    assert grid is fid
+    assert grid == fid
     assert (grid.name, grid.steps, grid.eta, grid.guidance, grid.batch_size) == ("ddpm", 1000, None, 0.8, 32)
+    # a cheaper proxy FID for a DDPM-1000 recipe: the FID's own overrides on top, the grid keeps the recipe
+    cfg = compose_train(["experiment=cifar10lt/ddpm", "callbacks=periodic_fid",
+                         "callbacks.periodic_fid.sampler_overrides={name: ddim, steps: 100, eta: 0.0}"], tmp_path)  # fmt: skip
+    callbacks = {type(c).__name__: c for c in build.build_callbacks(cfg)}
+    fid = callbacks["PeriodicFID"].spec
+    assert (fid.name, fid.steps, fid.eta, fid.guidance) == ("ddim", 100, 0.0, 0.8)
+    assert callbacks["SampleGrid"].sampler.name == "ddpm"
     cfg = compose_train(["callbacks=periodic_fid", "sampler=dpmpp2m", "sampler.steps=7"], tmp_path)
     grid = next(c for c in build.build_callbacks(cfg) if type(c).__name__ == "SampleGrid").sampler
     assert (grid.name, grid.steps, grid.guidance) == ("dpmpp2m", 7, 0.0)

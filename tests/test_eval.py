@@ -501,7 +501,7 @@ def test_periodic_fid_logs_val_fid(ckpt, tmp_path, fake_extractor):
     trainer = SimpleNamespace(datamodule=datamodule, global_step=4, loggers=[logger], callback_metrics={})
     module = SimpleNamespace(ema=net, schedule=schedule, device=torch.device("cpu"))
     callback = PeriodicFID(sampler_spec("ddim", 2, 0.0, batch_size=10), every_n_steps=2, num_samples=20, seed=0,
-                           sampler_overrides={}, extractor="torch-fidelity", inception_weights=None,
+                           sampler_overrides=None, extractor="torch-fidelity", inception_weights=None,
                            feature_batch_size=100, reference_cache=str(tmp_path), reference_per_class=3)  # fmt: skip
     callback.on_fit_start(trainer, module)
     callback.on_train_batch_end(trainer, module, None, None, 0)

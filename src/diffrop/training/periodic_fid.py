@@ -32,7 +32,7 @@ class PeriodicFID(L.Callback):
         every_n_steps: int,
         num_samples: int,
         seed: int,
-        sampler_overrides: dict[str, Any],
+        sampler_overrides: dict[str, Any] | None,
         extractor: str,
         inception_weights: str | None,
         feature_batch_size: int,
@@ -42,7 +42,7 @@ class PeriodicFID(L.Callback):
         """The feature settings are eval's (configs/features/default.yaml): same extractor, same reference cache."""
         self.every_n_steps, self.num_samples, self.seed = every_n_steps, num_samples, seed
         # the run's sampler group (build.build_callbacks), with this callback's overrides (a cheaper proxy)
-        self.spec = dataclasses.replace(sampler, **sampler_overrides)
+        self.spec = dataclasses.replace(sampler, **(sampler_overrides or {}))
         self.kind, self.weights, self.reference_cache = extractor, inception_weights, Path(reference_cache)
         self.reference_per_class, self.feature_batch_size = reference_per_class, feature_batch_size
         self._extractor: evaluation.Extractor | None = None
