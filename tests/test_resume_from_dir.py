@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hydra import compose, initialize_config_dir
 
 from diffrop.runtime.stored_run import StoredRunMismatch, adopt_stored_run
 from tests.helpers.train_utils import REPO, TRAIN_PY, load_ckpt, train_env
@@ -108,6 +109,19 @@ def test_stored_overrides_come_first_and_max_steps_or_ckpt_path_may_change(tmp_p
     assert argv[-2:] == ["ckpt_path=last", f"hydra.run.dir={run}"]
     argv, _ = adopt_stored_run([f"hydra.run.dir={run}", "experiment=paper", "experiment=quickstart"])
     assert "experiment=paper" not in argv  # a key given twice: the last value counts, as in Hydra
+
+
+def test_a_run_stored_before_a_setting_was_renamed_or_retired_still_resumes(tmp_path):
+    """periodic FID's cache_dir is eval's reference_cache now; the grids' own sampler steps / guidance are gone (the
+    run's sampler group draws them): the stored overrides are read in today's names, and Hydra composes them."""
+    run = _stored(tmp_path / "run", ["experiment=quickstart", "callbacks=periodic_fid", "callbacks.sample_grid.steps=2",
+                                     "callbacks.periodic_fid.cache_dir=/refs", "callbacks.periodic_fid.guidance=1"])  # fmt: skip
+    argv, _ = adopt_stored_run(["--cfg", "job", f"hydra.run.dir={run}"])
+    assert argv == ["--cfg", "job", "experiment=quickstart", "callbacks=periodic_fid",
+                    "callbacks.periodic_fid.reference_cache=/refs", f"hydra.run.dir={run}"]  # fmt: skip
+    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=argv[2:-1])
+    assert cfg.callbacks.periodic_fid.reference_cache == "/refs"
 
 
 @pytest.mark.parametrize(

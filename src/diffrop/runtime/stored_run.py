@@ -30,6 +30,13 @@ _NO_TRAINING = {
 }
 
 
+# Overrides a run stored before a setting was renamed or retired: renamed ones are read under today's name, retired
+# ones are dropped (the run's sampler group now draws the grids and the periodic FID), so the run still resumes.
+RENAMED_KEYS = {"callbacks.periodic_fid.cache_dir": "callbacks.periodic_fid.reference_cache"}
+RETIRED_KEYS = ("callbacks.sample_grid.steps", "callbacks.sample_grid.guidance", "callbacks.periodic_fid.steps",
+                "callbacks.periodic_fid.guidance", "callbacks.periodic_fid.batch_size")  # fmt: skip
+
+
 class StoredRunMismatch(Exception):
     """The command line asks a stored run to be something else."""
 
@@ -37,6 +44,16 @@ class StoredRunMismatch(Exception):
 def override_key(override: str) -> str:
     """``+a.b=1`` / ``++a.b=1`` / ``~a.b`` / ``a.b=1`` -> ``a.b``."""
     return override.split("=", 1)[0].lstrip("+~")
+
+
+def upgrade_override(override: str) -> str | None:
+    """``override`` in today's key names; None for a retired setting."""
+    key = override_key(override)
+    if key in RETIRED_KEYS:
+        return None
+    if key in RENAMED_KEYS:
+        return override.replace(key, RENAMED_KEYS[key], 1)
+    return override
 
 
 def _value(override: str) -> str:
@@ -100,7 +117,9 @@ def adopt_stored_run(argv: list[str]) -> tuple[list[str], str | None]:
     stored_file = run / ".hydra" / "overrides.yaml"
     if not stored_file.is_file():
         return argv, None
-    stored = [str(o) for o in yaml.safe_load(stored_file.read_text()) or []]
+    stored = [
+        o for o in (upgrade_override(str(o)) for o in yaml.safe_load(stored_file.read_text()) or []) if o
+    ]
     stored_by_key = {override_key(o): o for o in stored}
     task = [o for o in given if not override_key(o).startswith("hydra.")]
     bad = []
