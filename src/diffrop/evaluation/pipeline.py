@@ -237,17 +237,6 @@ def combine(runs: list[dict[str, Any]], sweep: bool) -> dict[str, Any]:
     return out
 
 
-def check_steps(spec: SamplerSpec, num_timesteps: int) -> None:
-    """The sampler's step count against the checkpoint's T (the samplers check it too, but only once they run)."""
-    if spec.name == "ddpm" and spec.steps != num_timesteps:
-        raise ValueError(
-            f"sampler=ddpm walks all T={num_timesteps} steps (got sampler.steps={spec.steps}); "
-            "use sampler=ddim for fewer steps"
-        )
-    if not 1 <= spec.steps <= num_timesteps:
-        raise ValueError(f"sampler.steps must be in [1, {num_timesteps}], got {spec.steps}")
-
-
 class Evaluator:
     """One checkpoint's evaluation: for each sampler setting (``spec``, or one per w of ``eval.guidance_sweep``) a
     generated set drawn in resumable shards, scored against the reference features.
@@ -275,7 +264,7 @@ class Evaluator:
         real_labels = reference_images(datamodule, settings.reference_per_class)[1]
         self.plan: list[tuple[SamplerSpec, Tensor]] = []  # (setting, the labels of its generated set)
         for s in sweep_specs(spec, settings.guidance_sweep):
-            check_steps(s, schedule.num_steps)
+            s.timesteps(schedule)  # the steps fit the checkpoint's T (raises before any slow work)
             labels = sample_labels(
                 settings.num_samples, datamodule.num_classes, s.labels, datamodule.class_freq
             )
