@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffrop.losses.objective import Objective
-from diffrop.losses.pcl import PHI, pairwise_sq_dist
+from diffrop.losses.pcl import PHI, pairwise_sq_dist, sq_dist
 from diffrop.losses.step import Step
 from diffrop.losses.tau import Constant, Cosine, ExpDecay, Linear
 from tests.helpers.config_objects import cbdm, eps_mse, linear_schedule, pcl
@@ -415,3 +415,16 @@ def test_pairwise_distance_keeps_fp32_under_bf16_autocast():
     expected = (mu[0] - mu[1]).square().sum()
     assert d.dtype == torch.float32
     assert torch.allclose(d[0, 1], expected, rtol=1e-3)
+
+
+def test_pair_distance_from_differences_keeps_fp32_under_bf16_autocast_and_a_zero_gradient_at_d_0():
+    torch.manual_seed(0)
+    a = torch.randn(2, 3072).bfloat16()
+    b = a + 0.02 * torch.randn(2, 3072).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        d = sq_dist(a, b)
+    assert d.dtype == torch.float32
+    assert torch.allclose(d, (a.double() - b.double()).square().sum(1).float(), rtol=1e-6)
+    same = torch.randn(3, 5, requires_grad=True)
+    sq_dist(same, same.detach().clone()).sum().backward()
+    assert torch.equal(same.grad, torch.zeros(3, 5))

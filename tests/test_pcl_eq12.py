@@ -92,6 +92,26 @@ def test_noise_cancels_between_members_of_a_group() -> None:
         assert d == pytest.approx(abar_prev * float((x0[i] - x0[j]).square().sum()), rel=1e-3)
 
 
+def test_eq12_distance_of_cifar_sized_pairs_matches_float64_at_t_900() -> None:
+    # A float32 d from |a|^2 + |b|^2 - 2 a.b loses ~1e-3 of its value here (a small d from large norms, with an
+    # error that depends on the CPU's vector kernel); from the differences mu_i - mu_j it is exact to rounding.
+    torch.manual_seed(4)
+    sched = linear_schedule(T)
+    x0 = torch.rand(8, 3, 32, 32) * 2 - 1
+    t = torch.full((8,), 900)
+    eps = torch.randn(1, 3, 32, 32).expand(8, -1, -1, -1)
+    xt = sched.q_sample(x0, t, eps)
+    step = make_step(list(range(8)), t, x0=x0, xt=xt, eps=eps, eps_hat=eps, schedule=sched,
+                     group=torch.zeros(8, dtype=torch.long))  # fmt: skip
+    term = pcl("neg_l2", Constant(1.0), distance="sum", reduction="pairs_mean", pairing="eq12", group_size=8)
+    d = -term(step).item()  # mean of d over the 56 ordered pairs of one group of 8 labels
+    betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
+    abar_prev = torch.cumprod(1 - betas, 0)[899]
+    x = x0.double().flatten(1)
+    expected = abar_prev * (x[:, None] - x[None, :]).square().sum(-1).sum() / 56  # the diagonal adds 0
+    assert d == pytest.approx(float(expected), rel=1e-5)
+
+
 def naive_eq12(mu, y, t, cond, group, phi, tau, margin, abar_prev, distance, reduction) -> torch.Tensor:
     """Algorithm 1 with Eq. 12's pairs: a double loop over pairs of one group, float64, differentiable."""
     mu = mu.double().flatten(1)

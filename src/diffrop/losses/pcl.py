@@ -1,8 +1,8 @@
 """Probabilistic contrastive learning (PCL), DiffROP Sec. 4, Eq. 12 and Algorithm 1.
 
 For every pair (i, j) with different labels, add tau(t) * phi(d_ij), where d_ij is the squared distance between
-the posterior means mu_i and mu_j of DiffROP Eq. 9, taken from the same forward pass as the DDPM loss: the term
-costs one [B, B] matrix product and no extra network evaluation.
+the posterior means mu_i and mu_j of DiffROP Eq. 9, taken from the same forward pass as the DDPM loss under ``eq12``:
+no extra network evaluation, and d is computed only for the pairs that exist (inside a group).
 
 pairing ``eq12`` (the paper's): i and j were noised at the same t with the same eps (the training step draws them
 once per group of ``group_size`` samples, ``diffrop.diffusion.noising``) and only pairs inside a group count, so
@@ -42,15 +42,37 @@ def _choice(name: str, value: str, options) -> str:
     return value
 
 
-def pairwise_sq_dist(mu: Tensor) -> Tensor:
-    """Squared L2 distances of the rows of ``mu`` [N, D] -> [N, N], as one matrix product.
+def _at_least_float32(x: Tensor) -> Tensor:
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
-    The |a|^2 + |b|^2 - 2 a.b expansion avoids cdist's sqrt, whose derivative is unbounded on the zero diagonal.
+
+def pairwise_sq_dist(mu: Tensor) -> Tensor:
+    """Squared L2 distances of the rows of ``mu`` [N, D] -> [N, N], as one matrix product (``batch`` pairing).
+
+    The |a|^2 + |b|^2 - 2 a.b expansion is a small difference of large norms: fine for ``batch`` pairs, whose d
+    is dominated by the two noises, but not for Eq. 12 pairs (use ``sq_dist`` on the pairs that exist).
     """
     with torch.autocast(mu.device.type, enabled=False):  # a bf16 matmul would collapse near pairs to d = 0
-        mu = mu.float() if mu.dtype in (torch.float16, torch.bfloat16) else mu
+        mu = _at_least_float32(mu)
         sq = mu.square().sum(1)
         return (sq[:, None] + sq[None, :] - 2 * mu @ mu.T).clamp_min(0)
+
+
+def sq_dist(a: Tensor, b: Tensor) -> Tensor:
+    """|a - b|^2 summed over the last dimension, from the difference itself, in at least float32 whatever the
+    autocast: exact to the rounding of a - b, so Eq. 12's small d (noise cancelled) does not depend on the BLAS
+    kernel, and its gradient 2 (a - b) is finite (zero) at d = 0."""
+    with torch.autocast(a.device.type, enabled=False):
+        return (_at_least_float32(a) - _at_least_float32(b)).square().sum(-1)
+
+
+def group_neighbours(n: int, group_size: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """For samples in consecutive groups of at most ``group_size`` (``draw_noise``), every j that can share i's
+    group: j = i + k for 0 < |k| < group_size. Returns j [n, 2 (group_size - 1)] (clamped into range) and the mask
+    of the j that exist; the caller still checks that i and j share a group (the last one may be short)."""
+    k = torch.arange(1, group_size, device=device)
+    j = torch.arange(n, device=device)[:, None] + torch.cat([-k.flip(0), k])
+    return j.clamp(0, n - 1), (j >= 0) & (j < n)
 
 
 class PCL:
@@ -125,8 +147,9 @@ class PCL:
         return self.weight * loss
 
     def _batch_pairs(self, step: Step) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Squared distances [N, N] of every pair of the batch (of one group under eq12), the valid-pair mask,
-        each row's t as [N, 1], and the conditioned samples [N] (the anchors)."""
+        """Squared distances of each anchor i to its candidates j, the valid-pair mask, each row's t broadcast to
+        them, and the conditioned samples [N] (the anchors). ``eq12``: the j of i's group ([N, 2 (G - 1)], each d
+        from mu_i - mu_j); ``batch``: every j of the batch ([N, N])."""
         mu, y, t, ok = step.mu.flatten(1), step.y, step.t, step.cond
         if self.pairing == "eq12" and step.group is None:
             raise ValueError(
@@ -139,10 +162,12 @@ class PCL:
             if group is not None:  # rank r's groups become r * B + g: pairs never cross ranks
                 b = step.group.shape[0]
                 group = step.gather(group) + torch.arange(len(y), device=y.device) // b * b
-        pair = (y[:, None] != y[None, :]) & ok[:, None] & ok[None, :]  # [N, N]
-        if group is not None:
-            pair &= group[:, None] == group[None, :]
-        return pairwise_sq_dist(mu), pair, t[:, None], ok
+        if group is None:
+            pair = (y[:, None] != y[None, :]) & ok[:, None] & ok[None, :]  # [N, N]
+            return pairwise_sq_dist(mu), pair, t[:, None], ok
+        j, exists = group_neighbours(len(y), self.group_size, y.device)
+        pair = exists & (group[j] == group[:, None]) & (y[j] != y[:, None]) & ok[j] & ok[:, None]
+        return sq_dist(mu[:, None], mu[j]), pair, t[:, None], ok
 
     def _partner_pairs(self, step: Step) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """One different-label partner j per anchor i, drawn from the batch, compared in one extra forward of the
@@ -161,5 +186,5 @@ class PCL:
         xt_j = step.xt if same_xt else step.schedule.q_sample(step.x0[j], t, step.eps)
         eps_hat_j = step.net(xt_j, t, y[j], torch.ones_like(ok))
         mu_j = step.schedule.posterior_mean(xt_j, t, eps_hat_j)
-        d = (step.mu - mu_j).float().flatten(1).square().sum(1)
+        d = sq_dist(step.mu.flatten(1), mu_j.flatten(1))
         return d, has_partner, t, ok
