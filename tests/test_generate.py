@@ -116,3 +116,29 @@ def test_shard_path_names():
     from pathlib import Path
 
     assert shard_path(Path("s"), 12).name == "shard_00012.npz"
+
+
+def _generate_as_rank(rank: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    generate(CountingNet(), SCHEDULE, _labels(10), out_dir, SPEC, shard_size=3, rank=rank, world_size=2,
+             progress=False)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_two_processes_draw_the_images_one_process_draws(tmp_path):
+    """Under torchrun every rank draws its shards at once (src/eval.py): image k comes from seed k whatever the
+    world size, so two concurrent processes write exactly the set one process writes."""
+    one = merge_shards(
+        generate(CountingNet(), SCHEDULE, _labels(10), tmp_path / "one", SPEC, shard_size=4, progress=False),
+        tmp_path / "one.npz",
+    )
+    ctx = torch.multiprocessing.get_context("spawn")
+    ranks = [ctx.Process(target=_generate_as_rank, args=(r, str(tmp_path / "two"))) for r in range(2)]
+    for p in ranks:
+        p.start()
+    for p in ranks:
+        p.join(timeout=120)
+    assert [p.exitcode for p in ranks] == [0, 0]
+    two = merge_shards(sorted((tmp_path / "two").glob("shard_*.npz")), tmp_path / "two.npz")
+    for a, b in zip(one, two, strict=True):
+        assert torch.equal(a, b)

@@ -82,4 +82,18 @@ def test_legacy_checkpoint_resumes(tmp_path, run_train, tiny_run_overrides):
     assert proc.returncode == 0, proc.stderr[-2000:]
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 3  # resumed at step 2, not restarted
+    assert "checkpoint predates per-rank random streams; from step 2 on" in proc.stdout + proc.stderr
     assert json.loads((run_dir / "data_summary.json").read_text())["dataset"] == "digits_lt"
+
+
+def test_upgrade_adds_image_settings_to_image_data_only():
+    """v0.1 predates data.skip_corrupt (image folders); the Gaussian mixture never had it and must not get it."""
+    from omegaconf import OmegaConf
+
+    from tests.helpers.train_utils import CONFIG_DIR
+
+    gaussian = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "data" / "gaussian_lt.yaml"))
+    gaussian["max_steps"] = 10
+    upgraded = build.upgrade_stored_config({"data": gaussian})["data"]
+    assert "skip_corrupt" not in upgraded
+    assert build.build_datamodule(OmegaConf.create({"data": upgraded})).num_classes == 4

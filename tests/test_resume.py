@@ -1,7 +1,7 @@
 """Exact resume: interrupted + resumed runs end with the same weights, EMA, optimizer and step as one uninterrupted run.
 
 Bitwise on CPU (same process or not, one intra-op thread): the batch order is a function of the global step
-(StepBatchSampler), the Python/torch RNG states travel in the checkpoint (DiffusionModule.on_save_checkpoint), and the
+(StepBatchSampler), every step's random draws are seeded from (seed, rank, step) (training.rank_streams), and the
 EMA update runs inside the optimizer step, so a checkpoint of step k holds the EMA of step k.
 """
 

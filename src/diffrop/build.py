@@ -151,7 +151,10 @@ def upgrade_stored_config(stored: Mapping[str, Any]) -> dict[str, Any]:
     data = cfg.get("data")
     if isinstance(data, dict) and "sampler" in data and "balance" not in data:
         data["balance"] = data.pop("sampler")
-    if isinstance(data, dict):  # settings added since, at the value that reproduces what older runs did
+    image_data = (
+        isinstance(data, dict) and data.get("_target_") == "diffrop.data.datamodule.LongTailDataModule"
+    )
+    if image_data:  # settings added since, at the value that reproduces what older runs did
         data.setdefault("skip_corrupt", False)
     return cfg
 

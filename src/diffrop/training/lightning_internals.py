@@ -1,8 +1,7 @@
 """Every name this package takes from Lightning's private API, in one place (lightning is pinned in pyproject.toml).
 
 A Lightning upgrade that moves one of these breaks this module's imports, not five modules'. Kept because no
-public API does the same: the logging-step rule, the RNG states a checkpoint must carry for an exact resume,
-the local-path test of the checkpoint I/O, and the CSV writer type (``training.loggers`` also overrides two
+public API does the same: the logging-step rule, the local-path test of the checkpoint I/O, and the CSV writer type (``training.loggers`` also overrides two
 private members of its subclass, ``_fs`` and ``_check_log_dir_exists``).
 """
 
@@ -11,15 +10,11 @@ from __future__ import annotations
 import lightning as L
 from lightning.fabric.loggers.csv_logs import _ExperimentWriter as FabricCsvWriter
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol as is_local_file_protocol
-from lightning.fabric.utilities.seed import _collect_rng_states as collect_rng_states
-from lightning.fabric.utilities.seed import _set_rng_states as set_rng_states
 
 __all__ = [
     "FabricCsvWriter",
-    "collect_rng_states",
     "is_local_file_protocol",
     "logs_this_step",
-    "set_rng_states",
 ]
 
 

@@ -18,7 +18,7 @@ from diffrop.losses.diagnostics import loss_diagnostics
 from diffrop.losses.objective import Objective
 from diffrop.losses.step import Step
 from diffrop.runtime.compile import CompiledNet
-from diffrop.training.lightning_internals import collect_rng_states, logs_this_step, set_rng_states
+from diffrop.training.lightning_internals import logs_this_step
 from diffrop.training.nonfinite import NonFiniteGuard
 
 LABEL_DROP = ("batch", "sample")
@@ -213,11 +213,8 @@ class DiffusionModule(L.LightningModule):
             "image_size": self.net.image_size}  # fmt: skip
         if self.guard.mode == "stop":
             self.guard.check()  # never write a checkpoint from after a non-finite step
-        checkpoint["rng_states"] = collect_rng_states()
         checkpoint["nonfinite"] = self.guard.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "nonfinite" in checkpoint:
             self.guard.load_state_dict(checkpoint["nonfinite"], self.device)
-        if "rng_states" in checkpoint:
-            set_rng_states(checkpoint["rng_states"])
