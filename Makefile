@@ -71,7 +71,7 @@ test-slurm: install ## local SLURM up, run tests/slurm (sweeps, DDP, pre-emption
 # --- paper results, evaluation, benchmarks ------------------------------------------------------------------------
 SMOKE ?= 0
 REPRO = SMOKE=$(SMOKE) $(PY) experiments/reproduce.py
-.PHONY: eval bench smoke reproduce-fig2 reproduce-samples pcl-study overlap-bench
+.PHONY: eval bench smoke reproduce-fig2 reproduce-samples pcl-study overlap-bench ddp-streams
 reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 reproduce-fig4a reproduce-fig4b: install ## train what is missing, evaluate, render the table (SMOKE=1: CPU smoke)
 	$(REPRO) $(subst reproduce-,,$@) $(ARGS)
 SMOKE_RUNS ?= logs/smoke
@@ -88,6 +88,8 @@ pcl-study: install ## CPU study, resumable: does PCL work? DDPM, grouped control
 	$(PY) experiments/pcl_study.py $(ARGS)
 overlap-bench: install ## CPU, resumable, ~30 min: DDPM vs PCL on a Gaussian mixture with exact answers (eps*, Bayes classifier), 5 seeds, paired
 	$(PY) experiments/overlap_bench.py $(ARGS)
+ddp-streams: install ## CPU, resumable, ~14 min: DDPM on 2 gloo ranks, per-rank vs shared training draws (the old DDP behaviour), 8 seeds, paired
+	$(PY) experiments/ddp_streams.py $(ARGS)
 eval: install ## evaluate a checkpoint: make eval ARGS="ckpt_path=<run>/checkpoints/last.ckpt"
 	$(PY) src/eval.py $(ARGS)
 bench: install ## benchmarks: Lightning vs plain step, loss ratios, samplers, eval; JSON in benchmarks/results/

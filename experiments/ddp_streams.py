@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -99,7 +100,8 @@ def render(summary: dict, meta: dict) -> str:
         f"`python experiments/ddp_streams.py`: `src/train.py trainer=ddp_cpu` (2 gloo processes), global batch "
         f"{meta['batch_size']}, {meta['steps']} steps, seeds {meta['seeds']}; mean ± sd over seeds, and under the "
         "shared arm its difference to per-rank streams paired by seed with the 95% interval (** better, _ worse: "
-        f"the interval excludes 0). Wall {meta['wall_s'] / 60:.1f} min on {meta['cpus']} CPU cores.",
+        f"the interval excludes 0). {len(meta['seeds']) * len(ARMS)} runs (training 2 ranks and scoring): "
+        f"{meta['runs_s'] / 60:.1f} min in all, {meta['run_s_median']:.0f} s median, on {meta['cpus']} CPU cores.",
         "",
         *table(["arm", *(header(h, True) for _, h in METRICS)], rows),
         "",
@@ -109,7 +111,7 @@ def render(summary: dict, meta: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5, 6, 7])
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--runs", type=Path, default=Path("logs/ddp_streams"))
     p.add_argument("--out", type=Path, default=Path("experiments/results/ddp_streams"))
@@ -132,8 +134,10 @@ def main(argv: list[str] | None = None) -> None:
             s = bench.flat_scores(r, [0.0])
             print(f"{arm} seed {seed}: eps_err {s['eps_err']:.4f}, leakage {s['leakage_tail@w0']:+.4f}, "
                   f"KL tail {s['kl_tail@w0']:.3f} ({r['wall_s']:.0f} s)", flush=True)  # fmt: skip
+    run_times = [r["wall_s"] for runs in results.values() for r in runs.values()]
     meta = {"seeds": args.seeds, "steps": args.steps, "batch_size": facts["batch_size"],
-            "wall_s": time.monotonic() - start, "cpus": len(os.sched_getaffinity(0))}  # fmt: skip
+            "wall_s": time.monotonic() - start, "runs_s": sum(run_times),
+            "run_s_median": statistics.median(run_times), "cpus": len(os.sched_getaffinity(0))}  # fmt: skip
     summary = summarise(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "arms": summary}, indent=1))
