@@ -82,8 +82,10 @@ class CheckpointOnInterrupt(L.Callback):
 
     - SIGTERM (``scancel``, SLURM time limit or pre-emption, which send SIGTERM and SIGKILL ``KillWait`` s later):
       Lightning 2.6 only sets a flag in its handler and raises ``SIGTERMException`` after the current step; this
-      callback then writes ``last.ckpt`` at that step and src/train.py exits with 143. Running the same command
-      again (same ``hydra.run.dir``) resumes exactly (``ckpt_path=auto``).
+      callback then writes ``last.ckpt`` at that step and src/train.py exits with 143, its last line the command
+      that resumes the run exactly (``python src/train.py hydra.run.dir=<run>``; ``ckpt_path=auto``).
+    - Ctrl-C: Lightning catches the ``KeyboardInterrupt`` in ``Trainer.fit``; this callback writes ``last.ckpt`` and
+      src/train.py exits with 130 and the same resume line (``diffrop.runtime.entry.guarded_run``).
     - SIGKILL / power loss: nothing can be written; the last periodic checkpoint is the resume point, and it is
       intact because checkpoints are written atomically (``diffrop.training.checkpoint_io``).
     - SLURM auto-requeue: under SLURM, Lightning's ``SLURMEnvironment(auto_requeue=True)`` (the default) handles
