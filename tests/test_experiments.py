@@ -19,6 +19,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from diffrop.evaluation.records import results_path
 from diffrop.paper.cells import Options, load_cells, model_dir, override_value, training_state
 from diffrop.paper.reproduce import Driver
 from tests.helpers.train_utils import REPO, child_env
@@ -200,7 +201,7 @@ def test_an_evaluation_another_table_ran_is_copied_not_rerun(fake, tmp_path):
     assert "Cells: 8 done, 0 missing, 0 FAILED" in md
     for cell5, cell4 in [("cifar10lt__ddpm", "cifar10lt__ddpm"), ("cifar10lt__exp", "cifar10lt__ddpm_pcl")]:
         copied, source = runs / "table5" / cell5 / "eval", runs / "table4" / cell4 / "eval"
-        assert (copied / "results.json").read_text() == (source / "results.json").read_text()
+        assert json.loads(results_path(copied).read_text()) == json.loads(results_path(source).read_text())
     ckpt = model_dir(runs, "cifar10lt/ddpm") / "checkpoints" / "last.ckpt"
     torch.save(torch.load(ckpt, weights_only=False), ckpt)  # rewritten: another file now
     (runs / "table1" / "cifar10lt__ddpm").mkdir(parents=True)
@@ -311,7 +312,7 @@ def test_smoke_every_result_end_to_end(tmp_path):
     for table, cells in tables.items():
         md = (out / "smoke" / f"{table}.md").read_text()
         assert "SMOKE" in md and f"0 missing, 0 FAILED (of {cells})" in md, (table, md[-300:])
-    results = json.loads((runs / "table2/cifar100lt__cbdm_pcl/eval/results.json").read_text())
+    results = json.loads(results_path(runs / "table2/cifar100lt__cbdm_pcl/eval").read_text())
     assert results["num_samples"] == 60 and {"many", "med", "few"} <= set(results["metrics"]["per_shot"])
     assert yaml.safe_load((runs / "models/multirun.yaml").read_text())  # a Hydra multirun trained them
     assert list((out / "smoke").glob("fig4b*.png")) and list((out / "smoke").glob("samples_*.png"))

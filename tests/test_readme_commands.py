@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from diffrop.evaluation.records import results_path
 from diffrop.runtime.stored_run import resume_command
 from tests.helpers.inception_weights import write_fidelity_weights
 from tests.helpers.train_utils import REPO, train_env
@@ -125,7 +126,7 @@ def eval_small(args, place):
     out = place["root"] / f"eval{zlib.crc32(shlex.join(args).encode())}"
     extra = [f"eval.inception_weights={place['weights']}", f"eval.reference_cache={place['root'] / 'refs'}"]
     ok(run([*swapped, *extra, *SMALL_EVAL, f"hydra.run.dir={out}"]))
-    assert (out / "results.json").is_file()
+    assert results_path(out).is_file()
 
 
 RULES = [  # (pattern on the command line, how it runs here)

@@ -296,7 +296,7 @@ class Evaluator:
                     )
 
     def run(self, out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
-        """Draw and score every setting into ``out_dir``/samples; results.json's body without the checkpoint and
+        """Draw and score every setting into ``out_dir``/samples/step<N>; results.json's body without the checkpoint and
         config records (``combine`` of the runs, then ``extractor``, ``settings``, ``data``). None on ranks > 0.
         ``manifest`` (checkpoint path, step) goes into each shard's manifest: resuming never mixes checkpoints."""
         s = self.settings
@@ -333,7 +333,10 @@ class Evaluator:
     ) -> tuple[Path, list[Path]]:
         """Draw this rank's missing shards of one setting: (its folder, every shard path)."""
         s = self.settings
-        folder = sample_dir(out_dir / "samples", spec, s.num_samples, s.seed)
+        # per checkpoint step: evaluating a later checkpoint never replaces an earlier record's samples
+        folder = sample_dir(
+            out_dir / "samples" / f"step{manifest.get('global_step')}", spec, s.num_samples, s.seed
+        )
         if s.overwrite and self.rank == 0 and folder.is_dir():
             for stale in [*folder.glob("shard_*.npz"), folder / "manifest.json", folder / "samples.npz"]:
                 stale.unlink(missing_ok=True)
