@@ -158,7 +158,8 @@ def fake(tmp_path, monkeypatch):
         monkeypatch.setenv("FAKE_FAIL", fail)
         opts = Options(root=tmp_path / "runs", python=str(wrapper), out=tmp_path / "results", **kw)
         Driver(table, opts).run()
-        md = (opts.out / ("smoke" if opts.smoke else "") / f"{table}.md").read_text()
+        rendered = opts.out / ("smoke" if opts.smoke else "") / f"{table}.md"
+        md = rendered.read_text() if rendered.is_file() else ""  # a dry run writes none
         return md, [json.loads(line) for line in calls.read_text().splitlines()]
 
     return run
@@ -275,12 +276,21 @@ def test_eval_command_uses_the_models_own_sampler(tmp_path, recipe):
     assert (spec.name, spec.steps, spec.eta, spec.guidance) == tuple(recipe.values())
 
 
-def test_dry_run_shows_missing_cells_and_the_commands(fake, tmp_path, capsys):
-    md, calls = fake("table1", dry_run=True, launcher="slurm", devices=8)
+@pytest.mark.parametrize("smoke", [False, True])
+def test_dry_run_shows_missing_cells_and_the_commands_and_writes_nothing(
+    fake, tmp_path, capsys, recwarn, smoke
+):
+    before = sorted(tmp_path.rglob("*"))
+    _, calls = fake("table1", dry_run=True, launcher="slurm", devices=8, smoke=smoke)
     assert calls == []  # nothing executed
-    assert "Cells: 0 done, 11 missing, 0 FAILED" in md
+    assert (
+        sorted(p for p in tmp_path.rglob("*") if p.name != "calls.jsonl") == before
+    )  # no runs root, no table
     out = capsys.readouterr().out
+    assert "Cells: 0 done, 11 missing, 0 FAILED" in out
     assert "hydra/launcher=slurm" in out and "trainer=ddp" in out and "trainer.devices=8" in out
+    assert ("smoke_inception.pt" in out) == smoke  # the smoke extractor is named in the commands, not written
+    assert [str(w.message) for w in recwarn if "jit" in str(w.message)] == []  # nothing scripted: no warnings
 
 
 def test_local_ddp_uses_torchrun_per_model(tmp_path):

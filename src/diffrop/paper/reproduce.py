@@ -170,6 +170,13 @@ class Driver(Commands):
         from diffrop.paper.report import render_markdown, report
 
         paper = FIGURES if self.table.startswith("fig") else PAPER
+        if self.opts.dry_run:  # the table as it stands, printed: a dry run writes nothing
+            from diffrop.paper.tables import collect, get_spec, load_paper
+
+            table = collect(get_spec(load_paper(paper), self.table), self.opts.root)
+            print(render_markdown(table))
+            self.say("dry run: nothing was run or written")
+            return table
         out = self.opts.out / "smoke" if self.opts.smoke else self.opts.out
         table = report(self.table, self.opts.root, out, paper)
         if self.table == "fig4a":
@@ -188,7 +195,8 @@ class Driver(Commands):
 
     def run(self) -> Any:
         cells = load_cells(self.table, smoke=self.opts.smoke)
-        self.opts.root.mkdir(parents=True, exist_ok=True)
+        if not self.opts.dry_run:
+            self.opts.root.mkdir(parents=True, exist_ok=True)
         models = self.train(cells)
         for i, cell in enumerate(cells, 1):
             self.where, self.cells_left = f"cell {i}/{len(cells)} {cell.cell}: ", len(cells) - i + 1
