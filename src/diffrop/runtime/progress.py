@@ -55,12 +55,28 @@ def progress_bar(kind: str, refresh_rate: int, every_n_steps: int, every_n_secon
 
 
 class RichBar(RichProgressBar):
-    """Rich's live bar, whose metrics (the loss: one host sync) are read every ``refresh_rate`` steps only; Lightning's
-    bar reads them after every step."""
+    """Rich's live bar over the run's optimizer steps (``Training 1200/300000``), whose metrics (the loss: one host
+    sync) are read every ``refresh_rate`` steps only; Lightning's bar reads them after every step.
 
-    def __init__(self, refresh_rate: int = 10) -> None:
-        super().__init__(refresh_rate=refresh_rate)
+    Lightning's bar counts batches of the current epoch under ``Epoch k/max_epochs - 1``: every run here ends at
+    ``max_steps`` with ``max_epochs=-1``, so after a resume it read ``Epoch 0/-2 ... 2000/1032``.
+    """
+
+    def __init__(self, refresh_rate: int = 10, **kwargs: Any) -> None:
+        super().__init__(refresh_rate=refresh_rate, **kwargs)
         self._shown: dict[str, Any] | None = None
+
+    @property
+    def total_train_batches(self) -> float:
+        return LogProgress.total_steps(self.trainer)
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return f"{'Training':{len(self.validation_description)}}"
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(
+            trainer, module, outputs, batch, trainer.global_step - 1
+        )  # shows step / total
 
     def get_metrics(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
         if (
