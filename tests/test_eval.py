@@ -651,3 +651,25 @@ def test_eval_samples_with_the_checkpoints_own_recipe(ckpt, tmp_path, fake_extra
         0.0,
         0.0,
     )
+
+
+def test_no_scoring_stage_is_silent_for_longer_than_the_silence_interval(
+    ckpt, tmp_path, fake_extractor, monkeypatch
+):
+    """k-means runs that take minutes at paper size (here: a fake one that sleeps) are reported while they run."""
+    import itertools
+    import time
+
+    from diffrop.evaluation.metrics import prd
+    from diffrop.runtime import progress
+
+    lines: list[str] = []
+    monkeypatch.setattr(progress, "emit", lines.append)
+    monkeypatch.setattr(evaluation, "emit", lines.append)
+    monkeypatch.setattr(progress, "SILENCE_S", 0.05)
+    real_kmeans = prd.cluster_labels
+    monkeypatch.setattr(prd, "cluster_labels", lambda *a, **k: (time.sleep(0.3), real_kmeans(*a, **k))[1])
+    run_eval(ckpt, tmp_path / "eval", "eval.progress=true")
+    start = lines.index(next(line for line in lines if line.startswith("scoring: F_8")))
+    beats = list(itertools.takewhile(lambda line: "still running" in line, lines[start + 1 :]))
+    assert len(beats) >= 2 and all(line.startswith(lines[start] + " | still running") for line in beats)

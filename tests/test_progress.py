@@ -131,3 +131,23 @@ def test_the_rich_bar_counts_the_runs_steps_after_a_resume(tmp_path):
     fit(4, None)
     shown = fit(8, str(tmp_path / "last.ckpt"))
     assert "8/8" in shown and "-2" not in shown and "Epoch" not in shown
+
+
+def test_a_silent_stage_says_it_is_still_running_every_silence_interval(lines, monkeypatch):
+    import time
+
+    from diffrop.runtime import progress
+
+    monkeypatch.setattr(progress, "SILENCE_S", 0.05)
+    with progress.ticking(lambda: "scoring: F_8 (10 k-means runs)"):
+        time.sleep(0.5)  # a stage that writes nothing itself
+    assert len(lines) >= 3 and all(
+        line.startswith("scoring: F_8 (10 k-means runs) | still running, elapsed") for line in lines
+    )
+    lines.clear()
+    with progress.ticking(lambda: "x", enabled=False):  # eval.progress=false
+        time.sleep(0.2)
+    monkeypatch.setenv("RANK", "1")
+    with progress.ticking(lambda: "x"):  # ranks > 0 stay quiet
+        time.sleep(0.2)
+    assert lines == []

@@ -8,9 +8,11 @@ builds) picks it whenever stdout is not an interactive terminal.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 KINDS = ("auto", "rich", "log")
+SILENCE_S = 30.0  # no stage that can take minutes goes longer without a line (``ticking``)
+_last_line = [time.monotonic()]  # when ``emit`` last wrote
 LOSS_KEY = "train/loss"
 
 
@@ -173,6 +177,35 @@ def emit(line: str) -> None:
         log.info(line)
     else:
         print(line, flush=True)
+    _last_line[0] = time.monotonic()
+
+
+@contextlib.contextmanager
+def ticking(status: Callable[[], str], enabled: bool = True) -> Iterator[None]:
+    """Inside the block, ``<status()> | still running, elapsed ...`` whenever no line was emitted for ``SILENCE_S``.
+
+    Whatever the block is doing (one k-means run, one batch of a 1,000-step sampler, a sample grid, a first feature
+    batch), a user reading the log sees it is alive at least every ``SILENCE_S``; loops that report their own
+    progress (``track``, ``LogProgress``) keep it quiet. A daemon thread, from rank 0 only.
+    """
+    if not enabled or process_rank() != 0:
+        yield
+        return
+    done, start = threading.Event(), time.monotonic()
+
+    def beat() -> None:
+        while not done.wait(min(SILENCE_S, 1.0)):
+            now = time.monotonic()
+            if now - _last_line[0] >= SILENCE_S:
+                emit(f"{status()} | still running, elapsed {timedelta(seconds=round(now - start))}")
+
+    thread = threading.Thread(target=beat, name="progress-ticking", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def process_rank() -> int:
