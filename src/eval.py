@@ -2,8 +2,10 @@
 
 Rebuilds the EMA network from the checkpoint's own config, samples with its stored sampler recipe (command-line
 ``sampler.*`` values on top, ``build.eval_sampler``), draws the generated set in resumable shards (per-sample
-seeds), scores it against cached reference features of the balanced training set and writes
-<run>/eval/results.json (see diffrop.evaluation.pipeline). Under torchrun every rank draws its shards; rank 0 scores.
+seeds), scores it against cached reference features of the balanced training set and writes its own record,
+<run>/eval/<checkpoint step>-<settings hash>/results.json, never replacing another evaluation's
+(diffrop.evaluation.records; <run>/eval/latest.json names the newest). Under torchrun every rank draws its shards;
+rank 0 scores.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import hydra
 import torch
@@ -28,10 +31,10 @@ from diffrop import build
 from diffrop.data.datamodule import LongTailDataModule
 from diffrop.diffusion.sampling import SamplerSpec
 from diffrop.evaluation import pipeline as evaluation
-from diffrop.evaluation import plots
+from diffrop.evaluation import plots, records
 from diffrop.evaluation import wandb_log as eval_wandb
-from diffrop.runtime.atomic_write import atomic_write
 from diffrop.runtime.entry import guarded_run
+from diffrop.runtime.run_status import missing_checkpoint, run_state
 
 NO_CKPT = (
     "error: no checkpoint to evaluate: pass ckpt_path=<run>/checkpoints/last.ckpt "
@@ -48,6 +51,8 @@ def eval_dir(ckpt_path: str | None) -> str:
     if ckpt_path is None:
         sys.exit(NO_CKPT)  # SystemExit passes through OmegaConf and Hydra: one line on stderr, exit code 1
     path = Path(str(ckpt_path))
+    if not path.is_file():  # one line, and no eval dir made for an evaluation that cannot start
+        sys.exit(f"error: {missing_checkpoint(path)}")
     if path.is_file() and path.parent.name == "checkpoints":
         return str(path.parent.parent / "eval")
     return f"logs/eval/runs/{datetime.now():%Y-%m-%d_%H-%M-%S}"
@@ -94,14 +99,23 @@ def resolve_device(device: str, local_rank: int) -> torch.device:
     return torch.device(device)
 
 
-def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, Any] | None:
-    """Evaluate ``cfg.ckpt_path``; writes and returns results.json's content (None on ranks > 0).
+class Evaluation(NamedTuple):
+    results: dict[str, Any] | None  # results.json's content (None on ranks > 0)
+    record: Path  # <eval dir>/<step>-<settings hash>
+    reused: bool  # an earlier evaluation with the same settings at the same step: nothing was scored again
+
+
+def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> Evaluation:
+    """Evaluate ``cfg.ckpt_path`` into its own record under ``run_dir``; an earlier record of the same step and
+    settings is reused (one line) unless ``eval.overwrite``.
 
     ``overrides``: the command line's Hydra overrides, which say which ``sampler.*`` values the user set on top of
     the checkpoint's own sampler recipe (``build.eval_sampler``).
     """
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     settings = evaluation.EvalSettings(**OmegaConf.to_container(cfg.eval, resolve=True))
+    if not Path(cfg.ckpt_path).is_file():
+        raise FileNotFoundError(missing_checkpoint(cfg.ckpt_path))
     net, schedule, ckpt_cfg, ckpt = build.net_from_checkpoint(cfg.ckpt_path)
     stored = OmegaConf.to_container(ckpt_cfg.sampler, resolve=True) if "sampler" in ckpt_cfg else None
     spec = SamplerSpec(
@@ -109,38 +123,59 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[s
     )
     datamodule = datamodule_for(ckpt_cfg, cfg.get("data"))
     check_matches(datamodule, net, cfg.ckpt_path)
+    checkpoint, step = str(Path(cfg.ckpt_path).resolve()), ckpt.get("global_step")
+    data_overrides = OmegaConf.to_container(cfg.data, resolve=False) if cfg.get("data") else {}
+    keyed = {  # what shapes the numbers; not the batch size: per-sample seeds, the same images at any size
+        "eval": asdict(settings),
+        "sampler": asdict(spec) | {"batch_size": None},
+        "data": data_overrides,
+        "checkpoint": checkpoint,
+    }
+    record = records.record_dir(run_dir, step, keyed)
+    if (record / records.RESULTS).is_file() and not settings.overwrite:
+        if rank == 0:
+            records.mark_latest(record)
+            print(f"eval: {record} already holds this evaluation (checkpoint step {step}, the same settings); "
+                  "shown again, not rescored (eval.overwrite=true scores it again)", flush=True)  # fmt: skip
+        return Evaluation(json.loads((record / records.RESULTS).read_text()), record, True)
+    state = run_state(cfg.ckpt_path, step, OmegaConf.select(ckpt_cfg, "trainer.max_steps"))
+    if rank == 0 and state["state"] != "finished":
+        print(f"eval: scoring the checkpoint of step {step} of trainer.max_steps={state['max_steps']}; the run is "
+              + ("still training (" + state["holder"] + "): later steps are not in this evaluation"
+                 if state["state"] == "training" else "unfinished (stopped)"), flush=True)  # fmt: skip
     evaluator = evaluation.Evaluator(  # checks every setting against the data before any slow work
         settings, net, schedule, spec, datamodule,
         device=resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0))), rank=rank, world_size=world,
     )  # fmt: skip
-    checkpoint = str(Path(cfg.ckpt_path).resolve())
-    results = evaluator.run(run_dir, {"checkpoint": checkpoint, "global_step": ckpt.get("global_step")})
+    results = evaluator.run(run_dir, {"checkpoint": checkpoint, "global_step": step})
     if results is None:  # ranks > 0 only draw their shards
-        return None
+        return Evaluation(None, record, False)
     results |= {
+        "record": record.name,
         "checkpoint": {
             "path": checkpoint,
-            "global_step": ckpt.get("global_step"),
+            "global_step": step,  # the step scored, which a run still training has already passed
             "name": ckpt_cfg.get("name"),
+            "run": state,  # finished / training / stopped when evaluated
             "artifact": eval_wandb.checkpoint_artifact(OmegaConf.to_container(ckpt_cfg)),  # W&B lineage
         },
         "config": {"eval": _container(cfg), "train": OmegaConf.to_container(ckpt_cfg)},
     }
-    write_results(results, run_dir)
-    return results
+    write_results(results, record)
+    return Evaluation(results, record, False)
 
 
-def write_results(results: dict[str, Any], run_dir: Path) -> None:
-    """<run_dir>/per_class.png (its path, or None, recorded as ``per_class_plot``), then results.json, atomically."""
+def write_results(results: dict[str, Any], record: Path) -> None:
+    """<record>/per_class.png (its path, or None, recorded as ``per_class_plot``), then results.json, atomically,
+    and the eval dir's ``latest.json`` pointing at it."""
     s = results["sampler"]
     plot = plots.plot_per_class(
-        results["per_class"], results["data"]["class_counts"], run_dir / "per_class.png",
+        results["per_class"], results["data"]["class_counts"], record / "per_class.png",
         class_names=results["data"]["class_names"],
         title=f"{results['checkpoint']['name']}: {s['name']} {s['steps']} steps, w={s['guidance_scale']:g}",
     )  # fmt: skip
     results["per_class_plot"] = str(plot) if plot else None  # None: no class had enough samples for a score
-    with atomic_write(run_dir / "results.json", "w") as f:
-        f.write(json.dumps(results, indent=2))
+    records.write_results(record, results)
 
 
 def _container(cfg: DictConfig) -> dict[str, Any]:
@@ -160,13 +195,14 @@ def log_wandb(cfg: DictConfig, results: dict[str, Any], run_dir: Path) -> None:
     tags = tracking.get("tags") or [f"data:{results['data']['dataset']}"]  # the training run's tags
     run = wandb.init(
         project=cfg.wandb.project, group=results["checkpoint"]["name"], job_type="eval", dir=str(run_dir),
-        mode=cfg.wandb.mode, name=f"eval-{run_dir.parent.name}", config=results["config"], tags=tags,
+        mode=cfg.wandb.mode, name=f"eval-{run_dir.parent.name}-{results.get('record', '')}".rstrip("-"),
+        config=results["config"], tags=tags,
     )  # fmt: skip
     eval_wandb.log_results(run, results)
     run.finish()
 
 
-def print_table(results: dict[str, Any], run_dir: Path) -> None:
+def print_table(results: dict[str, Any], record: Path) -> None:
     s = results["sampler"]
     table = Table(
         title=f"{s['name']} {s['steps']} steps, w={s['guidance_scale']}, {results['num_samples']} samples"
@@ -182,7 +218,8 @@ def print_table(results: dict[str, Any], run_dir: Path) -> None:
             table.add_row(f"sweep w={entry['w']:g} fid", f"{entry['fid']:.4f}")
     console = Console()
     console.print(table)
-    console.print(f"results: {run_dir / 'results.json'}")
+    step = results["checkpoint"].get("global_step")
+    console.print(f"results (checkpoint step {step}): {record / records.RESULTS}")
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="eval")
@@ -197,11 +234,11 @@ def main(cfg: DictConfig) -> None:
 
 
 def evaluate(cfg: DictConfig, run_dir: Path, rank: int) -> None:
-    """``run``, the table and W&B (what was written stays on failure: atomic writes)."""
-    results = run(cfg, run_dir, HydraConfig.get().overrides.task)
+    """``run``, the table and W&B, one W&B run per evaluation (what was written stays on failure: atomic writes)."""
+    results, record, reused = run(cfg, run_dir, HydraConfig.get().overrides.task)
     if rank == 0 and results is not None:
-        print_table(results, run_dir)
-        if cfg.wandb.enabled and cfg.wandb.mode != "disabled":
+        print_table(results, record)
+        if cfg.wandb.enabled and cfg.wandb.mode != "disabled" and not reused:
             try:
                 log_wandb(cfg, results, run_dir)
             except Exception as err:  # results.json is written; a W&B problem must not mark the run FAILED

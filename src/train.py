@@ -17,7 +17,13 @@ from diffrop import build
 from diffrop.runtime.atomic_write import remove_stale_temps
 from diffrop.runtime.console import quiet_third_party_noise
 from diffrop.runtime.entry import guarded_run, slurm_job, stop
-from diffrop.runtime.stored_run import StoredRunMismatch, adopt_stored_run
+from diffrop.runtime.stored_run import (
+    StoredRunMismatch,
+    adopt_stored_run,
+    resume_command,
+    saved_step,
+    unfinished_twin,
+)
 from diffrop.training.checkpoint_io import check_compatible
 
 
@@ -60,10 +66,30 @@ warnings.filterwarnings(
 )
 
 
+def resume_hint(run_dir: Path) -> str | None:
+    """How a stopped or crashed run goes on: the command with its directory, once it has a checkpoint."""
+    step = saved_step(run_dir)
+    return None if step is None else f"resume it from step {step} with: {resume_command(run_dir)}"
+
+
+def nothing_measured(run_dir: Path) -> bool:
+    """No checkpoint and no logged step: a failed start, whose timestamped folder need not stay."""
+    saved = [*run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
+    return not saved and not (run_dir / "metrics.csv").exists()
+
+
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    with guarded_run(run_dir, rank=rank_zero_only.rank, multirun=build.is_multirun()) as lock:
+    multirun = build.is_multirun()
+    # a fresh timestamped folder (no hydra.run.dir given) that a failed start leaves is removed, not kept as litter
+    fresh = not multirun and not any(
+        o.startswith("hydra.run.dir=") for o in HydraConfig.get().overrides.hydra
+    )
+    with guarded_run(
+        run_dir, rank=rank_zero_only.rank, multirun=multirun, resume=lambda: resume_hint(run_dir),
+        disposable=(lambda: nothing_measured(run_dir)) if fresh else None,
+    ) as lock:  # fmt: skip
         if lock is not None:  # rank 0, alone in the run dir: half-written saves of a killed run can go
             remove_stale_temps(run_dir / "checkpoints")
         return train(cfg, run_dir)
@@ -106,4 +132,6 @@ if __name__ == "__main__":
     if finished:
         print(finished)
         sys.exit(0)
+    if note := unfinished_twin(sys.argv[1:]):
+        print(note, flush=True)
     main()

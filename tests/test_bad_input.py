@@ -70,6 +70,16 @@ def test_negative_tau0_is_one_line_on_the_command_line(tmp_path):
     assert (tmp_path / "FAILED").read_text().startswith("ValueError: tau.tau0 must be a finite number")
 
 
+@pytest.mark.slow
+def test_a_failed_start_leaves_no_timestamped_run_folder(tmp_path):
+    """Without hydra.run.dir the run gets a fresh timestamped folder; a start that fails before its first step
+    removes it again (the error line says what to fix), so bad-input tries leave no folders holding only FAILED."""
+    out = cli(*TINY, "loss=pcl_exp", "tau.tau0=-1", f"paths.log_dir={tmp_path}")
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1].startswith("error: tau.tau0 must be a finite number >= 0")
+    assert list((tmp_path / "train" / "runs").iterdir()) == []
+
+
 # --- in-process: hyper-parameters ------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("overrides", "expected"),

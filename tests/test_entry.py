@@ -84,9 +84,52 @@ def test_a_refused_process_writes_nothing_and_runs_nothing(tmp_path, capsys, wan
     assert not (tmp_path / "FAILED").exists()
 
 
-def test_sigterm_exits_143_and_leaves_failed_until_the_resume_finishes(tmp_path, capsys, wandb_finished):
-    with pytest.raises(SystemExit) as done, guarded_run(tmp_path):
+RESUME = "resume it from step 7 with: python src/train.py hydra.run.dir=logs/train/runs/x"
+
+
+def test_sigterm_exits_143_names_the_resume_command_and_leaves_failed_until_it_finishes(
+    tmp_path, capsys, wandb_finished
+):
+    with pytest.raises(SystemExit) as done, guarded_run(tmp_path, resume=lambda: RESUME):
         raise SIGTERMException
     assert done.value.code == 128 + signal.SIGTERM
-    assert capsys.readouterr().err.startswith("error: stopped by SIGTERM")
-    assert (tmp_path / "FAILED").read_text().startswith("SIGTERMException")
+    assert capsys.readouterr().err == f"error: stopped by SIGTERM; {RESUME}\n"
+    assert (tmp_path / "FAILED").read_text() == "SIGTERMException: stopped by SIGTERM\n"
+
+
+def lightning_ctrl_c() -> None:
+    """What Trainer.fit does on Ctrl-C: it catches the KeyboardInterrupt and exits 1 in its place."""
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        sys.exit(1)
+
+
+@pytest.mark.parametrize("body", [lightning_ctrl_c, lambda: signal.raise_signal(signal.SIGINT)])
+def test_ctrl_c_exits_130_with_the_resume_command_and_no_traceback(tmp_path, capsys, wandb_finished, body):
+    with pytest.raises(SystemExit) as done, guarded_run(tmp_path, resume=lambda: RESUME):
+        body()
+    assert done.value.code == 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+    assert capsys.readouterr().err == f"error: stopped by Ctrl-C; {RESUME}\n"
+    assert (tmp_path / "FAILED").read_text() == "KeyboardInterrupt: stopped by Ctrl-C\n"
+
+
+def test_a_crash_prints_the_resume_command_a_user_error_does_not(tmp_path, capsys, wandb_finished):
+    with pytest.raises(RuntimeError), guarded_run(tmp_path, resume=lambda: RESUME):
+        raise RuntimeError("boom")
+    assert capsys.readouterr().err == f"{RESUME}\n"
+    with pytest.raises(SystemExit), guarded_run(tmp_path, resume=lambda: RESUME):
+        raise ValueError("data.root does not exist")
+    assert capsys.readouterr().err == "error: data.root does not exist\n"
+
+
+def test_a_failed_start_in_a_disposable_dir_leaves_no_folder(tmp_path, capsys, wandb_finished):
+    run = tmp_path / "runs" / "2026-01-01_00-00-00"
+    with pytest.raises(SystemExit) as done, guarded_run(run, disposable=lambda: True):
+        (run / ".hydra").mkdir()
+        raise ValueError("data.root does not exist")
+    assert done.value.code == 1 and capsys.readouterr().err == "error: data.root does not exist\n"
+    assert not run.exists()
+    with pytest.raises(SystemExit), guarded_run(run, disposable=lambda: False):  # something worth keeping
+        raise ValueError("data.root does not exist")
+    assert (run / "FAILED").is_file()

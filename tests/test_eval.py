@@ -22,12 +22,15 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from diffrop import build
 from diffrop.evaluation import pipeline as evaluation
 from diffrop.evaluation.metrics.features import InceptionWeightsError
+from diffrop.evaluation.records import results_path
+from diffrop.runtime.run_lock import run_dir_lock
 from diffrop.training.periodic_fid import PeriodicFID
 from tests.helpers.config_objects import from_group, sampler_spec
 from tests.helpers.disk import tmpfs
@@ -76,10 +79,15 @@ def eval_cfg(*overrides: str):
         return compose("eval", overrides=list(overrides))
 
 
-def run_eval(ckpt: Path, out: Path, *overrides: str) -> dict:
+def evaluate(ckpt: Path, out: Path, *overrides: str):
+    """``src/eval.py``'s ``run`` in this process: (results, record dir, reused)."""
     out.mkdir(parents=True, exist_ok=True)
     overrides = [f"ckpt_path={ckpt}", f"eval.reference_cache={out.parent / 'refs'}", *SMALL, *overrides]
     return eval_entry.run(eval_cfg(*overrides), out, overrides)
+
+
+def run_eval(ckpt: Path, out: Path, *overrides: str) -> dict:
+    return evaluate(ckpt, out, *overrides).results
 
 
 def eval_cli(ckpt: Path, out: Path, *overrides: str) -> tuple[list[str], dict[str, str]]:
@@ -116,7 +124,7 @@ def _fid_scipy(a: np.ndarray, b: np.ndarray) -> float:
 def test_results_json_is_complete_and_scores_the_right_sets(ckpt, tmp_path, fake_extractor):
     out = tmp_path / "eval"
     results = run_eval(ckpt, out)
-    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+    assert json.loads(results_path(out).read_text()) == json.loads(json.dumps(results))
     m = results["metrics"]
     assert set(m) >= {
         "fid",
@@ -147,7 +155,7 @@ def test_results_json_is_complete_and_scores_the_right_sets(ckpt, tmp_path, fake
     assert results["extractor"]["reference_size"] == 40 and "c10x4" in results["extractor"]["reference_key"]
 
     # independent recomputation: features of the saved samples and of the reference picked with NumPy
-    folder = out / "samples" / "ddim3_eta0_w0_balanced_n30_seed0"
+    folder = out / "samples" / "step1" / "ddim3_eta0_w0_balanced_n30_seed0"
     with np.load(folder / "samples.npz") as f:
         images, labels = torch.from_numpy(f["images"]).permute(0, 3, 1, 2), f["labels"]
         assert f["seeds"].tolist() == list(range(30))
@@ -164,10 +172,10 @@ def test_results_json_is_complete_and_scores_the_right_sets(ckpt, tmp_path, fake
     )
     assert (folder / "grid.png").is_file() and len(list(folder.glob("shard_*.npz"))) == 2
 
-    # a second run reuses the cached reference features and the finished shards
+    # a second run (another k: a record of its own) reuses the cached reference features and the finished shards
     fake_extractor.images_seen = 0
     mtimes = [p.stat().st_mtime_ns for p in sorted(folder.glob("shard_*.npz"))]
-    again = run_eval(ckpt, out)
+    again = run_eval(ckpt, out, "eval.k=4")
     assert fake_extractor.images_seen == 30  # the generated set only
     assert [p.stat().st_mtime_ns for p in sorted(folder.glob("shard_*.npz"))] == mtimes
     assert again["metrics"]["fid"] == pytest.approx(m["fid"], rel=1e-9)
@@ -181,7 +189,7 @@ def test_guidance_sweep_keeps_the_best_w(ckpt, tmp_path, fake_extractor):
     best = min(sweep, key=lambda e: e["fid"])
     assert results["best_w"] == best["w"] and results["sampler"]["guidance_scale"] == best["w"]
     assert results["metrics"] == {k: v for k, v in best.items() if k != "w"}
-    assert len(list((tmp_path / "eval" / "samples").iterdir())) == 2
+    assert len(list((tmp_path / "eval" / "samples" / "step1").iterdir())) == 2
 
 
 def test_sampler_compile_compiles_once_and_keeps_its_own_samples(ckpt, tmp_path, fake_extractor, monkeypatch):
@@ -197,7 +205,9 @@ def test_sampler_compile_compiles_once_and_keeps_its_own_samples(ckpt, tmp_path,
     results = run_eval(ckpt, tmp_path / "eval", "sampler.compile=true", "eval.guidance_sweep=[0,1]")
     assert calls == [{"mode": None, "dynamic": False}]  # CPU: no CUDA graphs
     assert results["sampler"]["compile"] is True
-    assert all(d.name.endswith("_compiled_n30_seed0") for d in (tmp_path / "eval" / "samples").iterdir())
+    assert all(
+        d.name.endswith("_compiled_n30_seed0") for d in (tmp_path / "eval" / "samples" / "step1").iterdir()
+    )
 
 
 def test_train_label_schedule_is_recorded(ckpt, tmp_path, fake_extractor):
@@ -232,8 +242,8 @@ def test_per_class_scores_and_plot(ckpt, tmp_path, fake_extractor):
     assert per_class["num_fake"] == results["label_counts"] == [3] * 10 and per_class["num_real"] == [4] * 10
     assert all(0 <= v <= 1 for v in per_class["recall"] + per_class["precision"])
     assert all(v is not None and v >= 0 for v in per_class["fid"]) and "accuracy" not in per_class
-    assert results["per_class_plot"] == str(tmp_path / "eval" / "per_class.png")
-    assert (tmp_path / "eval" / "per_class.png").read_bytes()[:4] == b"\x89PNG"
+    plot = tmp_path / "eval" / results["record"] / "per_class.png"  # beside its record's results.json
+    assert results["per_class_plot"] == str(plot) and plot.read_bytes()[:4] == b"\x89PNG"
     few = run_eval(
         ckpt, tmp_path / "eval2", "eval.per_class_fid_min_samples=4"
     )  # k=5 > 3 samples; FID needs 4
@@ -269,6 +279,74 @@ def test_classify_accuracy_and_classifier_files(tmp_path):
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run_eval(tmp_path / "nope.ckpt", tmp_path / "eval")
+
+
+def _run_dir(tmp_path: Path, ckpt: Path | None, max_steps: int = 10) -> Path:
+    """A training run's directory as src/train.py leaves it: stored config, and ``ckpt`` (step 1) as last.ckpt."""
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    stored = {"trainer": {"max_steps": max_steps}, "callbacks": {"checkpoint": {"every_n_train_steps": 5000}}}
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(stored))
+    if ckpt is not None:
+        blob = torch.load(ckpt, weights_only=False)
+        blob["diffrop_config"]["trainer"]["max_steps"] = max_steps
+        (run / "checkpoints").mkdir()
+        torch.save(blob, run / "checkpoints" / "last.ckpt")
+    return run
+
+
+def test_a_run_without_its_checkpoint_yet_says_when_it_will_have_one(tmp_path):
+    run = _run_dir(tmp_path, None, max_steps=300000)
+    with run_dir_lock(run), pytest.raises(FileNotFoundError) as err:  # a live training process holds the run
+        run_eval(run / "checkpoints" / "last.ckpt", tmp_path / "eval")
+    message = str(err.value)
+    assert f"run {run} has no checkpoint last.ckpt yet" in message
+    assert "every 5,000 steps" in message and "trainer.max_steps=300,000" in message
+    assert f"training now (pid {os.getpid()} on host" in message
+
+
+def test_two_evaluations_with_different_settings_both_keep_their_results(
+    ckpt, tmp_path, fake_extractor, capsys
+):
+    out = tmp_path / "eval"
+    first = evaluate(ckpt, out, "eval.k=2")
+    first_text = (first.record / "results.json").read_text()
+    second = evaluate(ckpt, out, "eval.k=4")
+    assert first.record != second.record and first.record.parent == second.record.parent == out
+    assert first.record.name.startswith("1-") and second.record.name.startswith("1-")  # checkpoint step 1
+    assert (first.record / "results.json").read_text() == first_text  # untouched by the second evaluation
+    assert json.loads(first_text)["settings"]["k"] == 2
+    assert json.loads((second.record / "results.json").read_text())["settings"]["k"] == 4
+    assert results_path(out) == second.record / "results.json"  # latest.json: the newest
+
+    # the same settings again: the record is shown, nothing is scored or written again
+    fake_extractor.images_seen, mtime = 0, (first.record / "results.json").stat().st_mtime_ns
+    capsys.readouterr()
+    again = evaluate(ckpt, out, "eval.k=2")
+    assert again.reused and again.record == first.record and again.results == json.loads(first_text)
+    assert fake_extractor.images_seen == 0 and (first.record / "results.json").stat().st_mtime_ns == mtime
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    assert line.startswith(f"eval: {first.record} already holds this evaluation (checkpoint step 1")
+    assert results_path(out) == first.record / "results.json"  # the one asked for last
+
+
+def test_results_name_the_step_scored_and_whether_the_run_was_still_training(ckpt, tmp_path, fake_extractor):
+    run = _run_dir(tmp_path, ckpt, max_steps=10)
+    with run_dir_lock(run):  # the training process is still going
+        results = run_eval(run / "checkpoints" / "last.ckpt", run / "eval")
+    checkpoint = results["checkpoint"]
+    assert checkpoint["global_step"] == 1 and checkpoint["run"]["max_steps"] == 10
+    assert checkpoint["run"]["state"] == "training" and str(os.getpid()) in checkpoint["run"]["holder"]
+    later = run_eval(run / "checkpoints" / "last.ckpt", run / "eval", "eval.k=4")  # nothing holds the run now
+    assert later["checkpoint"]["run"]["state"] == "stopped"  # step 1 of 10: unfinished
+    assert run_eval(ckpt, tmp_path / "eval")["checkpoint"]["run"]["state"] == "finished"  # step 1 of 1
+
+
+def test_results_of_the_single_file_layout_are_still_read(tmp_path):
+    (tmp_path / "results.json").write_text("{}")
+    assert results_path(tmp_path) == tmp_path / "results.json"
+    (tmp_path / "latest.json").write_text(json.dumps({"record": "5-abcdef12"}))
+    assert results_path(tmp_path) == tmp_path / "5-abcdef12" / "results.json"
 
 
 def test_corrupt_checkpoint(tmp_path):
@@ -405,6 +483,7 @@ def test_eval_settings_are_the_whole_eval_node_and_keep_no_defaults_of_their_own
 
 def test_default_eval_dir_is_next_to_the_run(ckpt, tmp_path):
     assert eval_entry.eval_dir(str(ckpt)) == str(ckpt.parent.parent / "eval")
+    (tmp_path / "x.ckpt").write_bytes(b"")  # a checkpoint outside a run's checkpoints/
     assert eval_entry.eval_dir(str(tmp_path / "x.ckpt")).startswith("logs/eval/runs/")
 
 
@@ -429,7 +508,7 @@ def test_full_disk_is_one_line_and_keeps_the_samples(ckpt, tmp_path, fake_extrac
         done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
         (line,) = done.stderr.strip().splitlines()
-        folder = out / "samples" / "ddim3_eta0_w0_balanced_n30_seed0"
+        folder = out / "samples" / "step1" / "ddim3_eta0_w0_balanced_n30_seed0"
         assert line.startswith(f"error: no space left on device while writing {folder / 'samples.npz'} (")
         assert line.endswith("Free space on that filesystem or write the run elsewhere (hydra.run.dir=...)")
         assert (out / "FAILED").read_text().startswith("DiskFullError: no space left on device")
@@ -439,7 +518,7 @@ def test_full_disk_is_one_line_and_keeps_the_samples(ckpt, tmp_path, fake_extrac
 
         subprocess.run(["mount", "-o", "remount,size=1m", str(disk)], check=True)  # room again
         results = run_eval(ckpt, out)
-        assert results["num_samples"] == 30 and (out / "results.json").is_file()
+        assert results["num_samples"] == 30 and results_path(out).is_file()
         assert fake_extractor.images_seen == 30  # the reference features came from the cache
         assert all(
             (folder / name).read_bytes() == data for name, data in shards.items()
@@ -475,7 +554,7 @@ def test_second_eval_on_the_same_dir_stops_naming_the_holder_and_a_killed_one_bl
             proc.kill()  # the holder: SIGKILL, no clean-up of any kind
             proc.wait()
     eval_in_process(ckpt, out)  # the kernel dropped the dead holder's lock: the same evaluation now runs
-    assert json.loads((out / "results.json").read_text())["num_samples"] == 30
+    assert json.loads(results_path(out).read_text())["num_samples"] == 30
     assert not (out / "FAILED").exists()
 
 
@@ -538,7 +617,7 @@ def test_train_then_eval_end_to_end(tmp_path, run_train, tiny_run_overrides):
     env = child_env(WANDB_MODE="offline", WANDB_SILENT="true")
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((run_dir / "eval" / "results.json").read_text())  # the default eval dir
+    results = json.loads(results_path(run_dir / "eval").read_text())  # the default eval dir
     m = results["metrics"]
     assert np.isfinite(m["fid"]) and m["fid"] >= 0 and m["is_mean"] >= 1 - 1e-6
     assert set(m["per_shot"]) == {"many", "med", "few"} and all(
@@ -572,3 +651,25 @@ def test_eval_samples_with_the_checkpoints_own_recipe(ckpt, tmp_path, fake_extra
         0.0,
         0.0,
     )
+
+
+def test_no_scoring_stage_is_silent_for_longer_than_the_silence_interval(
+    ckpt, tmp_path, fake_extractor, monkeypatch
+):
+    """k-means runs that take minutes at paper size (here: a fake one that sleeps) are reported while they run."""
+    import itertools
+    import time
+
+    from diffrop.evaluation.metrics import prd
+    from diffrop.runtime import progress
+
+    lines: list[str] = []
+    monkeypatch.setattr(progress, "emit", lines.append)
+    monkeypatch.setattr(evaluation, "emit", lines.append)
+    monkeypatch.setattr(progress, "SILENCE_S", 0.05)
+    real_kmeans = prd.cluster_labels
+    monkeypatch.setattr(prd, "cluster_labels", lambda *a, **k: (time.sleep(0.3), real_kmeans(*a, **k))[1])
+    run_eval(ckpt, tmp_path / "eval", "eval.progress=true")
+    start = lines.index(next(line for line in lines if line.startswith("scoring: F_8")))
+    beats = list(itertools.takewhile(lambda line: "still running" in line, lines[start + 1 :]))
+    assert len(beats) >= 2 and all(line.startswith(lines[start] + " | still running") for line in beats)

@@ -19,6 +19,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from diffrop.evaluation.records import results_path
 from diffrop.paper.cells import Options, load_cells, model_dir, override_value, training_state
 from diffrop.paper.reproduce import Driver
 from tests.helpers.train_utils import REPO, child_env
@@ -157,7 +158,8 @@ def fake(tmp_path, monkeypatch):
         monkeypatch.setenv("FAKE_FAIL", fail)
         opts = Options(root=tmp_path / "runs", python=str(wrapper), out=tmp_path / "results", **kw)
         Driver(table, opts).run()
-        md = (opts.out / ("smoke" if opts.smoke else "") / f"{table}.md").read_text()
+        rendered = opts.out / ("smoke" if opts.smoke else "") / f"{table}.md"
+        md = rendered.read_text() if rendered.is_file() else ""  # a dry run writes none
         return md, [json.loads(line) for line in calls.read_text().splitlines()]
 
     return run
@@ -200,7 +202,7 @@ def test_an_evaluation_another_table_ran_is_copied_not_rerun(fake, tmp_path):
     assert "Cells: 8 done, 0 missing, 0 FAILED" in md
     for cell5, cell4 in [("cifar10lt__ddpm", "cifar10lt__ddpm"), ("cifar10lt__exp", "cifar10lt__ddpm_pcl")]:
         copied, source = runs / "table5" / cell5 / "eval", runs / "table4" / cell4 / "eval"
-        assert (copied / "results.json").read_text() == (source / "results.json").read_text()
+        assert json.loads(results_path(copied).read_text()) == json.loads(results_path(source).read_text())
     ckpt = model_dir(runs, "cifar10lt/ddpm") / "checkpoints" / "last.ckpt"
     torch.save(torch.load(ckpt, weights_only=False), ckpt)  # rewritten: another file now
     (runs / "table1" / "cifar10lt__ddpm").mkdir(parents=True)
@@ -274,12 +276,21 @@ def test_eval_command_uses_the_models_own_sampler(tmp_path, recipe):
     assert (spec.name, spec.steps, spec.eta, spec.guidance) == tuple(recipe.values())
 
 
-def test_dry_run_shows_missing_cells_and_the_commands(fake, tmp_path, capsys):
-    md, calls = fake("table1", dry_run=True, launcher="slurm", devices=8)
+@pytest.mark.parametrize("smoke", [False, True])
+def test_dry_run_shows_missing_cells_and_the_commands_and_writes_nothing(
+    fake, tmp_path, capsys, recwarn, smoke
+):
+    before = sorted(tmp_path.rglob("*"))
+    _, calls = fake("table1", dry_run=True, launcher="slurm", devices=8, smoke=smoke)
     assert calls == []  # nothing executed
-    assert "Cells: 0 done, 11 missing, 0 FAILED" in md
+    assert (
+        sorted(p for p in tmp_path.rglob("*") if p.name != "calls.jsonl") == before
+    )  # no runs root, no table
     out = capsys.readouterr().out
+    assert "Cells: 0 done, 11 missing, 0 FAILED" in out
     assert "hydra/launcher=slurm" in out and "trainer=ddp" in out and "trainer.devices=8" in out
+    assert ("smoke_inception.pt" in out) == smoke  # the smoke extractor is named in the commands, not written
+    assert [str(w.message) for w in recwarn if "jit" in str(w.message)] == []  # nothing scripted: no warnings
 
 
 def test_local_ddp_uses_torchrun_per_model(tmp_path):
@@ -311,7 +322,7 @@ def test_smoke_every_result_end_to_end(tmp_path):
     for table, cells in tables.items():
         md = (out / "smoke" / f"{table}.md").read_text()
         assert "SMOKE" in md and f"0 missing, 0 FAILED (of {cells})" in md, (table, md[-300:])
-    results = json.loads((runs / "table2/cifar100lt__cbdm_pcl/eval/results.json").read_text())
+    results = json.loads(results_path(runs / "table2/cifar100lt__cbdm_pcl/eval").read_text())
     assert results["num_samples"] == 60 and {"many", "med", "few"} <= set(results["metrics"]["per_shot"])
     assert yaml.safe_load((runs / "models/multirun.yaml").read_text())  # a Hydra multirun trained them
     assert list((out / "smoke").glob("fig4b*.png")) and list((out / "smoke").glob("samples_*.png"))

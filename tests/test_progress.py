@@ -108,3 +108,46 @@ def test_generation_progress_moves_inside_one_shard(lines, tmp_path):
         "sampling 7 images (1 shards): 6/7 (86%)",
         "sampling 7 images (1 shards): 7/7 (100%)",
     ]
+
+
+def test_the_rich_bar_counts_the_runs_steps_after_a_resume(tmp_path):
+    """Resumed mid-epoch at step 4 of 8 (max_epochs=-1, as every run here): the bar reads step 8/8 at the end, not
+    an epoch of -2 and a batch count past the epoch's length."""
+    import lightning as L
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from diffrop.runtime.progress import RichBar
+
+    def fit(max_steps: int, ckpt: str | None) -> str:
+        out = io.StringIO()
+        bar = RichBar(refresh_rate=1, console_kwargs={"file": out, "force_terminal": True, "width": 200})
+        trainer = L.Trainer(max_epochs=-1, max_steps=max_steps, callbacks=[bar], logger=False,
+                            enable_checkpointing=False, enable_model_summary=False, limit_train_batches=6,
+                            default_root_dir=tmp_path, accelerator="cpu")  # fmt: skip
+        trainer.fit(BoringModel(), ckpt_path=ckpt)
+        trainer.save_checkpoint(tmp_path / "last.ckpt")
+        return out.getvalue()
+
+    fit(4, None)
+    shown = fit(8, str(tmp_path / "last.ckpt"))
+    assert "8/8" in shown and "-2" not in shown and "Epoch" not in shown
+
+
+def test_a_silent_stage_says_it_is_still_running_every_silence_interval(lines, monkeypatch):
+    import time
+
+    from diffrop.runtime import progress
+
+    monkeypatch.setattr(progress, "SILENCE_S", 0.05)
+    with progress.ticking(lambda: "scoring: F_8 (10 k-means runs)"):
+        time.sleep(0.5)  # a stage that writes nothing itself
+    assert len(lines) >= 3 and all(
+        line.startswith("scoring: F_8 (10 k-means runs) | still running, elapsed") for line in lines
+    )
+    lines.clear()
+    with progress.ticking(lambda: "x", enabled=False):  # eval.progress=false
+        time.sleep(0.2)
+    monkeypatch.setenv("RANK", "1")
+    with progress.ticking(lambda: "x"):  # ranks > 0 stay quiet
+        time.sleep(0.2)
+    assert lines == []

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from diffrop.evaluation.records import results_path
+from diffrop.runtime.stored_run import resume_command
 from tests.helpers.inception_weights import write_fidelity_weights
 from tests.helpers.train_utils import REPO, train_env
 
@@ -124,7 +126,7 @@ def eval_small(args, place):
     out = place["root"] / f"eval{zlib.crc32(shlex.join(args).encode())}"
     extra = [f"eval.inception_weights={place['weights']}", f"eval.reference_cache={place['root'] / 'refs'}"]
     ok(run([*swapped, *extra, *SMALL_EVAL, f"hydra.run.dir={out}"]))
-    assert (out / "results.json").is_file()
+    assert results_path(out).is_file()
 
 
 RULES = [  # (pattern on the command line, how it runs here)
@@ -144,6 +146,13 @@ RULES = [  # (pattern on the command line, how it runs here)
 def rule_for(args: list[str]):
     line = " ".join(args)
     return next((fn for pattern, fn in RULES if re.search(pattern, line)), None)
+
+
+def test_the_resume_command_a_stop_prints_is_a_readme_command():
+    """What a stopped or crashed run prints (``error: stopped by ...; resume it ... with: <command>``) is the README's
+    resume line, which ``resume`` below runs."""
+    printed = resume_command(Path("logs/train/runs/<dir>"))
+    assert shlex.split(printed) in readme_commands()
 
 
 def test_every_readme_command_has_a_rule():

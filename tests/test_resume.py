@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from diffrop.evaluation.records import results_path
 from diffrop.training.nonfinite import NonFiniteLossError
 from tests.helpers.train_utils import (
     REPO,
@@ -229,7 +230,7 @@ def test_random_sigkills_during_generation_and_scoring_give_the_same_evaluation(
     rc, out = _finish(_eval_popen(ckpt, full, weights))
     assert rc == 0, out
 
-    samples = next(full.glob("samples/*/samples.npz")).relative_to(full)
+    samples = next(full.glob("samples/step*/*/samples.npz")).relative_to(full)
     triggers = [samples.parent / f"shard_{rng.randrange(1, 5):05d}.npz", samples]  # in generation; after it
     for trigger in triggers:
         proc = _eval_popen(ckpt, killed, weights)
@@ -242,5 +243,5 @@ def test_random_sigkills_during_generation_and_scoring_give_the_same_evaluation(
 
     a, b = np.load(full / samples), np.load(killed / samples)
     assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
-    ra, rb = (json.loads((d / "results.json").read_text()) for d in (full, killed))
+    ra, rb = (json.loads(results_path(d).read_text()) for d in (full, killed))
     assert ra["metrics"] == rb["metrics"] and ra["label_counts"] == rb["label_counts"]

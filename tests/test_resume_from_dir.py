@@ -4,6 +4,7 @@ that would change a stored run is one error line that writes nothing."""
 
 from __future__ import annotations
 
+import shlex
 import signal
 import subprocess
 import sys
@@ -11,10 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from hydra import compose, initialize_config_dir
 
-from diffrop.runtime.stored_run import StoredRunMismatch, adopt_stored_run
+from diffrop.runtime.stored_run import StoredRunMismatch, adopt_stored_run, unfinished_twin
 from tests.helpers.train_utils import REPO, TRAIN_PY, load_ckpt, train_env
 
 # the quickstart, cut to a few steps; what `make quickstart` stores plus the cuts
@@ -89,6 +91,60 @@ def test_a_killed_run_resumes_to_its_end_from_its_directory_alone(tmp_path):
     )  # every save says what it stores (Lightning logs when one does not)
     assert (run / ".hydra" / "overrides.yaml").read_text() == stored
     assert not (run / "FAILED").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "Ctrl-C"]
+)
+def test_a_stopped_run_is_resumed_by_the_command_its_last_line_prints(tmp_path, sig, code):
+    """The default timestamped run dir (no hydra.run.dir): the stop's last line is the way on, run as printed."""
+    logs = tmp_path / "logs"
+    proc = train(
+        *QUICK,
+        "trainer.max_steps=60",
+        "callbacks.checkpoint.every_n_train_steps=1000",
+        f"paths.log_dir={logs}",
+    )
+    while not list(logs.glob("train/runs/*/metrics.csv")):  # training has started
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    rc, _, err = finish(proc)
+    assert rc == code, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: stopped by ") and "Traceback" not in err, err[-3000:]
+    (run,) = logs.glob("train/runs/*")
+    assert "Traceback" not in (run / "FAILED").read_text()
+    command = shlex.split(last.split(" with: ", 1)[1])
+    assert command == [
+        "python",
+        "src/train.py",
+        f"hydra.run.dir={run}",
+    ]  # the test's run dir is outside the repo
+
+    rc, _, err = finish(train(*command[2:]))
+    assert rc == 0, err[-3000:]
+    assert load_ckpt(run / "checkpoints" / "last.ckpt")["global_step"] == 60
+    assert list(logs.glob("train/runs/*")) == [run] and not (run / "FAILED").exists()
+
+
+def test_the_same_command_without_a_directory_names_the_unfinished_run_it_would_not_resume(tmp_path):
+    logs = tmp_path / "logs"
+    given = ["experiment=quickstart", f"paths.log_dir={logs}"]
+    old, new, other = (_stored(logs / "train" / "runs" / name, overrides) for name, overrides in
+                       [("2026-01-01", given), ("2026-01-02", given), ("2026-01-03", [*given, "seed=1"])])  # fmt: skip
+    for run, step in ((old, 5), (new, 7), (other, 3)):
+        (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"trainer": {"max_steps": 10}}))
+        (run / "checkpoints").mkdir()
+        torch.save({"global_step": step}, run / "checkpoints" / "last.ckpt")
+    note = unfinished_twin(given)
+    assert f"{new} is an unfinished run of these overrides (step 7 of 10)" in note
+    assert note.endswith(f"python src/train.py hydra.run.dir={new}")
+    torch.save({"global_step": 10}, new / "checkpoints" / "last.ckpt")  # finished: the older one is named
+    assert f"{old} is an unfinished run" in unfinished_twin(given)
+    assert unfinished_twin([*given, "seed=2"]) is None  # no run of these overrides
+    assert unfinished_twin([*given, f"hydra.run.dir={old}"]) is None  # a directory was given
 
 
 def _stored(run: Path, overrides: list[str]) -> Path:

@@ -38,3 +38,19 @@ def test_a_sampler_that_does_not_fit_the_schedule_fails_at_fit_start(tmp_path):
     )
     with pytest.raises(ValueError, match="walks all T=50 steps"):
         grid.on_fit_start(SimpleNamespace(), SimpleNamespace(schedule=SCHEDULE))
+
+
+def test_the_last_grid_is_drawn_once_when_every_n_steps_divides_max_steps(unet, tmp_path):
+    grid = SampleGrid(str(tmp_path), sampler_spec("ddim", steps=2, eta=0.0), every_n_steps=3, per_class=1)
+    module = SimpleNamespace(ema=unet, schedule=SCHEDULE, device=torch.device("cpu"))
+    drawn = []
+    grid.draw = lambda trainer, module: drawn.append(trainer.global_step)
+    trainer = SimpleNamespace(global_step=0, loggers=[])
+    for step in range(1, 7):  # a 6-step run: grids at 3 and 6, then the end of training at 6
+        trainer.global_step = step
+        grid.on_train_batch_end(trainer, module, None, None, step - 1)
+    grid.on_train_end(trainer, module)
+    assert drawn == [3, 6]
+    trainer.global_step = 7  # a run that ends between grids still gets its last one
+    grid.on_train_end(trainer, module)
+    assert drawn == [3, 6, 7]

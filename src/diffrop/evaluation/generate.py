@@ -27,7 +27,7 @@ from diffrop.diffusion.samplers.loop import StackedGenerator
 from diffrop.diffusion.sampling import LABEL_MODES, SamplerSpec, sample
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.runtime.atomic_write import atomic_write
-from diffrop.runtime.progress import track
+from diffrop.runtime.progress import ticking, track
 
 
 def sample_labels(
@@ -165,12 +165,16 @@ def generate(
     batches = [(i, a, min(a + spec.batch_size, (i + 1) * shard_size, len(labels)))
                for i in todo for a in range(i * shard_size, min((i + 1) * shard_size, len(labels)), spec.batch_size)]  # fmt: skip
     total = sum(b - a for _, a, b in batches)
-    steps = track(batches, f"sampling {total:,} images ({len(todo)} shards)", total, size=lambda c: c[2] - c[1],
-                  disable=not progress or not todo, rank=rank)  # fmt: skip
+    description = f"sampling {total:,} images ({len(todo)} shards)"
+    steps = track(batches, description, total, size=lambda c: c[2] - c[1], disable=not progress or not todo,
+                  rank=rank)  # fmt: skip
     drawn: list[Tensor] = []
+    batch = ["first batch"]  # a batch of a long sampler can take minutes: ``ticking`` says which one runs
     for i, a, b in steps:  # rank 0 reports; the other ranks draw theirs quietly
         seeds = torch.arange(a, b) + seed
-        drawn.append(sample_images(net, schedule, labels[a:b], seeds, spec, device))
+        batch[0] = f"images {a}-{b - 1}"
+        with ticking(lambda: f"{description}: {batch[0]}, {spec.steps} steps each", enabled=progress):
+            drawn.append(sample_images(net, schedule, labels[a:b], seeds, spec, device))
         lo, hi = i * shard_size, min((i + 1) * shard_size, len(labels))
         if b < hi:
             continue

@@ -34,7 +34,7 @@ from diffrop.evaluation.metrics import (
     weights_fingerprint,
 )
 from diffrop.evaluation.metrics.features import EXTRACTORS, FidHelperFeatures, InceptionFeatures
-from diffrop.runtime.progress import emit
+from diffrop.runtime.progress import emit, ticking
 
 Extractor = InceptionFeatures | FidHelperFeatures
 
@@ -165,7 +165,8 @@ def reference_features(
         rest = extractor.extract(x[2 * batch_size :], batch_size, progress)[0].cpu()
         return torch.cat([warm, timed, rest]), labels
 
-    features, stored_labels = cache.get_or_compute(key, compute)
+    with ticking(lambda: f"reference features ({extractor.name})", enabled=progress):
+        features, stored_labels = cache.get_or_compute(key, compute)
     return features, stored_labels, key
 
 
@@ -296,7 +297,7 @@ class Evaluator:
                     )
 
     def run(self, out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
-        """Draw and score every setting into ``out_dir``/samples; results.json's body without the checkpoint and
+        """Draw and score every setting into ``out_dir``/samples/step<N>; results.json's body without the checkpoint and
         config records (``combine`` of the runs, then ``extractor``, ``settings``, ``data``). None on ranks > 0.
         ``manifest`` (checkpoint path, step) goes into each shard's manifest: resuming never mixes checkpoints."""
         s = self.settings
@@ -333,7 +334,10 @@ class Evaluator:
     ) -> tuple[Path, list[Path]]:
         """Draw this rank's missing shards of one setting: (its folder, every shard path)."""
         s = self.settings
-        folder = sample_dir(out_dir / "samples", spec, s.num_samples, s.seed)
+        # per checkpoint step: evaluating a later checkpoint never replaces an earlier record's samples
+        folder = sample_dir(
+            out_dir / "samples" / f"step{manifest.get('global_step')}", spec, s.num_samples, s.seed
+        )
         if s.overwrite and self.rank == 0 and folder.is_dir():
             for stale in [*folder.glob("shard_*.npz"), folder / "manifest.json", folder / "samples.npz"]:
                 stale.unlink(missing_ok=True)
@@ -359,18 +363,27 @@ class Evaluator:
         wait_for_shards(shards)
         images, fake_labels, _ = merge_shards(shards, folder / "samples.npz")
         save_grid(images, fake_labels, folder / "grid.png", per_class=s.grid_per_class)
-        fake_feats, fake_logits = extractor.extract(rgb(images), s.feature_batch_size, s.progress)
-        real_feats = real_feats.to(fake_feats.device)  # the k-NN distances of precision / recall run on a GPU
-        metrics = compute_all(
-            real_feats, real_labels, fake_feats, fake_logits, fake_labels, groups, num_classes, s.metrics,
-            stage=(lambda name: emit(f"scoring: {name}")) if s.progress else (lambda name: None),
-        )  # fmt: skip
-        if s.progress:
-            emit("scoring: per class")
-        classes = per_class(  # the per-class plot's data (diffrop.evaluation.plots.plot_per_class)
-            real_feats, real_labels, fake_feats, fake_labels, num_classes, k=s.k,
-            min_fid_samples=s.per_class_fid_min_samples,
-        )  # fmt: skip
+        stage = ["features of the generated set"]  # what ``ticking`` names while a stage runs for minutes
+
+        def begin(name: str) -> None:
+            stage[0] = f"scoring: {name}"
+            emit(stage[0])
+
+        with ticking(lambda: stage[0], enabled=s.progress):
+            fake_feats, fake_logits = extractor.extract(rgb(images), s.feature_batch_size, s.progress)
+            real_feats = real_feats.to(
+                fake_feats.device
+            )  # the k-NN distances of precision / recall run on a GPU
+            metrics = compute_all(
+                real_feats, real_labels, fake_feats, fake_logits, fake_labels, groups, num_classes, s.metrics,
+                stage=begin if s.progress else (lambda name: None),
+            )  # fmt: skip
+            if s.progress:
+                begin("per class")
+            classes = per_class(  # the per-class plot's data (diffrop.evaluation.plots.plot_per_class)
+                real_feats, real_labels, fake_feats, fake_labels, num_classes, k=s.k,
+                min_fid_samples=s.per_class_fid_min_samples,
+            )  # fmt: skip
         if classifier is not None:
             acc = classify_accuracy(classifier, images, fake_labels, groups)
             metrics["accuracy"] = acc["overall"]

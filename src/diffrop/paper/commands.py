@@ -104,6 +104,6 @@ class Commands:
 
     def smoke_weights(self) -> Path:
         path = (self.opts.root / "smoke_inception.pt").resolve()
-        if not path.is_file():
+        if not path.is_file() and not self.opts.dry_run:  # a dry run only prints the commands
             write_smoke_extractor(path)
         return path

@@ -4,16 +4,17 @@ Layout under a runs root (default ``logs/paper``; ``logs/smoke`` for smoke runs)
 
     models/<dataset>__<method>/   one training run per model (configs/experiment/<dataset>/<method>.yaml),
                                   shared by every table that uses the model (Tables 1, 2, 4, 5 share DDPM)
-    <table>/<cell>/eval/          that cell's evaluation (results.json, read by diffrop.paper.report;
-                                  evaluation.json: the command and checkpoint it came from)
+    <table>/<cell>/eval/          that cell's evaluation (its record <step>-<hash>/results.json, named by
+                                  latest.json and read by diffrop.paper.report; evaluation.json: the command
+                                  and checkpoint it came from)
     <table>/<cell>/FAILED         why the cell has no result (training or evaluation failed)
     <table>/wandb/                the W&B run of the rendered table (job_type report, the table's group)
 
 Every stage looks at the files first: a model whose ``last.ckpt`` reached ``max_steps`` is not trained again, a
-cell with ``eval/results.json`` is not evaluated again, a failed cell is retried on the next call (training
+cell with an evaluation record is not evaluated again, a failed cell is retried on the next call (training
 resumes from ``last.ckpt``) and never stops the others. An evaluation that another table already ran (the same
 command on the same checkpoint file, e.g. the 50k-sample DDPM evaluation of Tables 1, 4 and 5) is not run again:
-its results.json is copied. The stages run ``src/train.py``, ``src/eval.py`` and
+its record is copied. The stages run ``src/train.py``, ``src/eval.py`` and
 ``src/classify.py`` as subprocesses (a Hydra multirun for training, locally or on SLURM), so what the driver
 runs is exactly what a user can type; the commands are printed and their output kept in ``<root>/logs/``.
 """
@@ -30,6 +31,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from diffrop.evaluation.records import copy_latest, results_path
 from diffrop.paper.cells import FIGURES, PAPER, Cell, load_cells, model_dir, override_value, training_state
 from diffrop.paper.commands import Commands
 from diffrop.paper.wandb_upload import upload_table
@@ -99,7 +101,7 @@ class Driver(Commands):
     def evaluate(self, cell: Cell, models: dict[str, tuple[str, str]]) -> None:
         o = self.opts
         cell_dir = o.root / cell.table / cell.cell
-        results = cell_dir / "eval" / "results.json"
+        results = results_path(cell_dir / "eval")
         if results.is_file() and not (cell_dir / "FAILED").is_file():
             self.say(f"{cell.cell}: evaluated already ({results})")
             return
@@ -119,7 +121,7 @@ class Driver(Commands):
 
     def run_evaluation(self, cell: Cell, out_dir: Path, log: Path, stage: str) -> int:
         """``src/eval.py`` for ``cell`` into ``out_dir`` (exit code), unless another cell's identical evaluation
-        exists: then its results.json is copied. ``evaluation.json`` records what each one ran."""
+        exists: then its record is copied. ``evaluation.json`` records what each one ran."""
         cmd = self.eval_command(cell, out_dir, cell.num_samples)
         ckpt = model_dir(self.opts.root, cell.experiment) / "checkpoints" / "last.ckpt"
         state = ckpt.stat() if ckpt.is_file() else None
@@ -128,12 +130,11 @@ class Driver(Commands):
             "checkpoint": [str(ckpt.resolve()), state and state.st_size, state and state.st_mtime_ns],
         }
         for marker in sorted(self.opts.root.glob("*/*/*/evaluation.json")):
-            done = marker.parent / "results.json"
+            done = results_path(marker.parent)
             if marker.parent != out_dir and done.is_file() and json.loads(marker.read_text()) == key:
-                out_dir.mkdir(parents=True, exist_ok=True)
-                self._write(out_dir / "results.json", done.read_text())
+                copy_latest(marker.parent, out_dir)
                 self._write(out_dir / "evaluation.json", json.dumps(key, indent=1))
-                self.say(f"{self.where}{stage}: the same evaluation as {marker.parent} (results.json copied)")
+                self.say(f"{self.where}{stage}: the same evaluation as {marker.parent} (results copied)")
                 return 0
         rc = self.execute(cmd, log.stem, stage)
         if rc == 0 and not self.opts.dry_run:
@@ -151,7 +152,7 @@ class Driver(Commands):
         generated = None
         if cell.experiment:
             gen = cell_dir / "generated"
-            gen_results = gen / "results.json"
+            gen_results = results_path(gen)
             if not gen_results.is_file():
                 log = o.root / "logs" / f"{self.table}-generate-{cell.cell}.log"
                 if self.run_evaluation(cell, gen, log, "generate"):
@@ -160,7 +161,7 @@ class Driver(Commands):
             if o.dry_run:
                 generated = gen / "samples.npz"
             else:
-                generated = Path(json.loads(gen_results.read_text())["samples"])
+                generated = Path(json.loads(results_path(gen).read_text())["samples"])
         log = o.root / "logs" / f"{self.table}-classify-{cell.cell}.log"
         if self.execute(self.classify_command(cell, generated), log.stem, "classify"):
             self.mark_failed(cell, failure_reason(cell_dir / "eval" / "FAILED", log), log)
@@ -169,6 +170,13 @@ class Driver(Commands):
         from diffrop.paper.report import render_markdown, report
 
         paper = FIGURES if self.table.startswith("fig") else PAPER
+        if self.opts.dry_run:  # the table as it stands, printed: a dry run writes nothing
+            from diffrop.paper.tables import collect, get_spec, load_paper
+
+            table = collect(get_spec(load_paper(paper), self.table), self.opts.root)
+            print(render_markdown(table))
+            self.say("dry run: nothing was run or written")
+            return table
         out = self.opts.out / "smoke" if self.opts.smoke else self.opts.out
         table = report(self.table, self.opts.root, out, paper)
         if self.table == "fig4a":
@@ -187,7 +195,8 @@ class Driver(Commands):
 
     def run(self) -> Any:
         cells = load_cells(self.table, smoke=self.opts.smoke)
-        self.opts.root.mkdir(parents=True, exist_ok=True)
+        if not self.opts.dry_run:
+            self.opts.root.mkdir(parents=True, exist_ok=True)
         models = self.train(cells)
         for i, cell in enumerate(cells, 1):
             self.where, self.cells_left = f"cell {i}/{len(cells)} {cell.cell}: ", len(cells) - i + 1

@@ -1,6 +1,6 @@
 """The paper's tables as data: what each table holds (experiments/paper_numbers.yaml) and what each cell's run left.
 
-``load_paper`` parses the table specs, ``collect`` reads every cell's ``eval/results.json`` (or its FAILED file,
+``load_paper`` parses the table specs, ``collect`` reads every cell's evaluation (``records.results_path``) (or its FAILED file,
 via ``diffrop.runtime.run_status``) into a ``Table``; ``diffrop.paper.report`` renders it.
 """
 
@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from diffrop.evaluation.records import results_path
 from diffrop.runtime.run_status import describe_failure
 
 DEFAULT_PAPER = Path("experiments/paper_numbers.yaml")
@@ -104,8 +105,9 @@ def get_spec(specs: dict[str, TableSpec], name: str) -> TableSpec:
 
 
 def load_run(run_dir: Path) -> Run:
-    """Outcome of one run directory; a FAILED file (the run's or its evaluation's) wins over a stale results.json."""
-    results = run_dir / "eval" / "results.json"
+    """Outcome of one run directory; a FAILED file (the run's or its evaluation's) wins over a stale results.json.
+    Its evaluation's newest record, or the single results.json of evaluations from before records."""
+    results = results_path(run_dir / "eval")
     for failed in (run_dir / "FAILED", run_dir / "eval" / "FAILED"):
         if failed.is_file():
             return Run("failed", reason=describe_failure(failed.read_text(errors="replace")))

@@ -13,9 +13,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from diffrop.runtime.run_lock import RunDirLocked, run_dir_lock
@@ -74,15 +75,36 @@ def slurm_job() -> dict[str, str]:
     return job | {"restarts": env.get("SLURM_RESTART_COUNT", "0")}
 
 
-def interrupted(err: BaseException) -> bool:
-    """Lightning's pre-emption error; imported only on failure, so that light users of this module stay light."""
+def stopped_by(err: BaseException) -> str | None:
+    """``"SIGTERM"`` or ``"Ctrl-C"`` when a signal stopped the body, else None.
+
+    Lightning turns SIGTERM into ``SIGTERMException`` after the current step; it catches Ctrl-C's
+    ``KeyboardInterrupt`` inside ``Trainer.fit`` and raises ``SystemExit(1)`` in its place. Lightning is imported
+    only on failure, so that light users of this module stay light.
+    """
+    if isinstance(err, KeyboardInterrupt) or (
+        isinstance(err, SystemExit) and isinstance(err.__context__, KeyboardInterrupt)
+    ):
+        return "Ctrl-C"
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    return isinstance(err, SIGTERMException)
+    return "SIGTERM" if isinstance(err, SIGTERMException) else None
+
+
+# what a shell and SLURM expect from a process a signal stopped: 128 + the signal's number
+STOP_EXIT = {"SIGTERM": 128 + signal.SIGTERM, "Ctrl-C": 128 + signal.SIGINT}
+STOP_HEADLINE = {"SIGTERM": "SIGTERMException", "Ctrl-C": "KeyboardInterrupt"}
 
 
 @contextlib.contextmanager
-def guarded_run(run_dir: Path, *, rank: int = 0, multirun: bool = False) -> Iterator[Path | None]:
+def guarded_run(
+    run_dir: Path,
+    *,
+    rank: int = 0,
+    multirun: bool = False,
+    resume: Callable[[], str | None] | None = None,
+    disposable: Callable[[], bool] | None = None,
+) -> Iterator[Path | None]:
     """The run lifecycle every entry point shares, around its body; yields ``run_dir_lock``'s lock (None on rank > 0).
 
     - One process per run dir (``diffrop.runtime.run_lock``): a refused process prints one line and writes
@@ -90,34 +112,56 @@ def guarded_run(run_dir: Path, *, rank: int = 0, multirun: bool = False) -> Iter
     - A failure writes ``<run_dir>/FAILED`` (its one-line reason, the SLURM job and log, the traceback) so that
       sweeps and tables show the run as failed; a body that ends normally removes an earlier attempt's FAILED.
       Only rank 0 writes: the ranks of a DDP job share the run dir.
-    - An expected user error ends as ``error: <message>`` and exit code 1 (``stop_on_user_error``); SIGTERM
-      (pre-emption: Lightning raises ``SIGTERMException`` after the current step) exits with 128 + SIGTERM, so
-      SLURM and shells see an interrupted job.
+    - An expected user error ends as ``error: <message>`` and exit code 1 (``stop_on_user_error``).
+    - A stop (SIGTERM: pre-emption, ``scancel``, ``kill``; Ctrl-C) is not a crash: one line ``error: stopped by
+      <signal>; <resume()>`` and exit code 128 + the signal (143, 130), and FAILED holds that line without a
+      traceback. A crash prints ``resume()`` too, before its traceback.
+    - ``resume()``: how to go on from what the run saved (train.py: the command with its directory), or None.
+    - ``disposable()``: True when the dir was made for this command alone and holds nothing worth keeping (a
+      failed start of a fresh timestamped run): it is removed instead of getting a FAILED, so failed starts
+      leave no folder behind.
     - W&B is closed here, however the body ends, rather than in an exit hook.
 
     ``multirun``: one job of a Hydra multirun (``build.is_multirun()``): errors are re-raised instead of exiting,
     so that Hydra records the failed job and runs the others.
     """
-    with contextlib.ExitStack() as stack:
-        try:
-            lock = stack.enter_context(run_dir_lock(run_dir, rank=rank))
-        except RunDirLocked as err:
-            stop(str(err), multirun)
-            raise
-        try:
-            yield lock
-        except BaseException as err:
-            if rank == 0:
-                headline = user_error(err) or f"{type(err).__name__}: {err}"  # one line a table can show
-                write_failed(run_dir, headline, {k: v for k, v in slurm_job().items() if k != "restarts"})
-            if interrupted(err):  # train.py: CheckpointOnInterrupt has saved this step
-                print("error: stopped by SIGTERM; resume with the same command", file=sys.stderr)
-                sys.exit(128 + signal.SIGTERM)
-            stop_on_user_error(err, multirun)
-            raise
-        else:
-            if rank == 0:
-                clear_failed(run_dir)
-        finally:
-            if wandb := sys.modules.get("wandb"):  # only if a W&B logger imported it
-                wandb.finish()
+    discard = False
+    try:
+        with contextlib.ExitStack() as stack:
+            try:
+                lock = stack.enter_context(run_dir_lock(run_dir, rank=rank))
+            except RunDirLocked as err:
+                stop(str(err), multirun)
+                raise
+            try:
+                yield lock
+            except BaseException as err:
+                stopped = stopped_by(err)
+                hint = resume() if resume is not None and rank == 0 else None
+                discard = rank == 0 and disposable is not None and disposable()
+                if rank == 0 and not discard:
+                    if stopped:
+                        headline = f"{STOP_HEADLINE[stopped]}: stopped by {stopped}"
+                    else:
+                        headline = (
+                            user_error(err) or f"{type(err).__name__}: {err}"
+                        )  # one line a table can show
+                    fields = {k: v for k, v in slurm_job().items() if k != "restarts"}
+                    write_failed(run_dir, headline, fields, with_traceback=stopped is None)
+                if stopped:
+                    print(f"error: stopped by {stopped}; {hint or 'no checkpoint yet, nothing to resume'}",
+                          file=sys.stderr, flush=True)  # fmt: skip
+                    sys.exit(STOP_EXIT[stopped])
+                if hint and not user_error(err):  # a crash; a user error's message says what to fix
+                    print(hint, file=sys.stderr, flush=True)
+                stop_on_user_error(err, multirun)
+                raise
+            else:
+                if rank == 0:
+                    clear_failed(run_dir)
+            finally:
+                if wandb := sys.modules.get("wandb"):  # only if a W&B logger imported it
+                    wandb.finish()
+    finally:
+        if discard:  # after the lock is released
+            shutil.rmtree(run_dir, ignore_errors=True)

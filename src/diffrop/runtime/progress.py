@@ -8,9 +8,11 @@ builds) picks it whenever stdout is not an interactive terminal.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 KINDS = ("auto", "rich", "log")
+SILENCE_S = 30.0  # no stage that can take minutes goes longer without a line (``ticking``)
+_last_line = [time.monotonic()]  # when ``emit`` last wrote
 LOSS_KEY = "train/loss"
 
 
@@ -55,12 +59,28 @@ def progress_bar(kind: str, refresh_rate: int, every_n_steps: int, every_n_secon
 
 
 class RichBar(RichProgressBar):
-    """Rich's live bar, whose metrics (the loss: one host sync) are read every ``refresh_rate`` steps only; Lightning's
-    bar reads them after every step."""
+    """Rich's live bar over the run's optimizer steps (``Training 1200/300000``), whose metrics (the loss: one host
+    sync) are read every ``refresh_rate`` steps only; Lightning's bar reads them after every step.
 
-    def __init__(self, refresh_rate: int = 10) -> None:
-        super().__init__(refresh_rate=refresh_rate)
+    Lightning's bar counts batches of the current epoch under ``Epoch k/max_epochs - 1``: every run here ends at
+    ``max_steps`` with ``max_epochs=-1``, so after a resume it read ``Epoch 0/-2 ... 2000/1032``.
+    """
+
+    def __init__(self, refresh_rate: int = 10, **kwargs: Any) -> None:
+        super().__init__(refresh_rate=refresh_rate, **kwargs)
         self._shown: dict[str, Any] | None = None
+
+    @property
+    def total_train_batches(self) -> float:
+        return LogProgress.total_steps(self.trainer)
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return f"{'Training':{len(self.validation_description)}}"
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(
+            trainer, module, outputs, batch, trainer.global_step - 1
+        )  # shows step / total
 
     def get_metrics(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
         if (
@@ -157,6 +177,35 @@ def emit(line: str) -> None:
         log.info(line)
     else:
         print(line, flush=True)
+    _last_line[0] = time.monotonic()
+
+
+@contextlib.contextmanager
+def ticking(status: Callable[[], str], enabled: bool = True) -> Iterator[None]:
+    """Inside the block, ``<status()> | still running, elapsed ...`` whenever no line was emitted for ``SILENCE_S``.
+
+    Whatever the block is doing (one k-means run, one batch of a 1,000-step sampler, a sample grid, a first feature
+    batch), a user reading the log sees it is alive at least every ``SILENCE_S``; loops that report their own
+    progress (``track``, ``LogProgress``) keep it quiet. A daemon thread, from rank 0 only.
+    """
+    if not enabled or process_rank() != 0:
+        yield
+        return
+    done, start = threading.Event(), time.monotonic()
+
+    def beat() -> None:
+        while not done.wait(min(SILENCE_S, 1.0)):
+            now = time.monotonic()
+            if now - _last_line[0] >= SILENCE_S:
+                emit(f"{status()} | still running, elapsed {timedelta(seconds=round(now - start))}")
+
+    thread = threading.Thread(target=beat, name="progress-ticking", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def process_rank() -> int:

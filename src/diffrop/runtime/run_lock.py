@@ -61,3 +61,22 @@ def run_dir_lock(run_dir: Path, rank: int = 0) -> Iterator[Path | None]:
         yield lock_file
     finally:
         os.close(fd)  # releases the flock; the file stays (unlinking it would race with a process opening it)
+
+
+def held_by(run_dir: Path) -> str | None:
+    """``holder``'s description when a live process holds ``<run_dir>/.lock`` (e.g. a run still training), else None.
+
+    Asks the kernel by taking the lock for an instant (``flock`` has no query): never blocks, never writes.
+    """
+    lock_file = Path(run_dir) / LOCK_NAME
+    try:
+        fd = os.open(lock_file, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return holder(lock_file)
+    finally:
+        os.close(fd)  # also drops the shared lock, if taken
+    return None

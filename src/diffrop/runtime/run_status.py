@@ -1,4 +1,5 @@
-"""How a run directory ended, in one format for every program: the FAILED file, and a run's stable id.
+"""How a run directory ended or stands, in one format for every program: the FAILED file, whether a training run is
+still going (for an evaluation of one of its checkpoints), and a run's stable id.
 
 Every entry point (train, eval, classify, the reproduce driver) that fails writes ``<run dir>/FAILED``: its
 first line is the error a table can show ("ValueError: ..."), then ``key: value`` lines (``job_id``,
@@ -14,6 +15,10 @@ import re
 import traceback
 from collections.abc import Mapping
 from pathlib import Path
+
+import yaml
+
+from diffrop.runtime.run_lock import held_by
 
 FAILED = "FAILED"
 _FAIL_FIELD = re.compile(
@@ -77,3 +82,54 @@ def failure_reason(failed: Path, log: Path) -> str:
 def run_id(run_dir: str | Path) -> str:
     """A stable W&B id per run directory, so a resumed run continues the same W&B run."""
     return hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
+
+
+def training_run(ckpt_path: str | Path) -> Path | None:
+    """The training run a checkpoint path belongs to (``<run>/checkpoints/x.ckpt`` with ``<run>/.hydra``), or None."""
+    path = Path(ckpt_path)
+    run = path.parent.parent
+    return run if path.parent.name == "checkpoints" and (run / ".hydra").is_dir() else None
+
+
+def _stored_config(run: Path) -> dict:
+    try:
+        return yaml.safe_load((run / ".hydra" / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def run_state(ckpt_path: str | Path, step: int | None, max_steps: int | None) -> dict[str, object]:
+    """Where the run stood when its checkpoint of ``step`` was evaluated: ``state`` is ``finished`` (step reached
+    ``max_steps``), ``training`` (a live process holds the run's ``.lock``) or ``stopped`` (neither), with
+    ``holder`` naming the live process."""
+    run = training_run(ckpt_path)
+    holder = held_by(run) if run is not None else None
+    done = step is not None and max_steps is not None and max_steps > 0 and step >= max_steps
+    state = "finished" if done else "training" if holder else "stopped"
+    return {"state": state, "max_steps": max_steps, "run_dir": str(run) if run else None, "holder": holder}
+
+
+def missing_checkpoint(ckpt_path: str | Path) -> str:
+    """Why ``ckpt_path`` does not exist, and what to do, for a user who passed it (it does not exist)."""
+    path = Path(ckpt_path)
+    run = training_run(path)
+    if run is None:
+        return (
+            f"checkpoint {path} does not exist; pass ckpt_path=<run dir>/checkpoints/last.ckpt of a trained run "
+            "(python src/train.py prints it when it ends)"
+        )
+    cfg = _stored_config(run)
+    every = ((cfg.get("callbacks") or {}).get("checkpoint") or {}).get("every_n_train_steps")
+    max_steps = (cfg.get("trainer") or {}).get("max_steps")
+    others = sorted(p.name for p in path.parent.glob("*.ckpt")) + sorted(
+        p.name for p in run.glob("hpc_ckpt_*.ckpt")
+    )
+    holder = held_by(run)
+    when = f"every {every:,} steps and " if isinstance(every, int) and every > 0 else ""
+    end = f" (trainer.max_steps={max_steps:,})" if isinstance(max_steps, int) and max_steps > 0 else ""
+    now = f"; it is training now ({holder})" if holder else ""
+    there = f"; it holds {', '.join(others)}: pass one of those" if others else ""
+    return (
+        f"run {run} has no checkpoint {path.name} yet: training saves it {when}at its end{end}{now}{there}. "
+        "Evaluate once the file exists"
+    )

@@ -8,6 +8,8 @@ from them, and ends a command that would only re-open a finished run before anyt
 
 from __future__ import annotations
 
+import os
+import shlex
 from pathlib import Path
 
 import yaml
@@ -88,7 +90,7 @@ def _stored_max_steps(run: Path) -> int | None:
     return steps if isinstance(steps, int) else None
 
 
-def _saved_step(run: Path) -> int | None:
+def saved_step(run: Path) -> int | None:
     """The global step of the newest checkpoint train.py's ckpt_path=auto would resume from."""
     found = [p for p in (run / "checkpoints" / "last.ckpt", *run.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
     if not found:
@@ -145,10 +147,49 @@ def adopt_stored_run(argv: list[str]) -> tuple[list[str], str | None]:
     given_steps = next((_value(o) for o in merged if override_key(o) == "trainer.max_steps"), None)
     max_steps = int(given_steps) if given_steps is not None and given_steps.isdigit() else None
     max_steps = max_steps if given_steps is not None else _stored_max_steps(run)
-    step = _saved_step(run) if max_steps and max_steps > 0 else None
+    step = saved_step(run) if max_steps and max_steps > 0 else None
     if step is not None and step >= max_steps:
         return new_argv, (
             f"{run} is finished (step {step} of trainer.max_steps={max_steps}); nothing to do. To train it "
             f"further: python src/train.py hydra.run.dir={run} trainer.max_steps=<more>"
         )
     return new_argv, None
+
+
+def resume_command(run: Path) -> str:
+    """The command that resumes ``run``: its directory as the user would type it (relative to here when inside)."""
+    shown = Path(os.path.relpath(run)) if not os.path.relpath(run).startswith("..") else run
+    return f"python src/train.py hydra.run.dir={shlex.quote(str(shown))}"
+
+
+def unfinished_twin(argv: list[str]) -> str | None:
+    """A note naming the newest unfinished run stored with exactly ``argv``'s overrides, or None. Looked for where a
+    command without ``hydra.run.dir`` puts its run (configs/hydra/default.yaml: ``<paths.log_dir>/train/runs``).
+
+    A command without ``hydra.run.dir`` always starts a new timestamped run (it never guesses which old one to
+    continue); when a run of the same overrides stopped before its end, the note says how to resume that one, so
+    re-running the command a stopped run printed loses nothing.
+    """
+    flags, given = _split(argv)
+    values = {override_key(o): _value(o) for o in given}
+    runs_root = (
+        Path(values.get("paths.log_dir", f"{values.get('paths.root_dir', '.')}/logs")) / "train" / "runs"
+    )
+    if {"-m", "--multirun"} & set(flags) or _NO_TRAINING & set(flags) or not runs_root.is_dir():
+        return None
+    if any(key.startswith("hydra.") or key == "task_name" for key in values):
+        return None
+    wanted = sorted(given)
+    for stored_file in sorted(
+        runs_root.glob("*/.hydra/overrides.yaml"), reverse=True
+    ):  # newest timestamp first
+        run = stored_file.parent.parent
+        if sorted(str(o) for o in yaml.safe_load(stored_file.read_text()) or []) != wanted:
+            continue
+        step, max_steps = saved_step(run), _stored_max_steps(run)
+        if step is not None and max_steps is not None and step < max_steps:
+            return (
+                f"note: {run} is an unfinished run of these overrides (step {step} of {max_steps}); this command "
+                f"starts a new run. To resume that one instead: {resume_command(run)}"
+            )
+    return None

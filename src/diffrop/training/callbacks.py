@@ -18,6 +18,7 @@ from rich.table import Table
 from torchvision.utils import save_image
 
 from diffrop.diffusion.sampling import SamplerSpec, sample
+from diffrop.runtime.progress import emit, ticking
 
 
 class SampleGrid(L.Callback):
@@ -41,6 +42,7 @@ class SampleGrid(L.Callback):
     ) -> None:
         self.out_dir, self.sampler, self.every_n_steps = Path(out_dir), sampler, every_n_steps
         self.per_class, self.max_classes, self.seed = per_class, max_classes, seed
+        self._drawn_at: int | None = None  # the step of the last grid
 
     def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         # a sampler that does not fit the schedule (DDPM with steps != T) fails now, not at the first grid
@@ -52,10 +54,14 @@ class SampleGrid(L.Callback):
         classes = min(self.max_classes, net.num_classes)
         y = torch.arange(classes, device=module.device).repeat_interleave(self.per_class)
         shape = (len(y), net.in_channels, net.image_size, net.image_size)
+        emit(
+            f"sample grid of step {trainer.global_step}: {len(y)} images, {self.sampler.name} {self.sampler.steps} steps"
+        )
         gen = torch.Generator(module.device).manual_seed(
             self.seed
         )  # same noise every time: grids are comparable
-        x = sample(net, module.schedule, y, shape, self.sampler, gen)
+        with ticking(lambda: f"sample grid of step {trainer.global_step}"):
+            x = sample(net, module.schedule, y, shape, self.sampler, gen)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"step_{trainer.global_step:07d}.png"
         save_image((x + 1) / 2, path, nrow=self.per_class)  # one row per class
@@ -66,10 +72,16 @@ class SampleGrid(L.Callback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
-            self.draw(trainer, module)
+            self._draw_once(trainer, module)
 
     def on_train_end(self, trainer, module) -> None:
-        self.draw(trainer, module)
+        self._draw_once(trainer, module)
+
+    def _draw_once(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        """One grid per step: the end of a run whose last step is a multiple of ``every_n_steps`` has one already."""
+        if self._drawn_at != trainer.global_step:
+            self._drawn_at = trainer.global_step
+            self.draw(trainer, module)
 
 
 class CheckpointOnInterrupt(L.Callback):
@@ -82,8 +94,10 @@ class CheckpointOnInterrupt(L.Callback):
 
     - SIGTERM (``scancel``, SLURM time limit or pre-emption, which send SIGTERM and SIGKILL ``KillWait`` s later):
       Lightning 2.6 only sets a flag in its handler and raises ``SIGTERMException`` after the current step; this
-      callback then writes ``last.ckpt`` at that step and src/train.py exits with 143. Running the same command
-      again (same ``hydra.run.dir``) resumes exactly (``ckpt_path=auto``).
+      callback then writes ``last.ckpt`` at that step and src/train.py exits with 143, its last line the command
+      that resumes the run exactly (``python src/train.py hydra.run.dir=<run>``; ``ckpt_path=auto``).
+    - Ctrl-C: Lightning catches the ``KeyboardInterrupt`` in ``Trainer.fit``; this callback writes ``last.ckpt`` and
+      src/train.py exits with 130 and the same resume line (``diffrop.runtime.entry.guarded_run``).
     - SIGKILL / power loss: nothing can be written; the last periodic checkpoint is the resume point, and it is
       intact because checkpoints are written atomically (``diffrop.training.checkpoint_io``).
     - SLURM auto-requeue: under SLURM, Lightning's ``SLURMEnvironment(auto_requeue=True)`` (the default) handles
