@@ -356,7 +356,7 @@ def test_default_pcl_is_eq12_by_partner_forward(tmp_path) -> None:
     from tests.test_configs import compose_train
 
     cfg = compose_train([*TINY_RUN_OVERRIDES, "loss=pcl_exp", "data.batch_size=20"], tmp_path)
-    assert cfg.loss.terms.pcl.pairing == "partner" and cfg.tau.tau0 == 10.0
+    assert cfg.loss.terms.pcl.pairing == "partner" and cfg.tau.tau0 == 0.2
     module = build_module(cfg, build_datamodule(cfg))
     module._trainer = SimpleNamespace(world_size=1)
     calls = []
@@ -436,7 +436,8 @@ def test_partner_draws_average_to_algorithm1_in_value_and_gradient(pairing, redu
     xt = sched.q_sample(x0, t, eps)
     expected = naive_algorithm1(net, x0, xt, eps, y, t, cond, pairing, tau, reduction)
     expected_grad = torch.autograd.grad(expected, [net.w, net.b])
-    term = pcl("exp", tau, distance="mean", reduction=reduction, pairing=pairing, partners=partners)
+    many = {"partners": partners} if partners > 1 else {}  # m = 1 from the YAML
+    term = pcl("exp", tau, distance="mean", reduction=reduction, pairing=pairing, **many)
     torch.manual_seed(13)
     values, grads = [], []
     for _ in range(3000):
@@ -485,3 +486,98 @@ def test_partners_draws_m_forwards_and_weighs_each_pair_by_k_over_m() -> None:
         total += 2 / 4 * float(ratio[800]) * float((x[2] - x[j]).square().sum())
         assert f.eps is not None and torch.equal(f.y, partner_y[:, k])
     assert -got == pytest.approx(total / 3, rel=1e-4)
+
+
+def test_partner_forward_feeds_the_ddpm_loss_when_asked() -> None:
+    # RecordingNet predicts 0, so the partners' eps-MSE is mean(eps^2) (the partner shares its anchor's eps)
+    from diffrop.losses.ddpm import PartnerEpsMSE
+
+    g = torch.Generator().manual_seed(15)
+    eps = torch.randn(4, 1, 2, 2, generator=g)
+    step = make_step([0, 1, 0, 1], [5, 50, 500, 900], eps=eps, net=RecordingNet())
+    feed = PartnerEpsMSE(weight=0.5)
+    with pytest.raises(ValueError, match="ddpm_partner"):
+        feed(step)  # no partner forward yet
+    pcl("exp", Constant(1.0), pairing="partner")(step)
+    assert feed(step).item() == pytest.approx(0.5 * float(eps.square().mean()), rel=1e-6)
+    same_xt = make_step([0, 1], eps=eps[:2], net=RecordingNet())
+    pcl("exp", Constant(1.0), pairing="same_xt")(same_xt)  # x_t under another label: not a DDPM sample
+    with pytest.raises(ValueError, match="ddpm_partner"):
+        feed(same_xt)
+
+
+def test_one_sided_push_moves_only_the_rarer_members_output() -> None:
+    # labels 0 (frequency 0.9) and 1 (0.1): sample 0's partner is sample 1 and vice versa. With push=rarer the head
+    # member of each pair gets no gradient (its own eps_hat for anchor 0, the partner forward's for anchor 1); the
+    # value is the same as with both sides pushed.
+    sched = linear_schedule(T).double()
+    g = torch.Generator().manual_seed(16)
+    x0 = torch.rand(2, 1, 2, 2, generator=g, dtype=torch.float64) * 2 - 1
+    eps = torch.randn(2, 1, 2, 2, generator=g, dtype=torch.float64)
+    t, y = torch.tensor([100, 300]), torch.tensor([0, 1])
+    xt = sched.q_sample(x0, t, eps)
+    net = AffineNet(2, (1, 2, 2))
+    values, grads = {}, {}
+    for push in ("both", "rarer"):
+        step = make_step(y, t, x0=x0, xt=xt, eps=eps, eps_hat=net(xt, t, y, None), schedule=sched, net=net,
+                         class_freq=torch.tensor([0.9, 0.1]))  # fmt: skip
+        values[push] = pcl("neg_l2", Constant(1.0), pairing="partner", push=push)(step)
+        grads[push] = torch.autograd.grad(values[push], step.outputs)  # [main, partner forward]
+    assert values["rarer"].item() == pytest.approx(values["both"].item(), rel=1e-12)
+    main, partner = grads["rarer"]
+    assert (main[0] == 0).all() and (main[1] != 0).all()  # anchor 0 is the head: frozen; anchor 1 moves
+    assert (partner[0] != 0).all() and (
+        partner[1] == 0
+    ).all()  # the tail partner of anchor 0 moves; not the head
+    assert torch.equal(main[1], grads["both"][0][1]) and torch.equal(partner[0], grads["both"][1][0])
+    with pytest.raises(ValueError, match="push=rarer"):
+        pcl("exp", Constant(1.0), pairing="batch", push="rarer")
+
+
+class ExactGaussianNet(torch.nn.Module):
+    """The Bayes-optimal eps* of classes x_0 ~ N(m_c, s^2 I): x_t | c ~ N(sqrt(abar) m_c, (abar s^2 + 1 - abar) I),
+    so E[eps | x_t, c] = sqrt(1 - abar) (x_t - sqrt(abar) m_c) / (abar s^2 + 1 - abar)."""
+
+    def __init__(self, means: torch.Tensor, sd: float) -> None:
+        super().__init__()
+        self.means, self.sd = means, sd
+        self.one = torch.nn.Parameter(torch.ones((), dtype=torch.float64))  # outputs that carry a gradient
+        self.abar = torch.cumprod(1 - _linear_betas(), 0)
+
+    def forward(self, x, t, y, cond):
+        a = self.abar[t].view(-1, *[1] * (x.dim() - 1))
+        return self.one * (1 - a).sqrt() * (x - a.sqrt() * self.means[y]) / (a * self.sd**2 + 1 - a)
+
+
+@pytest.mark.parametrize("pairing", ["partner", "eq12"])
+def test_default_hinge_rests_for_the_true_denoiser_on_separated_classes(pairing) -> None:
+    # Two classes 1.2 apart in every value (sd 0.05): with eps* the hinge of the default config has nothing to
+    # push at any t (zero value and zero gradient on every output), so p_theta = q stays its optimum (Eq. 15).
+    # The margin before issue 30 (1.0, constant) is above d wherever abar_{t-1} * 1.44 < 1 (t >= ~180): on there.
+    # Overlapping classes (0.2 apart, sd 0.5, one class-1 image inside class 0) still get pushed.
+    for half_gap, sd, rests in ((0.6, 0.05, True), (0.1, 0.5, False)):
+        g = torch.Generator().manual_seed(17)
+        means = (
+            torch.stack([torch.full((16,), half_gap), torch.full((16,), -half_gap)]).double().view(2, 1, 4, 4)
+        )
+        y = torch.tensor([0, 1] * 4)
+        x0 = means[y] + sd * torch.randn(8, 1, 4, 4, generator=g, dtype=torch.float64)
+        if not rests:
+            x0[1] = x0[0] + 0.01
+        net = ExactGaussianNet(means, sd)
+        sched = linear_schedule(T).double()
+        pushed = 0.0
+        for t_value in (0, 10, 100, 300, 600, 900, 999):
+            t = torch.full((8,), t_value)
+            eps = torch.randn(1, 1, 4, 4, generator=g, dtype=torch.float64).expand(8, -1, -1, -1)
+            xt = sched.q_sample(
+                x0, t, eps
+            )  # one eps for all: eq12's groups; partner re-noises with it anyway
+            eps_hat = net(xt, t, y, None).requires_grad_()
+            step = make_step(y, t, x0=x0, xt=xt, eps=eps, eps_hat=eps_hat, schedule=sched, net=net,
+                             group=torch.zeros(8, dtype=torch.long) if pairing == "eq12" else None)  # fmt: skip
+            value = pcl("hinge", Constant(1.0), pairing=pairing)(step)
+            # on the anchors' eps_hat and, through the network, on the partner forward's outputs
+            grads = torch.autograd.grad(value, [eps_hat, net.one], allow_unused=True)
+            pushed += value.item() + sum(float(gr.abs().sum()) for gr in grads if gr is not None)
+        assert (pushed == 0.0) == rests, (sd, pushed)
