@@ -334,10 +334,10 @@ def test_null_callback_or_logger_is_switched_off(tmp_path):
 )
 def test_pcl_defaults_are_the_evidences_and_paper_recipes_use_them(overrides, tmp_path):
     # docs/design.md section 4 (experiments/results/overlap_bench.md, pcl_study.md): Eq. 12 by a partner forward,
-    # per-anchor sum (Algorithm 1), tau0 = 10 (grad ratio ~0.05)
+    # per-anchor sum (Algorithm 1, K_i phi of one partner), tau0 = 0.2 (true grad ratio ~0.075 on digits_lt)
     cfg = compose_train(overrides, tmp_path)
     assert cfg.loss.terms.pcl.reduction == "algorithm1_sum" and cfg.loss.terms.pcl.pairing == "partner"
-    assert cfg.tau.tau0 == 10.0 and cfg.loss.terms.pcl.tau.tau0 == 10.0
+    assert cfg.tau.tau0 == 0.2 and cfg.loss.terms.pcl.tau.tau0 == 0.2
 
 
 def test_eval_help_lists_only_the_groups_eval_reads():
