@@ -501,10 +501,10 @@ def plot(summary: dict, path: Path) -> None:
                 continue
             ratio = [max(e["metrics"].get("grad_ratio", {"mean": 1e-3})["mean"], 1e-3) for e in arms]
             mean, err = error_bars([e["metrics"][metric]["vs_ddpm"] for e in arms])
-            ax.errorbar(np.array(ratio) * (1 + 0.04 * k), mean, yerr=err, marker="os^Dv"[k % 5], capsize=3,
-                        ls="-" if len(arms) > 1 else "none", label=family)  # fmt: skip
+            ax.errorbar(np.array(ratio) * (1 + 0.04 * k), mean, yerr=err, marker="os^Dv<>ph*P"[k % 11],
+                        color=f"C{k % 10}", capsize=3, ls="-" if len(arms) > 1 else "none", label=family)  # fmt: skip
         ax.set_xscale("log")
-        ax.set_xlabel("measured grad ratio (grouped DDPM, tau0 = 0, drawn at 1e-3)")
+        ax.set_xlabel("measured grad ratio (arms without a PCL term drawn at 1e-3)")
         ax.set_ylabel("arm − DDPM (paired, 95% interval)")
         ax.set_title(title, fontsize="small")
         ax.grid(alpha=0.3)
