@@ -581,3 +581,19 @@ def test_default_hinge_rests_for_the_true_denoiser_on_separated_classes(pairing)
             grads = torch.autograd.grad(value, [eps_hat, net.one], allow_unused=True)
             pushed += value.item() + sum(float(gr.abs().sum()) for gr in grads if gr is not None)
         assert (pushed == 0.0) == rests, (sd, pushed)
+
+
+def test_one_sided_push_under_eq12_freezes_the_head_members_of_each_group() -> None:
+    # groups {0, 1} and {2, 3}; labels 0 (frequency 0.7) in each, against 1 and 2: only samples 1 and 3 move, and by
+    # neg_l2's gradient -(2 / 3) (mu_i - mu_j) per ordered pair with i the rarer one (distance mean over 3 values,
+    # mean over the 4 anchors, each pair counted from both ends with the head end frozen)
+    mu = torch.tensor(
+        [[0.0, 1.0, 2.0], [1.0, 1.0, 0.0], [0.5, -1.0, 0.0], [2.0, 0.0, 1.0]], requires_grad=True
+    )
+    step = make_step([0, 1, 0, 2], [5, 5, 9, 9], mu=mu, shape=(3,), class_freq=torch.tensor([0.7, 0.2, 0.1]))
+    step.group = torch.tensor([0, 0, 1, 1])
+    pcl("neg_l2", Constant(1.0), pairing="eq12", group_size=2, push="rarer")(step).backward()
+    expected = torch.zeros(4, 3)
+    for rare, head in ((1, 0), (3, 2)):
+        expected[rare] = -2 * (2 / 3) * (mu[rare] - mu[head]).detach() / 4
+    assert torch.allclose(mu.grad, expected, atol=1e-6)
