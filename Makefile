@@ -86,7 +86,7 @@ reproduce-samples: install ## Figs. 5-8 style grids of tail and random classes
 	SMOKE=$(SMOKE) $(PY) experiments/sample_grids.py $(ARGS)
 pcl-study: install ## CPU study, resumable: does PCL work? DDPM, grouped control, PCL eq12 x2 and batch pairing, 3 seeds, paired by seed (ARGS="--arms *": the old grid too)
 	$(PY) experiments/pcl_study.py $(ARGS)
-overlap-bench: install ## CPU, resumable, ~30 min: DDPM vs PCL on a Gaussian mixture with exact answers (eps*, Bayes classifier), 5 seeds, paired
+overlap-bench: install ## CPU, resumable, ~25 min on one core: DDPM (also at equal compute) vs PCL on a Gaussian mixture with exact answers (eps*, Bayes classifier), 5-8 seeds, paired
 	$(PY) experiments/overlap_bench.py $(ARGS)
 ddp-streams: install ## CPU, resumable, ~14 min: DDPM on 2 gloo ranks, per-rank vs shared training draws (the old DDP behaviour), 8 seeds, paired
 	$(PY) experiments/ddp_streams.py $(ARGS)

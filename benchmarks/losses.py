@@ -13,6 +13,9 @@ LOSSES = {
     **{f"pcl_{phi}": (f"loss=pcl_{phi}",) for phi in ("exp", "hinge", "neg_l2", "recip")},
     "pcl_exp_eq12": ("loss=pcl_exp", "loss.terms.pcl.pairing=eq12"),
     "pcl_exp_batch": ("loss=pcl_exp", "loss.terms.pcl.pairing=batch"),
+    "feed_pcl_exp": (
+        "loss=feed_pcl_exp",
+    ),  # the partner forward also in the DDPM loss: the same two forwards
     "cbdm": ("loss=cbdm",),
     "cbdm_pcl_exp": ("loss=cbdm_pcl_exp",),
 }

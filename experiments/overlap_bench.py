@@ -90,40 +90,78 @@ HINGE = (
 )
 
 
+FIVE, EIGHT = tuple(range(5)), tuple(range(8))
+
+
 @dataclass(frozen=True)
 class Arm:
     slug: str
     label: str
-    family: str  # ddpm | grouped_ddpm | pcl_batch | pcl_eq12 | hinge_eq12 | pcl_partner | pcl_same_xt: one line in the plot
+    family: str  # one line in the plot (ddpm, ddpm_2x_steps, grouped_ddpm, pcl_eq12, pcl_partner, ...)
     overrides: tuple[str, ...]
     tau0: float | None = None
+    seeds: tuple[int, ...] = FIVE  # the default run's seeds (--seeds replaces them for every arm)
+    steps_factor: int = 1  # trainer.max_steps = steps_factor * --steps (DDPM at a second forward's compute)
+    control: str | None = None  # the grouped control (same groups, tau0 = 0) of an Eq. 12 arm
+    forwards: int = 1  # network forwards (and backwards) per step: what "equal compute" matches
 
 
-def pcl_arm(family: str, tau0: float) -> Arm:
+def group(size: int) -> tuple[str, ...]:
+    return ("loss.terms.pcl.pairing=eq12", f"loss.terms.pcl.group_size={size}")
+
+
+def pcl_arm(family: str, tau0: float, seeds: tuple[int, ...] = FIVE) -> Arm:
     overrides, name = {
         "pcl_batch": ((*EXP, *BATCH), "PCL exp, batch pairs"),
         "pcl_eq12": ((*EXP, *EQ12), "PCL exp, Eq. 12 groups"),
+        "pcl_eq12_g4": ((*EXP, *group(4)), "PCL exp, Eq. 12 groups of 4"),
+        "pcl_eq12_g2": ((*EXP, *group(2)), "PCL exp, Eq. 12 groups of 2"),
         "pcl_partner": ((*EXP, *PARTNER), "PCL exp, Eq. 12 partner (2nd forward)"),
+        "pcl_feed": (("loss=feed_pcl_exp", "tau=exp_decay", *PARTNER),
+                     "PCL exp, partner, its forward also in the DDPM loss"),
+        "pcl_rarer": ((*EXP, *PARTNER, "loss.terms.pcl.push=rarer"), "PCL exp, partner, one-sided (rarer moves)"),
         "pcl_same_xt": ((*EXP, *SAME_XT), "PCL exp, same x_t, other label (2nd forward)"),
         "hinge_eq12": (HINGE, "PCL hinge (margin 0.05 x abar), Eq. 12 groups"),
-    }[family]
-    return Arm(
-        f"{family}_tau{tau0:g}", f"{name}, tau0={tau0:g}", family, (*overrides, f"tau.tau0={tau0}"), tau0
-    )
+    }[family]  # fmt: skip
+    control = {"pcl_eq12": "grouped_ddpm", "hinge_eq12": "grouped_ddpm", "pcl_eq12_g4": "grouped_ddpm_g4",
+               "pcl_eq12_g2": "grouped_ddpm_g2"}.get(family)  # fmt: skip
+    forwards = 2 if family in TWO_FORWARD else 1
+    return Arm(f"{family}_tau{tau0:g}", f"{name}, tau0={tau0:g}", family, (*overrides, f"tau.tau0={tau0}"), tau0,
+               seeds, control=control, forwards=forwards)  # fmt: skip
+
+
+TWO_FORWARD = ("pcl_partner", "pcl_feed", "pcl_rarer", "pcl_same_xt")
+# DDPM given a second forward's compute: twice the steps, or twice the batch (the reference of every 2-forward arm)
+EQUAL_COMPUTE = ("ddpm_2x_steps", "ddpm_2x_batch")
+DEFAULT_TAU0 = (
+    0.4  # the default arm (pairing partner, algorithm1_sum = K_i phi, tau=exp_decay): true grad ratio ~0.07
+)
 
 
 # tau0 grids from the grad ratios measured in 300-step runs (batch 128), so each family spans ~0.01 to ~0.3:
 # batch pairs ~0.45 tau0; Eq. 12 pairs only inside groups of 8 (~20x fewer partners per anchor, noise-free d),
-# exp ~0.008 tau0, hinge (margin 0.05) ~0.005 tau0.
+# exp ~0.008 tau0, hinge (margin 0.05) ~0.005 tau0. Groups of 4 / 2 have 3 / 1 partners per group instead of 7.
+# partner and same_xt: Algorithm 1's sum, K_i phi(d_ij) (K_i ~ 27 for a head anchor, ~127 for a tail one).
 ARMS = [
-    Arm("ddpm", "DDPM", "ddpm", ("loss=ddpm",)),
+    Arm("ddpm", "DDPM", "ddpm", ("loss=ddpm",), seeds=EIGHT),
+    Arm("ddpm_2x_steps", "DDPM, 2x steps (= 2 forwards' compute)", "ddpm_2x_steps", ("loss=ddpm",), seeds=EIGHT,
+        steps_factor=2),
+    Arm("ddpm_2x_batch", "DDPM, 2x batch (= 2 forwards' compute)", "ddpm_2x_batch", ("loss=ddpm", "data.batch_size=256"),
+        seeds=EIGHT),
     Arm("grouped_ddpm", "DDPM, Eq. 12 groups (tau0 = 0)", "grouped_ddpm", (*EXP, *EQ12, "tau.tau0=0"), 0.0),
+    Arm("grouped_ddpm_g4", "DDPM, Eq. 12 groups of 4 (tau0 = 0)", "grouped_ddpm_g4", (*EXP, *group(4), "tau.tau0=0"), 0.0),
+    Arm("grouped_ddpm_g2", "DDPM, Eq. 12 groups of 2 (tau0 = 0)", "grouped_ddpm_g2", (*EXP, *group(2), "tau.tau0=0"), 0.0),
     *(pcl_arm("pcl_batch", t) for t in (0.02, 0.6)),
     *(pcl_arm("pcl_eq12", t) for t in (1.5, 8, 40)),
+    pcl_arm("pcl_eq12_g4", 20),  # ~ the grad ratio of groups of 8 at tau0 = 8
+    pcl_arm("pcl_eq12_g2", 60),
     *(pcl_arm("hinge_eq12", t) for t in (2, 60)),
-    *(pcl_arm("pcl_partner", t) for t in (20, 80)),  # one partner per anchor: ~1/2.5 of eq12's pairs here
-    *(pcl_arm("pcl_same_xt", t) for t in (300, 1000, 2000)),  # d ~ beta_t^2 |eps gap|^2: tiny, and it grows
-]
+    pcl_arm("pcl_partner", DEFAULT_TAU0, seeds=EIGHT),  # the default
+    pcl_arm("pcl_partner", 4 * DEFAULT_TAU0),
+    pcl_arm("pcl_feed", 0.3),  # its DDPM gradient is spread over 2B outputs: 0.3 gives the default arm's ratio
+    pcl_arm("pcl_rarer", DEFAULT_TAU0),
+    *(pcl_arm("pcl_same_xt", t) for t in (5, 20)),  # d ~ beta_t^2 |eps gap|^2: tiny, and it grows
+]  # fmt: skip
 
 
 # --- one run: train in-process, score the EMA network ------------------------------------------------------------
@@ -149,8 +187,10 @@ def train(arm: Arm, seed: int, args, run_dir: Path):
 
     from diffrop import build
 
-    overrides = [*RECIPE, *arm.overrides, *args.train, f"trainer.max_steps={args.steps}", f"seed={seed}",
-                 f"data.seed={seed}"]  # fmt: skip
+    mine = {o.split("=")[0] for o in arm.overrides}
+    recipe = [o for o in RECIPE if o.split("=")[0] not in mine]  # the arm's own value (data.batch_size) wins
+    overrides = [*recipe, *arm.overrides, *args.train, f"trainer.max_steps={args.steps * arm.steps_factor}",
+                 f"seed={seed}", f"data.seed={seed}"]  # fmt: skip
     cfg = compose(overrides, run_dir)
     L.seed_everything(seed, workers=True, verbose=False)
     datamodule = build.build_datamodule(cfg)
@@ -253,7 +293,7 @@ def run_one(arm: Arm, seed: int, args, truth: list[float]) -> dict:
     """Train (unless its result exists) and score one arm for one seed; the result is cached as JSON."""
     quiet_worker()
     result_path = args.runs / arm.slug / f"seed{seed}.json"
-    key = json.loads(json.dumps({"steps": args.steps, "per_class": args.per_class, "guidance": args.guidance, "overrides": arm.overrides,
+    key = json.loads(json.dumps({"steps": args.steps * arm.steps_factor, "per_class": args.per_class, "guidance": args.guidance, "overrides": arm.overrides,
            "sampler": f"{args.sampler}{args.sample_steps}", "eval_per_class": args.eval_per_class, "train": args.train}))  # as stored  # fmt: skip
     if result_path.is_file() and (stored := json.loads(result_path.read_text())).get("key") == key:
         return stored
@@ -304,7 +344,7 @@ def summarise(results: dict[str, dict[int, dict]], guidance: list[float]) -> dic
     flat = {
         slug: {seed: flat_scores(r, guidance) for seed, r in runs.items()} for slug, runs in results.items()
     }
-    base, grouped = flat.get("ddpm", {}), flat.get("grouped_ddpm", {})
+    base = flat.get("ddpm", {})
 
     def versus(by_seed: dict[int, float], other: dict[int, dict[str, float]], name: str) -> dict | None:
         return difference(by_seed, {s: v[name] for s, v in other.items() if name in v})
@@ -313,7 +353,8 @@ def summarise(results: dict[str, dict[int, dict]], guidance: list[float]) -> dic
     for arm in ARMS:
         if arm.slug not in flat:
             continue
-        entry = {"label": arm.label, "family": arm.family, "tau0": arm.tau0, "seeds": sorted(flat[arm.slug])}
+        entry = {"label": arm.label, "family": arm.family, "tau0": arm.tau0, "seeds": sorted(flat[arm.slug]),
+                 "forwards": arm.forwards}  # fmt: skip
         metrics = {}
         for name in next(iter(flat[arm.slug].values())):
             by_seed = {seed: scores[name] for seed, scores in flat[arm.slug].items()}
@@ -322,10 +363,11 @@ def summarise(results: dict[str, dict[int, dict]], guidance: list[float]) -> dic
                 **spread({str(s): v for s, v in sorted(by_seed.items())}),
                 "vs_ddpm": versus(by_seed, base, name) if compare else None,
             }
-            if (
-                arm.family in GROUPED_FAMILIES and name != "grad_ratio"
-            ):  # PCL's own effect, grouping held fixed
-                metrics[name]["vs_grouped_ddpm"] = versus(by_seed, grouped, name)
+            if arm.control and name != "grad_ratio":  # PCL's own effect, grouping held fixed
+                metrics[name]["vs_grouped_ddpm"] = versus(by_seed, flat.get(arm.control, {}), name)
+            if arm.forwards == 2 and name != "grad_ratio":  # against DDPM given the same compute
+                for slug in EQUAL_COMPUTE:
+                    metrics[name][f"vs_{slug}"] = versus(by_seed, flat.get(slug, {}), name)
         entry["metrics"] = metrics
         entry["slope_per_t"] = np.mean(
             [r["eps"]["per_t"]["slope"] for r in results[arm.slug].values()], 0
@@ -333,8 +375,6 @@ def summarise(results: dict[str, dict[int, dict]], guidance: list[float]) -> dic
         out[arm.slug] = entry
     return out
 
-
-GROUPED_FAMILIES = ("pcl_eq12", "hinge_eq12")  # trained on Eq. 12 groups: grouped_ddpm is their control
 
 KEY_METRICS = [  # (metric, header, lower is better)
     ("leakage_tail@w0", "leakage tail→head", True),
@@ -363,13 +403,14 @@ def render(summary: dict, bayes: dict, args, meta: dict) -> str:
         f"training counts {meta['counts']} (imbalance 100); head = class {HEAD}, tail = class {TAIL}, their "
         f"pairwise Bayes error (equal priors, Monte-Carlo, {2 * args.mc_draws:,} draws) is {meta['pairwise_bayes_error']:.4f}; "
         f"true head-tail Bhattacharyya coefficient {meta['bc_true']:.4f}.",
-        f"`model=mlp` ({meta['params']:,} parameters), {args.steps} steps of batch {meta['batch_size']}, Adam 2e-3 (100-step warm-up), "
-        f"EMA 0.995; seeds {meta['seeds']}. Scores of the EMA net: eps error on {args.eval_per_class} fresh draws per "
+        f"`model=mlp` ({meta['params']:,} parameters), {args.steps} steps of batch {meta['batch_size']} (the 2x arms: "
+        f"twice either), Adam 2e-3 (100-step warm-up), EMA 0.995; seeds {meta['seeds']} (n per arm in the table). Scores of the EMA net: eps error on {args.eval_per_class} fresh draws per "
         f"class at t in {list(T_GRID)}; {args.per_class} {args.sampler}-{args.sample_steps} samples per class at w = 0 "
         "(same noise for every arm of a seed).",
         "Each cell: mean ± sd over seeds, then the paired-by-seed difference to DDPM [95% paired t interval]. "
         "**bold**: the interval excludes 0 and the arm is better; _italic_: excludes 0 and worse.",
-        "grad ratio = |dL_pcl/d eps_hat| / |dL_ddpm/d eps_hat| (median over the second half of training).",
+        "grad ratio = |dL_pcl/d eps_hat| / |dL_ddpm/d eps_hat| over every network output of the step (a 2nd "
+        "forward's included; median over the second half of training).",
         "",
         *table(["Arm", "n", "grad ratio", *(header(h, lo) for _, h, lo in key)]),
     ]
@@ -385,8 +426,8 @@ def render(summary: dict, bayes: dict, args, meta: dict) -> str:
             value_cell(e["metrics"][name], lo, metric_digits(name), interval=True) for name, _, lo in key
         ]
         lines.append(f"| {e['label']} | {len(e['seeds'])} | {ratio} | " + " | ".join(cells) + " |")
-    grouped_arms = [e for e in summary.values() if e["family"] in GROUPED_FAMILIES]
-    if grouped_arms and "grouped_ddpm" in summary:
+    grouped_arms = [e for e in summary.values() if e["metrics"]["eps_err"].get("vs_grouped_ddpm")]
+    if grouped_arms:
         lines += [
             "",
             "## Eq. 12 arms against their own control, grouped DDPM (same groups, tau0 = 0)",
@@ -403,6 +444,25 @@ def render(summary: dict, bayes: dict, args, meta: dict) -> str:
             ]
             ratio = e["metrics"]["grad_ratio"]["mean"]
             lines.append(f"| {e['label']} | {ratio:.3g} | " + " | ".join(cells) + " |")
+    two = [e for e in summary.values() if e.get("forwards") == 2]
+    for slug in EQUAL_COMPUTE:
+        if not two or slug not in summary:
+            continue
+        lines += [
+            "",
+            f"## Two-forward arms against DDPM at equal compute: {summary[slug]['label']}",
+            "",
+            "Each arm minus that DDPM arm, paired by seed [95% interval] (n: the seeds both have).",
+            "",
+            *table(["Arm", "n", "grad ratio", *(header(h, lo) for _, h, lo in KEY_METRICS)]),
+        ]
+        for e in two:
+            diffs = [e["metrics"][name].get(f"vs_{slug}") for name, _, _ in KEY_METRICS]
+            n = len(diffs[0]["seeds"]) if diffs[0] else 0
+            cells = [interval_cell(d, lower, metric_digits(name)) for d, (name, _, lower) in zip(diffs, KEY_METRICS,
+                     strict=True)]  # fmt: skip
+            ratio = e["metrics"]["grad_ratio"]["mean"] if "grad_ratio" in e["metrics"] else float("nan")
+            lines.append(f"| {e['label']} | {n} | {ratio:.3g} | " + " | ".join(cells) + " |")
     slope_bayes = np.mean([r["slope_per_t"] for r in bayes.values()], 0)
     lines += [
         "",
@@ -441,10 +501,10 @@ def plot(summary: dict, path: Path) -> None:
                 continue
             ratio = [max(e["metrics"].get("grad_ratio", {"mean": 1e-3})["mean"], 1e-3) for e in arms]
             mean, err = error_bars([e["metrics"][metric]["vs_ddpm"] for e in arms])
-            ax.errorbar(np.array(ratio) * (1 + 0.04 * k), mean, yerr=err, marker="os^Dv"[k % 5], capsize=3,
-                        ls="-" if len(arms) > 1 else "none", label=family)  # fmt: skip
+            ax.errorbar(np.array(ratio) * (1 + 0.04 * k), mean, yerr=err, marker="os^Dv<>ph*P"[k % 11],
+                        color=f"C{k % 10}", capsize=3, ls="-" if len(arms) > 1 else "none", label=family)  # fmt: skip
         ax.set_xscale("log")
-        ax.set_xlabel("measured grad ratio (grouped DDPM, tau0 = 0, drawn at 1e-3)")
+        ax.set_xlabel("measured grad ratio (arms without a PCL term drawn at 1e-3)")
         ax.set_ylabel("arm − DDPM (paired, 95% interval)")
         ax.set_title(title, fontsize="small")
         ax.grid(alpha=0.3)
@@ -505,7 +565,7 @@ def worker_pool(jobs: int) -> ProcessPoolExecutor | InProcess:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--seeds", type=int, nargs="+", help="for every arm (default: each arm's own, 5 or 8)")
     p.add_argument("--arms", nargs="+", default=["*"], help="slugs or globs (default: all)")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--per-class", type=int, default=2000, help="samples per class")
@@ -549,12 +609,15 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.jobs))
     facts = mixture_facts(args)
     truth = facts["true_head_share"]
-    tasks = [(a, seed) for seed in args.seeds for a in arms]  # seed-major: early results are paired
+    tasks = sorted(
+        ((a, s) for a in arms for s in (args.seeds or a.seeds)), key=lambda task: task[1]
+    )  # seed-major
+    seeds = sorted({s for _, s in tasks})
     trained = sum(not (args.runs / a.slug / f"seed{s}.json").is_file() for a, s in tasks)
     print(f"{len(tasks)} runs ({trained} without a result yet), {args.jobs} in parallel", flush=True)
     results: dict[str, dict[int, dict]] = {}
     with worker_pool(args.jobs) as pool:
-        bayes_futures = {pool.submit(bayes_reference, s, args, truth): s for s in args.seeds}
+        bayes_futures = {pool.submit(bayes_reference, s, args, truth): s for s in seeds}
         futures = {pool.submit(run_one, a, s, args, truth): (a, s) for a, s in tasks}
         bayes = {bayes_futures[f]: f.result() for f in bayes_futures}
         for done, future in enumerate(as_completed(futures), 1):
@@ -567,7 +630,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"({result['wall_s']:.0f} s; {(time.monotonic() - start) / 60:.1f} min)", flush=True)  # fmt: skip
     summary = summarise(results, args.guidance)
     run_times = [r["wall_s"] for runs in results.values() for r in runs.values()]
-    meta = facts | {"seeds": args.seeds, "wall_s": time.monotonic() - start, "trained": trained,
+    meta = facts | {"seeds": seeds, "wall_s": time.monotonic() - start, "trained": trained,
                     "runs_s": sum(run_times), "run_s_median": statistics.median(run_times),
                     "steps": args.steps, "guidance": args.guidance, "jobs": args.jobs}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from diffrop import build
 from diffrop.data.datamodule import LongTailDataModule
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.losses.cbdm import CBDM
-from diffrop.losses.ddpm import EpsMSE
+from diffrop.losses.ddpm import EpsMSE, PartnerEpsMSE
 from diffrop.losses.pcl import PCL
 from diffrop.losses.tau import Constant, Cosine, ExpDecay, Linear
 from diffrop.nets.unet import ClassConditionalUNet
@@ -176,6 +176,7 @@ LOSS_TERMS = {
         f"cbdm_pcl_{phi}": {"ddpm": EpsMSE, "cbdm": CBDM, "pcl": PCL}
         for phi in ("neg_l2", "hinge", "recip", "exp")
     },
+    "feed_pcl_exp": {"ddpm": EpsMSE, "pcl": PCL, "ddpm_partner": PartnerEpsMSE},
 }
 
 
@@ -188,6 +189,8 @@ def test_loss_options_build_their_terms(option, tmp_path):
     for name, cls in expected.items():
         assert isinstance(objective.terms[name], cls)
     assert objective.terms["ddpm"].reweight == (option == "reweight")
+    if option == "feed_pcl_exp":  # the partner's DDPM loss is computed after the forward PCL runs
+        assert list(objective.terms) == ["ddpm", "pcl", "ddpm_partner"]
     if "pcl" in expected:
         assert objective.terms["pcl"].phi == option.rsplit("pcl_", 1)[1]
         assert isinstance(objective.terms["pcl"].tau, ExpDecay)  # the default tau group
@@ -331,10 +334,10 @@ def test_null_callback_or_logger_is_switched_off(tmp_path):
 )
 def test_pcl_defaults_are_the_evidences_and_paper_recipes_use_them(overrides, tmp_path):
     # docs/design.md section 4 (experiments/results/overlap_bench.md, pcl_study.md): Eq. 12 by a partner forward,
-    # per-anchor sum (Algorithm 1), tau0 = 10 (grad ratio ~0.05)
+    # per-anchor sum (Algorithm 1, K_i phi of one partner), tau0 = 0.2 (true grad ratio ~0.075 on digits_lt)
     cfg = compose_train(overrides, tmp_path)
     assert cfg.loss.terms.pcl.reduction == "algorithm1_sum" and cfg.loss.terms.pcl.pairing == "partner"
-    assert cfg.tau.tau0 == 10.0 and cfg.loss.terms.pcl.tau.tau0 == 10.0
+    assert cfg.tau.tau0 == 0.2 and cfg.loss.terms.pcl.tau.tau0 == 0.2
 
 
 def test_eval_help_lists_only_the_groups_eval_reads():

@@ -121,3 +121,52 @@ def test_training_logs_the_diagnostics_to_metrics_csv(tmp_path) -> None:
         assert float(r["train/pcl/grad_ratio"]) > 0
         assert float(r["train/pcl/d_between"]) > 0 and float(r["train/pcl/d_within"]) >= 0
         assert abs(float(r["train/eps_slope"])) < 1.5  # an untrained net: near 0
+
+
+class _Affine(torch.nn.Module):
+    """eps_hat = 0.8 x + b_y in float64 (the partner forward's network)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.b = torch.nn.Parameter(torch.tensor([0.3, -0.2], dtype=torch.float64))
+
+    def forward(self, x, t, y, cond):
+        return 0.8 * x + self.b[y].view(-1, *[1] * (x.dim() - 1))
+
+
+@pytest.mark.parametrize("pairing", ["partner", "same_xt"])
+def test_grad_ratio_counts_the_second_forwards_output(pairing: str) -> None:
+    """Two samples, labels 0 / 1, each the other's only partner (K = 1). Anchor i's pair is mu_i against mu'_i, the
+    partner's forward at t_i; L_pcl = tau0 (e^-d_0 + e^-d_1) / 2. mu and mu' share t_i, so both outputs get a
+    gradient of norm a_i = tau0 / 2 e^-d_i (2 / D) |mu_i - mu'_i| c_i (c_i as in ``_hand_ratio``): the whole
+    gradient is sqrt(2 sum a_i^2), sqrt(2) times what the anchors' eps_hat alone receive (the reading before
+    issue 30)."""
+    net = _Affine()
+    g = torch.Generator().manual_seed(4)
+    x0, eps = (torch.randn(2, 1, 2, 2, generator=g, dtype=torch.float64) for _ in range(2))
+    y, t, tau0 = torch.tensor([0, 1]), torch.tensor([30, 400]), 2.0
+    sched = linear_schedule(T).double()
+    xt = sched.q_sample(x0, t, eps)
+    step = make_step(y, t, x0=x0, xt=xt, eps=eps, eps_hat=net(xt, t, y, None), schedule=sched, net=net,
+                     class_freq=torch.full((2,), 0.5))  # fmt: skip
+    term = pcl("exp", Constant(tau0), distance="mean", reduction="algorithm1_sum", pairing=pairing)
+    _, parts = Objective({"ddpm": eps_mse(), "pcl": term})(step)
+    got = loss_diagnostics(step, parts)["pcl/grad_ratio"].item()
+    sq, dim = 0.0, 4
+    for i in range(2):
+        alpha, abar = _alpha(int(t[i]))
+        k = (1 - alpha) / math.sqrt(1 - abar)
+        x_i = xt[i].flatten()
+        x_p = (
+            x_i
+            if pairing == "same_xt"
+            else math.sqrt(abar) * x0[1 - i].flatten() + math.sqrt(1 - abar) * eps[i].flatten()
+        )
+        mu_i = (x_i - k * (0.8 * x_i + net.b[i].item())) / math.sqrt(alpha)
+        mu_p = (x_p - k * (0.8 * x_p + net.b[1 - i].item())) / math.sqrt(alpha)
+        gap = float((mu_i - mu_p).norm())
+        sq += (tau0 / 2 * math.exp(-(gap**2) / dim) * 2 / dim * gap * k / math.sqrt(alpha)) ** 2
+    ddpm = 2 * float((step.eps_hat - eps).norm()) / (2 * dim)
+    assert got == pytest.approx(math.sqrt(2 * sq) / ddpm, rel=1e-4)  # the schedule keeps float32 buffers
+    anchors_only = math.sqrt(sq) / ddpm
+    assert got / anchors_only == pytest.approx(math.sqrt(2), rel=1e-4)

@@ -74,7 +74,7 @@ def test_paper_run_composes_with_its_recipe(experiment, smoke):
             "local",
             1.0,
         )
-        assert cfg.tau.tau0 == 10.0 and cfg.tau.get("temperature", 0.5) == 0.5
+        assert cfg.tau.tau0 == 0.2 and cfg.tau.get("temperature", 0.5) == 0.5
     assert cfg.loss.terms.ddpm.reweight == (method == "ddpm_reweight")
     assert cfg.data.balance == {"ddpm_rs": "rs", "ddpm_sqrt_rs": "sqrt_rs"}.get(method, "none")
     assert cfg.data.augment == ("diffaug" if method == "ddpm_diffaug" else "none")

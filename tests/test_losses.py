@@ -108,6 +108,7 @@ def test_tau_rejects_bad_values_naming_the_key(build, key: str) -> None:
         ({"pairing": "same_t"}, "loss.terms.pcl.pairing"),
         ({"pairing": "eq12", "group_size": 1}, "loss.terms.pcl.group_size"),
         ({"margin_schedule": "linear"}, "loss.terms.pcl.margin_schedule"),
+        ({"pairing": "partner", "partners": 0}, "loss.terms.pcl.partners"),
     ],
 )
 def test_pcl_rejects_bad_config_naming_the_key(kwargs, key: str) -> None:
@@ -130,7 +131,14 @@ def test_pcl_hand_computation(phi: str, distance: str, reduction: str) -> None:
     value = 1.5 * PHI_REF[phi](d01, 1.5) + 1.75 * PHI_REF[phi](d02, 1.5)
     expected = 2.0 * value / (4 if reduction == "pairs_mean" else 3)  # weight 2; 4 pairs | 3 anchors
     term = pcl(
-        phi, Linear(1.0), weight=2.0, margin=1.5, distance=distance, reduction=reduction, pairing="batch"
+        phi,
+        Linear(1.0),
+        weight=2.0,
+        margin=1.5,
+        distance=distance,
+        reduction=reduction,
+        pairing="batch",
+        margin_schedule="constant",
     )
     step = make_step(HAND_Y, HAND_T, mu=HAND_MU)
     assert term(step).item() == pytest.approx(expected, rel=1e-6, abs=1e-7)
@@ -147,7 +155,8 @@ def test_pcl_matches_naive_double_loop(phi: str, distance: str, reduction: str) 
     cond = torch.rand(b, generator=g) > 0.25
     tau = ExpDecay(1.3, 0.4)
     margin = 2.0 if distance == "mean" else 40.0  # keep the hinge active on some pairs
-    term = pcl(phi, tau, weight=0.7, margin=margin, distance=distance, reduction=reduction, pairing="batch")
+    term = pcl(phi, tau, weight=0.7, margin=margin, distance=distance, reduction=reduction, pairing="batch",
+               margin_schedule="constant")  # fmt: skip
     got = term(make_step(y, t, cond, mu=mu)).item()
     expected = 0.7 * naive_pcl(mu, y, t, cond, phi, tau, margin, distance, reduction)
     assert got == pytest.approx(expected, rel=1e-4, abs=1e-6)

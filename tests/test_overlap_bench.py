@@ -58,13 +58,33 @@ def test_arms_cover_the_brief():
     families = {a.family for a in bench.ARMS}
     assert families == {
         "ddpm",
+        "ddpm_2x_steps",
+        "ddpm_2x_batch",
         "grouped_ddpm",
+        "grouped_ddpm_g4",
+        "grouped_ddpm_g2",
         "pcl_batch",
         "pcl_eq12",
+        "pcl_eq12_g4",
+        "pcl_eq12_g2",
         "hinge_eq12",
         "pcl_partner",
+        "pcl_feed",
+        "pcl_rarer",
         "pcl_same_xt",
     }
+    arms = {a.slug: a for a in bench.ARMS}
+    # issue 30: DDPM at a second forward's compute, 8 seeds for it, DDPM and the default arm
+    assert (
+        arms["ddpm_2x_steps"].steps_factor == 2 and "data.batch_size=256" in arms["ddpm_2x_batch"].overrides
+    )
+    default = f"pcl_partner_tau{bench.DEFAULT_TAU0:g}"
+    assert all(arms[s].seeds == bench.EIGHT for s in ("ddpm", "ddpm_2x_steps", "ddpm_2x_batch", default))
+    assert all(a.forwards == 2 for a in bench.ARMS if a.family in bench.TWO_FORWARD)
+    assert (
+        arms["pcl_eq12_g2_tau60"].control == "grouped_ddpm_g2"
+        and "loss=feed_pcl_exp" in arms["pcl_feed_tau0.3"].overrides
+    )
     grouped = next(a for a in bench.ARMS if a.family == "grouped_ddpm")
     assert "tau.tau0=0" in grouped.overrides and "loss.terms.pcl.pairing=eq12" in grouped.overrides
     batch = [a for a in bench.ARMS if a.family == "pcl_batch"]
@@ -120,6 +140,21 @@ def test_eq12_arms_are_also_compared_with_their_grouped_control():
     leak = summary["pcl_eq12_tau8"]["metrics"]["leakage_tail@w0"]["vs_grouped_ddpm"]
     assert leak["mean"] == pytest.approx(-0.1)
     assert "vs_grouped_ddpm" not in summary["grouped_ddpm"]["metrics"]["eps_err"]  # not its own control
+
+
+def test_two_forward_arms_are_compared_with_ddpm_at_equal_compute():
+    ddpm = {0: _run(0.0, 0.3), 1: _run(10.0, 0.2)}
+    steps2 = {0: _run(-1.0, 0.3), 1: _run(9.0, 0.2)}  # twice the steps: -1 eps error in both seeds
+    partner = {0: _run(0.5, 0.1, 0.07), 1: _run(10.5, 0.0, 0.07)}  # +0.5 vs DDPM, +1.5 vs DDPM 2x steps
+    summary = bench.summarise({"ddpm": ddpm, "ddpm_2x_steps": steps2, "pcl_partner_tau0.4": partner}, [0.0])
+    eps = summary["pcl_partner_tau0.4"]["metrics"]["eps_err"]
+    assert eps["vs_ddpm"]["mean"] == pytest.approx(0.5) and eps["vs_ddpm_2x_steps"]["mean"] == pytest.approx(
+        1.5
+    )
+    assert eps["vs_ddpm_2x_batch"] is None  # not run: no difference, not a made-up one
+    assert (
+        "vs_ddpm_2x_steps" not in summary["ddpm_2x_steps"]["metrics"]["eps_err"]
+    )  # one forward: not compared
 
 
 def test_committed_results_re_render_from_their_json(tmp_path):

@@ -356,7 +356,7 @@ def test_default_pcl_is_eq12_by_partner_forward(tmp_path) -> None:
     from tests.test_configs import compose_train
 
     cfg = compose_train([*TINY_RUN_OVERRIDES, "loss=pcl_exp", "data.batch_size=20"], tmp_path)
-    assert cfg.loss.terms.pcl.pairing == "partner" and cfg.tau.tau0 == 10.0
+    assert cfg.loss.terms.pcl.pairing == "partner" and cfg.tau.tau0 == 0.2
     module = build_module(cfg, build_datamodule(cfg))
     module._trainer = SimpleNamespace(world_size=1)
     calls = []
@@ -366,3 +366,234 @@ def test_default_pcl_is_eq12_by_partner_forward(tmp_path) -> None:
     assert step.group is None and len(set(step.t.tolist())) > 10  # each sample its own t
     module.objective(step)
     assert calls == [20, 20]  # the step's forward, then the partners'
+
+
+# ------------------------------------------- partner / same_xt: an unbiased estimate of Algorithm 1's sum (issue 30)
+
+
+class AffineNet(torch.nn.Module):
+    """eps_hat = w x + b_y, float64: parameters to compare gradients on, a different output per label."""
+
+    def __init__(self, classes: int, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(11)
+        self.w = torch.nn.Parameter(torch.tensor(0.8, dtype=torch.float64))
+        self.b = torch.nn.Parameter(torch.randn(classes, *shape, generator=g, dtype=torch.float64) * 0.3)
+
+    def forward(self, x, t, y, cond):
+        return self.w * x + self.b[y]
+
+
+def _linear_betas() -> torch.Tensor:
+    return torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
+
+
+def naive_algorithm1(net, x0, xt, eps, y, t, cond, pairing, tau, reduction) -> torch.Tensor:
+    """Algorithm 1 with Eq. 12's pairs, written from the paper: for every anchor i and every conditioned j of
+    another label, x_0^j noised with (t_i, eps_i) (``partner``) or the anchor's own x_t (``same_xt``) is denoised
+    under y_j; tau(t_i) exp(-d_ij), d the mean over values of |mu_i - mu_j|^2 with mu of Eq. 9. Per-anchor sum,
+    mean over anchors (``algorithm1_sum``) or mean over all those pairs (``pairs_mean``)."""
+    betas = _linear_betas()
+    abar = torch.cumprod(1 - betas, 0)
+
+    def mu(x, ti, label):
+        e = net(x[None], torch.tensor([ti]), torch.tensor([label]), None)[0]
+        return (x - betas[ti] / (1 - abar[ti]).sqrt() * e) / (1 - betas[ti]).sqrt()
+
+    total, pairs = x0.new_zeros(()), 0
+    for i in range(len(y)):
+        if not cond[i]:
+            continue
+        ti = int(t[i])
+        mu_i = mu(xt[i], ti, int(y[i]))
+        for j in range(len(y)):
+            if y[j] == y[i] or not cond[j]:
+                continue
+            x_j = xt[i] if pairing == "same_xt" else abar[ti].sqrt() * x0[j] + (1 - abar[ti]).sqrt() * eps[i]
+            d = (mu_i - mu(x_j, ti, int(y[j]))).square().mean()
+            total = total + float(tau(torch.tensor(ti / T, dtype=torch.float64))) * torch.exp(-d)
+            pairs += 1
+    return total / (pairs if reduction == "pairs_mean" else int(cond.sum()))
+
+
+@pytest.mark.parametrize(
+    ("pairing", "reduction", "partners"),
+    [("partner", "algorithm1_sum", 1), ("partner", "pairs_mean", 2), ("same_xt", "algorithm1_sum", 1)],
+)
+def test_partner_draws_average_to_algorithm1_in_value_and_gradient(pairing, reduction, partners) -> None:
+    # 7 samples, labels 0 x4, 1 x2, 2 x1 (K_i = 3 for a head anchor, 5 or 6 otherwise), one label dropped: the mean
+    # of many draws of the one-partner term equals the double loop within 5 standard errors of that mean. Before
+    # issue 30 a draw was phi(d_ij) without K_i: a third to a sixth of Algorithm 1's sum, dozens of errors away.
+    g = torch.Generator().manual_seed(12)
+    y = torch.tensor([0, 0, 1, 0, 2, 1, 0])
+    cond = torch.tensor([True, True, True, True, True, True, False])
+    x0 = torch.rand(7, 1, 2, 2, generator=g, dtype=torch.float64) * 2 - 1
+    eps = torch.randn(7, 1, 2, 2, generator=g, dtype=torch.float64)
+    t = torch.tensor([20, 150, 300, 60, 500, 10, 90])
+    sched = linear_schedule(T).double()
+    tau = ExpDecay(1.5, 0.5)
+    net = AffineNet(3, (1, 2, 2))
+    xt = sched.q_sample(x0, t, eps)
+    expected = naive_algorithm1(net, x0, xt, eps, y, t, cond, pairing, tau, reduction)
+    expected_grad = torch.autograd.grad(expected, [net.w, net.b])
+    many = {"partners": partners} if partners > 1 else {}  # m = 1 from the YAML
+    term = pcl("exp", tau, distance="mean", reduction=reduction, pairing=pairing, **many)
+    torch.manual_seed(13)
+    values, grads = [], []
+    for _ in range(3000):
+        step = make_step(
+            y, t, cond, x0=x0, xt=xt, eps=eps, eps_hat=net(xt, t, y, cond), schedule=sched, net=net
+        )
+        value = term(step)
+        values.append(value.detach())
+        grads.append(torch.cat([gr.flatten() for gr in torch.autograd.grad(value, [net.w, net.b])]))
+    values, grads = torch.stack(values), torch.stack(grads)
+    se = values.std() / len(values) ** 0.5
+    assert abs(values.mean() - expected) < 5 * se, (values.mean().item(), expected.item(), se.item())
+    want = torch.cat([gr.flatten() for gr in expected_grad])
+    grad_se = grads.std(0) / len(grads) ** 0.5
+    assert ((grads.mean(0) - want).abs() <= 5 * grad_se + 1e-12).all()
+
+
+def test_partners_draws_m_forwards_and_weighs_each_pair_by_k_over_m() -> None:
+    # labels 0, 0, 1: anchor 2 (label 1) has K = 2 partners, anchors 0 and 1 one each (K = 1). neg_l2 with the
+    # RecordingNet (eps_hat = 0): d of a pair is sqrt(abar_t / alpha_t)^2 |x_0^i - x_0^j|^2, as above. With
+    # partners = 4 the term is sum_i K_i / 4 sum_k -d_ij_k / 3 anchors; check it by hand against the drawn j.
+    sched = linear_schedule(T)
+    g = torch.Generator().manual_seed(14)
+    x0, eps = torch.randn(3, 1, 2, 2, generator=g), torch.randn(3, 1, 2, 2, generator=g)
+    t = torch.tensor([40, 400, 800])
+    net = RecordingNet()
+    step = make_step([0, 0, 1], t, x0=x0, xt=sched.q_sample(x0, t, eps), eps=eps, eps_hat=torch.zeros_like(x0),
+                     schedule=sched, net=net)  # fmt: skip
+    term = pcl(
+        "neg_l2", Constant(1.0), distance="sum", reduction="algorithm1_sum", pairing="partner", partners=4
+    )
+    torch.manual_seed(0)
+    got = term(step).item()
+    assert len(net.calls) == 4 and len(step.extra_forwards) == 4  # one forward of the batch per partner draw
+    partner_y = torch.stack([y for _, y in net.calls], 1)  # [3, 4] labels of the drawn partners
+    assert (partner_y[:2] == 1).all() and (partner_y[2] == 0).all()
+    ratio = sched.alpha_bars / sched.alphas
+    x = x0.flatten(1).double()
+    total = 0.0
+    for i, k_i in ((0, 1), (1, 1)):
+        total += k_i / 4 * 4 * float(ratio[t[i]]) * float((x[i] - x[2]).square().sum())
+    # anchor 2's partners: sample 0 or 1, which one is not recorded by label; both extra inputs tell
+    for k, f in enumerate(step.extra_forwards):
+        j_image = (f.xt[2] - (1 - sched.alpha_bars[800]).sqrt() * eps[2]) / sched.alpha_bars[800].sqrt()
+        j = int(torch.argmin((x0[:2] - j_image).flatten(1).square().sum(1)))
+        total += 2 / 4 * float(ratio[800]) * float((x[2] - x[j]).square().sum())
+        assert f.eps is not None and torch.equal(f.y, partner_y[:, k])
+    assert -got == pytest.approx(total / 3, rel=1e-4)
+
+
+def test_partner_forward_feeds_the_ddpm_loss_when_asked() -> None:
+    # RecordingNet predicts 0, so the partners' eps-MSE is mean(eps^2) (the partner shares its anchor's eps)
+    from diffrop.losses.ddpm import PartnerEpsMSE
+
+    g = torch.Generator().manual_seed(15)
+    eps = torch.randn(4, 1, 2, 2, generator=g)
+    step = make_step([0, 1, 0, 1], [5, 50, 500, 900], eps=eps, net=RecordingNet())
+    feed = PartnerEpsMSE(weight=0.5)
+    with pytest.raises(ValueError, match="ddpm_partner"):
+        feed(step)  # no partner forward yet
+    pcl("exp", Constant(1.0), pairing="partner")(step)
+    assert feed(step).item() == pytest.approx(0.5 * float(eps.square().mean()), rel=1e-6)
+    same_xt = make_step([0, 1], eps=eps[:2], net=RecordingNet())
+    pcl("exp", Constant(1.0), pairing="same_xt")(same_xt)  # x_t under another label: not a DDPM sample
+    with pytest.raises(ValueError, match="ddpm_partner"):
+        feed(same_xt)
+
+
+def test_one_sided_push_moves_only_the_rarer_members_output() -> None:
+    # labels 0 (frequency 0.9) and 1 (0.1): sample 0's partner is sample 1 and vice versa. With push=rarer the head
+    # member of each pair gets no gradient (its own eps_hat for anchor 0, the partner forward's for anchor 1); the
+    # value is the same as with both sides pushed.
+    sched = linear_schedule(T).double()
+    g = torch.Generator().manual_seed(16)
+    x0 = torch.rand(2, 1, 2, 2, generator=g, dtype=torch.float64) * 2 - 1
+    eps = torch.randn(2, 1, 2, 2, generator=g, dtype=torch.float64)
+    t, y = torch.tensor([100, 300]), torch.tensor([0, 1])
+    xt = sched.q_sample(x0, t, eps)
+    net = AffineNet(2, (1, 2, 2))
+    values, grads = {}, {}
+    for push in ("both", "rarer"):
+        step = make_step(y, t, x0=x0, xt=xt, eps=eps, eps_hat=net(xt, t, y, None), schedule=sched, net=net,
+                         class_freq=torch.tensor([0.9, 0.1]))  # fmt: skip
+        values[push] = pcl("neg_l2", Constant(1.0), pairing="partner", push=push)(step)
+        grads[push] = torch.autograd.grad(values[push], step.outputs)  # [main, partner forward]
+    assert values["rarer"].item() == pytest.approx(values["both"].item(), rel=1e-12)
+    main, partner = grads["rarer"]
+    assert (main[0] == 0).all() and (main[1] != 0).all()  # anchor 0 is the head: frozen; anchor 1 moves
+    assert (partner[0] != 0).all() and (
+        partner[1] == 0
+    ).all()  # the tail partner of anchor 0 moves; not the head
+    assert torch.equal(main[1], grads["both"][0][1]) and torch.equal(partner[0], grads["both"][1][0])
+    with pytest.raises(ValueError, match="push=rarer"):
+        pcl("exp", Constant(1.0), pairing="batch", push="rarer")
+
+
+class ExactGaussianNet(torch.nn.Module):
+    """The Bayes-optimal eps* of classes x_0 ~ N(m_c, s^2 I): x_t | c ~ N(sqrt(abar) m_c, (abar s^2 + 1 - abar) I),
+    so E[eps | x_t, c] = sqrt(1 - abar) (x_t - sqrt(abar) m_c) / (abar s^2 + 1 - abar)."""
+
+    def __init__(self, means: torch.Tensor, sd: float) -> None:
+        super().__init__()
+        self.means, self.sd = means, sd
+        self.one = torch.nn.Parameter(torch.ones((), dtype=torch.float64))  # outputs that carry a gradient
+        self.abar = torch.cumprod(1 - _linear_betas(), 0)
+
+    def forward(self, x, t, y, cond):
+        a = self.abar[t].view(-1, *[1] * (x.dim() - 1))
+        return self.one * (1 - a).sqrt() * (x - a.sqrt() * self.means[y]) / (a * self.sd**2 + 1 - a)
+
+
+@pytest.mark.parametrize("pairing", ["partner", "eq12"])
+def test_default_hinge_rests_for_the_true_denoiser_on_separated_classes(pairing) -> None:
+    # Two classes 1.2 apart in every value (sd 0.05): with eps* the hinge of the default config has nothing to
+    # push at any t (zero value and zero gradient on every output), so p_theta = q stays its optimum (Eq. 15).
+    # The margin before issue 30 (1.0, constant) is above d wherever abar_{t-1} * 1.44 < 1 (t >= ~180): on there.
+    # Overlapping classes (0.2 apart, sd 0.5, one class-1 image inside class 0) still get pushed.
+    for half_gap, sd, rests in ((0.6, 0.05, True), (0.1, 0.5, False)):
+        g = torch.Generator().manual_seed(17)
+        means = (
+            torch.stack([torch.full((16,), half_gap), torch.full((16,), -half_gap)]).double().view(2, 1, 4, 4)
+        )
+        y = torch.tensor([0, 1] * 4)
+        x0 = means[y] + sd * torch.randn(8, 1, 4, 4, generator=g, dtype=torch.float64)
+        if not rests:
+            x0[1] = x0[0] + 0.01
+        net = ExactGaussianNet(means, sd)
+        sched = linear_schedule(T).double()
+        pushed = 0.0
+        for t_value in (0, 10, 100, 300, 600, 900, 999):
+            t = torch.full((8,), t_value)
+            eps = torch.randn(1, 1, 4, 4, generator=g, dtype=torch.float64).expand(8, -1, -1, -1)
+            xt = sched.q_sample(
+                x0, t, eps
+            )  # one eps for all: eq12's groups; partner re-noises with it anyway
+            eps_hat = net(xt, t, y, None).requires_grad_()
+            step = make_step(y, t, x0=x0, xt=xt, eps=eps, eps_hat=eps_hat, schedule=sched, net=net,
+                             group=torch.zeros(8, dtype=torch.long) if pairing == "eq12" else None)  # fmt: skip
+            value = pcl("hinge", Constant(1.0), pairing=pairing)(step)
+            # on the anchors' eps_hat and, through the network, on the partner forward's outputs
+            grads = torch.autograd.grad(value, [eps_hat, net.one], allow_unused=True)
+            pushed += value.item() + sum(float(gr.abs().sum()) for gr in grads if gr is not None)
+        assert (pushed == 0.0) == rests, (sd, pushed)
+
+
+def test_one_sided_push_under_eq12_freezes_the_head_members_of_each_group() -> None:
+    # groups {0, 1} and {2, 3}; labels 0 (frequency 0.7) in each, against 1 and 2: only samples 1 and 3 move, and by
+    # neg_l2's gradient -(2 / 3) (mu_i - mu_j) per ordered pair with i the rarer one (distance mean over 3 values,
+    # mean over the 4 anchors, each pair counted from both ends with the head end frozen)
+    mu = torch.tensor(
+        [[0.0, 1.0, 2.0], [1.0, 1.0, 0.0], [0.5, -1.0, 0.0], [2.0, 0.0, 1.0]], requires_grad=True
+    )
+    step = make_step([0, 1, 0, 2], [5, 5, 9, 9], mu=mu, shape=(3,), class_freq=torch.tensor([0.7, 0.2, 0.1]))
+    step.group = torch.tensor([0, 0, 1, 1])
+    pcl("neg_l2", Constant(1.0), pairing="eq12", group_size=2, push="rarer")(step).backward()
+    expected = torch.zeros(4, 3)
+    for rare, head in ((1, 0), (3, 2)):
+        expected[rare] = -2 * (2 / 3) * (mu[rare] - mu[head]).detach() / 4
+    assert torch.allclose(mu.grad, expected, atol=1e-6)

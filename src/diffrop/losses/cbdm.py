@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from diffrop.losses.step import Step
+from diffrop.losses.step import ExtraForward, Step
 
 Y_PRIME = ("train_freq", "uniform")
 
@@ -33,6 +33,7 @@ class CBDM:
         probs = step.class_freq if self.y_prime == "train_freq" else torch.ones_like(step.class_freq)
         y_prime = torch.multinomial(probs, step.y.numel(), replacement=True)
         eps_prime = step.net(step.xt, step.t, y_prime, step.cond)  # the one extra forward CBDM costs
+        step.extra_forwards.append(ExtraForward(xt=step.xt, t=step.t, y=y_prime, eps_hat=eps_prime, eps=None))
         w = self.weight * step.t.float() / step.schedule.num_steps  # [B]
         reg = (step.eps_hat - eps_prime.detach()).square().flatten(1).mean(1)
         commit = (step.eps_hat.detach() - eps_prime).square().flatten(1).mean(1)

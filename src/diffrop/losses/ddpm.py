@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from diffrop.losses.step import Step
@@ -24,3 +25,24 @@ class EpsMSE:
             freq = step.class_freq
             per_sample = per_sample / (freq.numel() * freq[step.y])
         return self.weight * per_sample.mean()
+
+
+class PartnerEpsMSE:
+    """The eps-MSE on the extra forwards whose input is a forward-process sample of its own label (PCL
+    ``pairing=partner``: x_0^j noised with the anchor's t_i and eps_i and denoised under y_j is a DDPM sample with
+    target eps_i), so the second forward PCL pays for also trains the denoiser. With the main ``ddpm`` term at
+    the same weight the two are one DDPM loss over twice the batch (weights 0.5 + 0.5: its mean). Must follow
+    the term that runs the forward (``configs/loss/feed_pcl_exp.yaml``)."""
+
+    def __init__(self, weight: float) -> None:
+        self.weight = weight
+
+    def __call__(self, step: Step) -> Tensor:
+        forwards = [f for f in step.extra_forwards if f.eps is not None]
+        if not forwards:
+            raise ValueError(
+                "loss.terms.ddpm_partner needs an earlier term whose extra forward is a DDPM sample "
+                "(loss.terms.pcl.pairing=partner, listed before it)"
+            )
+        per = [(f.eps_hat - f.eps).square().mean() for f in forwards]
+        return self.weight * torch.stack(per).mean()

@@ -1,7 +1,10 @@
 """Is PCL active in this run? Two readings, taken on logging steps only (nothing runs on other steps).
 
 - ``pcl/grad_ratio``: |dL_pcl / d eps_hat| / |dL_ddpm / d eps_hat|, the strength of the PCL pull on the network's
-  output relative to the denoising loss (every other term gets its own ``<term>/grad_ratio``, e.g. CBDM's). Through DiffROP Eq. 9 the PCL gradient reaching eps_hat is scaled by
+  outputs relative to the denoising loss (every other term gets its own ``<term>/grad_ratio``, e.g. CBDM's).
+  eps_hat is every output of the step: the main forward's and each extra forward's (``Step.extra_forwards``:
+  PCL's partner / same_xt forward and CBDM's receive as much PCL gradient as the anchor's, so reading the main
+  output alone under-states a two-forward term by sqrt(2)). Through DiffROP Eq. 9 the PCL gradient reaching eps_hat is scaled by
   (1 - alpha_t) / sqrt(alpha_t (1 - abar_t)) <= ~0.02, so at equal weights PCL can be negligible; ~0.01 means
   negligible, ~1 balanced, >> 1 dominant. Both gradients come from ``torch.autograd.grad`` through the loss
   computation only: the network is neither re-run nor back-propagated.
@@ -19,7 +22,7 @@ Logged for every loss (DDPM runs too), so a baseline and a PCL run can be compar
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -27,13 +30,18 @@ from torch import Tensor
 from diffrop.losses.pcl import pairwise_sq_dist
 from diffrop.losses.step import Step
 
+DENOISING = ("ddpm", "ddpm_partner")  # the terms whose sum is the DDPM loss (the ratios' denominator)
 
-def grad_norm(term: Tensor, wrt: Tensor) -> Tensor:
-    """|d term / d wrt| (Frobenius norm over the batch), keeping the graph for the training backward."""
+
+def grad_norm(term: Tensor, wrt: Tensor | Sequence[Tensor]) -> Tensor:
+    """|d term / d wrt| (Frobenius norm over the batch and over every tensor of ``wrt``), keeping the graph for
+    the training backward."""
+    wrt = [wrt] if isinstance(wrt, Tensor) else list(wrt)
+    zero = wrt[0].new_zeros((), dtype=torch.float32)
     if not term.requires_grad:
-        return wrt.new_zeros((), dtype=torch.float32)
-    (grad,) = torch.autograd.grad(term, wrt, retain_graph=True, allow_unused=True)
-    return wrt.new_zeros((), dtype=torch.float32) if grad is None else grad.float().norm()
+        return zero
+    grads = torch.autograd.grad(term, wrt, retain_graph=True, allow_unused=True)
+    return torch.stack([zero, *(g.float().square().sum() for g in grads if g is not None)]).sum().sqrt()
 
 
 def class_distances(step: Step) -> dict[str, Tensor]:
@@ -61,8 +69,10 @@ def loss_diagnostics(step: Step, parts: Mapping[str, Tensor]) -> dict[str, Tenso
         out["eps_slope"] = (step.eps_hat.detach().float() * eps).sum() / eps.square().sum().clamp_min(1e-12)
     if "ddpm" not in parts:
         return out
-    ddpm = grad_norm(parts["ddpm"], step.eps_hat).clamp_min(torch.finfo(torch.float32).tiny)
+    outputs = step.outputs  # the main forward's eps_hat and every extra forward's
+    denoising = sum(parts[name] for name in DENOISING if name in parts)  # the DDPM loss, over every output
+    ddpm = grad_norm(denoising, outputs).clamp_min(torch.finfo(torch.float32).tiny)
     for name, value in parts.items():
-        if name != "ddpm":
-            out[f"{name}/grad_ratio"] = grad_norm(value, step.eps_hat) / ddpm
+        if name not in DENOISING:
+            out[f"{name}/grad_ratio"] = grad_norm(value, outputs) / ddpm
     return out

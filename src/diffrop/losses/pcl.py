@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from diffrop.losses.step import Step
+from diffrop.losses.step import ExtraForward, Step
 
 # phi(d, margin) of paper Sec. 4.2 / Table 5.
 PHI: dict[str, Callable[[Tensor, float | Tensor], Tensor]] = {
@@ -33,7 +33,8 @@ DISTANCES = ("mean", "sum")
 REDUCTIONS = ("pairs_mean", "algorithm1_sum")
 PAIRS = ("local", "global")
 PAIRINGS = ("eq12", "partner", "same_xt", "batch")
-MARGIN_SCHEDULES = ("constant", "abar")
+MARGIN_SCHEDULES = ("constant", "abar", "data")
+PUSHES = ("both", "rarer")
 
 
 def _choice(name: str, value: str, options) -> str:
@@ -82,9 +83,12 @@ class PCL:
     vanish); ``sum`` is the literal squared L2. reduction: ``pairs_mean`` averages over valid pairs,
     ``algorithm1_sum`` sums over j for each anchor i and averages over anchors (Algorithm 1, line 6).
     pairs: ``global`` gathers mu, labels, t and groups from all DDP ranks with gradients (groups never span
-    ranks). margin_schedule (hinge): ``constant``, or ``abar``: margin * abar_{t-1}, the scale of
+    ranks). margin_schedule (hinge): ``constant``; ``abar``: margin * abar_{t-1}, the scale of
     |mu_i - mu_j|^2 = abar_{t-1} |x_0^i - x_0^j|^2 under eq12 with an exact denoiser (the paper's D_t / mu_t
-    depends on t).
+    depends on t); ``data``: that times the batch's mean per-value squared distance between different-label
+    images, so ``margin`` is a fraction of the typical between-class distance and a pair already further apart
+    rests (p_theta = q stays the optimum, Eq. 15). partners (``partner``, ``same_xt``): m partners per anchor,
+    one extra forward each.
     """
 
     def __init__(
@@ -99,6 +103,8 @@ class PCL:
         pairing: str,
         group_size: int,
         margin_schedule: str,
+        partners: int,
+        push: str,
     ) -> None:
         self.phi = _choice("phi", phi, PHI)
         if not math.isfinite(weight) or weight < 0:
@@ -121,30 +127,49 @@ class PCL:
                 f"loss.terms.pcl.pairing={pairing} draws each anchor's partner from the device's own batch: "
                 "use pairs=local with it"
             )
-        self.group_size = group_size
+        if not isinstance(partners, int) or partners < 1:
+            raise ValueError(f"loss.terms.pcl.partners must be an integer >= 1, got {partners!r}")
+        self.group_size, self.partners = group_size, partners
+        self.push = _choice("push", push, PUSHES)
+        if push == "rarer" and pairing == "batch":
+            raise ValueError(
+                "loss.terms.pcl.push=rarer needs the pairs' distances one by one: not with pairing=batch"
+            )
         # read by Objective.noise_group_size: the training step draws (t, eps) once per group
         self.noise_group_size = group_size if pairing == "eq12" else 1
 
     def __call__(self, step: Step) -> Tensor:
-        d, pair, t, anchors = (
-            self._partner_pairs(step) if self.pairing in ("partner", "same_xt") else self._batch_pairs(step)
-        )
+        if self.pairing in ("partner", "same_xt"):
+            d, pair, t, anchors, weight, num_pairs = self._partner_pairs(step)
+        else:
+            d, pair, t, anchors = self._batch_pairs(step)
+            weight, num_pairs = 1.0, pair.sum()
         if self.distance == "mean":
             d = d / step.mu[0].numel()
         tau = self.tau(
             t.float() / step.schedule.num_steps
         )  # tau(t_i) of anchor i (= t_j under eq12, partner)
-        margin = self.margin
-        if self.margin_schedule == "abar":
-            margin = self.margin * step.schedule.alpha_bars_prev[t]
-        value = torch.where(pair, tau * PHI[self.phi](d, margin), 0.0)
-        num_pairs = pair.sum()
-        step.diagnostics["pcl/pairs"] = num_pairs.float()
-        if self.reduction == "pairs_mean":
-            loss = value.sum() / num_pairs.clamp_min(1)
-        else:  # per-anchor sum over partners, mean over the anchors (every conditioned sample)
-            loss = value.sum() / anchors.sum().clamp_min(1)
-        return self.weight * loss
+        value = torch.where(pair, weight * tau * PHI[self.phi](d, self._margin(step, t)), 0.0)
+        step.diagnostics["pcl/pairs"] = pair.expand_as(d).sum().float()
+        # pairs_mean: the mean over the batch's valid pairs; algorithm1_sum: per-anchor sum over its partners,
+        # mean over the anchors (every conditioned sample). Under partner / same_xt ``value`` carries K_i / m.
+        denominator = num_pairs if self.reduction == "pairs_mean" else anchors.sum()
+        return self.weight * value.sum() / denominator.clamp_min(1)
+
+    def _margin(self, step: Step, t: Tensor) -> float | Tensor:
+        """The hinge's margin at each anchor's t: ``constant``; ``abar``: margin * abar_{t-1}; ``data``: also times
+        the batch's mean per-value |x_0^i - x_0^j|^2 over different-label pairs, so d of Eq. 12 pairs with an exact
+        denoiser (abar_{t-1} |x_0^i - x_0^j|^2 / D) is on the margin's scale whatever the data's range."""
+        if self.phi != "hinge" or self.margin_schedule == "constant":
+            return self.margin
+        margin = self.margin * step.schedule.alpha_bars_prev[t]
+        if self.margin_schedule == "data":
+            with torch.no_grad():
+                x0 = step.x0.flatten(1)
+                between = (step.y[:, None] != step.y[None, :]) & step.cond[:, None] & step.cond[None, :]
+                d0 = pairwise_sq_dist(x0) / x0.shape[1]  # large distances: the expansion is accurate here
+                margin = margin * (torch.where(between, d0, 0.0).sum() / between.sum().clamp_min(1))
+        return margin
 
     def _batch_pairs(self, step: Step) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Squared distances of each anchor i to its candidates j, the valid-pair mask, each row's t broadcast to
@@ -167,24 +192,47 @@ class PCL:
             return pairwise_sq_dist(mu), pair, t[:, None], ok
         j, exists = group_neighbours(len(y), self.group_size, y.device)
         pair = exists & (group[j] == group[:, None]) & (y[j] != y[:, None]) & ok[j] & ok[:, None]
-        return sq_dist(mu[:, None], mu[j]), pair, t[:, None], ok
+        return self._dist(mu[:, None], mu[j], y[:, None], y[j], step.class_freq), pair, t[:, None], ok
 
-    def _partner_pairs(self, step: Step) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """One different-label partner j per anchor i, drawn from the batch, compared in one extra forward of the
-        network; the DDPM loss keeps independent draws.
+    def _dist(self, mu_i: Tensor, mu_j: Tensor, y_i: Tensor, y_j: Tensor, freq: Tensor) -> Tensor:
+        """sq_dist of the pairs; ``push: rarer`` (beyond the paper) stops the gradient on the member of the more
+        frequent class (by the training label frequencies), so only the rarer class's output moves."""
+        if self.push == "rarer":
+            f_i, f_j = freq[y_i][..., None], freq[y_j][..., None]
+            mu_i = torch.where(f_i > f_j, mu_i.detach(), mu_i)
+            mu_j = torch.where(f_j > f_i, mu_j.detach(), mu_j)
+        return sq_dist(mu_i, mu_j)
+
+    def _partner_pairs(self, step: Step) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """``partners`` (m) different-label partners j per anchor i, drawn uniformly with replacement from the
+        anchor's K_i different-label conditioned batch members, each compared in one extra forward of the network;
+        the DDPM loss keeps independent draws.
 
         ``partner``: image x_0^j noised with the anchor's own t_i and eps_i (Eq. 12 exactly), denoised under y_j.
         ``same_xt``: the anchor's own x_t^i denoised under y_j, so mu_i - mu_j = -coef (eps(x_t, y_i) - eps(x_t, y_j))
         measures how far the two class-conditional denoisers disagree at one point (CBDM compares them the same way).
-        Returns the squared distances [B], the mask of anchors that found a partner, t [B] and the anchors [B]."""
+        Each drawn pair carries the weight K_i / m, so sum_k K_i / m phi(d_ij_k) is an unbiased estimate of Algorithm
+        1's per-anchor sum over all K_i partners (``algorithm1_sum``), and that sum over the anchors divided by
+        sum_i K_i of the mean over the batch's valid pairs (``pairs_mean``). Returns d [B, m], the mask of anchors
+        that found a partner, t [B, 1], the anchors [B], the weights [B, 1] and the number of valid pairs."""
         y, t, ok = step.y, step.t, step.cond
         candidates = (y[:, None] != y[None, :]) & ok[None, :]  # [B, B]: j may partner i
-        has_partner = candidates.any(1) & ok
+        count = candidates.sum(1)  # K_i
+        has_partner = (count > 0) & ok
         weights = torch.where(has_partner[:, None], candidates.float(), 1.0)  # a row with none: any j, masked
-        j = torch.multinomial(weights, 1).squeeze(1)
-        same_xt = self.pairing == "same_xt"  # else x_t^j - x_t^i = sqrt(abar_t) (x_0^j - x_0^i)
-        xt_j = step.xt if same_xt else step.schedule.q_sample(step.x0[j], t, step.eps)
-        eps_hat_j = step.net(xt_j, t, y[j], torch.ones_like(ok))
-        mu_j = step.schedule.posterior_mean(xt_j, t, eps_hat_j)
-        d = sq_dist(step.mu.flatten(1), mu_j.flatten(1))
-        return d, has_partner, t, ok
+        j = torch.multinomial(weights, self.partners, replacement=True)  # [B, m]
+        mu = step.mu.flatten(1)
+        d = []
+        for k in range(self.partners):  # m forwards of the batch (DiffAugment parameters stay per anchor)
+            jk = j[:, k]
+            if self.pairing == "same_xt":
+                xt_j, eps_j = step.xt, None
+            else:  # x_t^j - x_t^i = sqrt(abar_t) (x_0^j - x_0^i): a DDPM sample of x_0^j at (t_i, eps_i)
+                xt_j, eps_j = step.schedule.q_sample(step.x0[jk], t, step.eps), step.eps
+            eps_hat_j = step.net(xt_j, t, y[jk], torch.ones_like(ok))
+            step.extra_forwards.append(ExtraForward(xt=xt_j, t=t, y=y[jk], eps_hat=eps_hat_j, eps=eps_j))
+            mu_j = step.schedule.posterior_mean(xt_j, t, eps_hat_j)
+            d.append(self._dist(mu, mu_j.flatten(1), y, y[jk], step.class_freq))
+        weight = (count.float() / self.partners)[:, None]
+        num_pairs = torch.where(has_partner, count, 0).sum()
+        return torch.stack(d, 1), has_partner[:, None], t[:, None], ok, weight, num_pairs

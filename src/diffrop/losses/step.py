@@ -17,6 +17,18 @@ def _identity(x: Tensor) -> Tensor:
     return x
 
 
+@dataclass(frozen=True)
+class ExtraForward:
+    """One more evaluation of the network in a training step: eps_hat = net(xt, t, y). ``eps`` is the noise that
+    made ``xt`` where ``xt`` is a forward-process sample at ``t`` (a valid DDPM target), else None."""
+
+    xt: Tensor
+    t: Tensor
+    y: Tensor
+    eps_hat: Tensor
+    eps: Tensor | None
+
+
 @dataclass(kw_only=True)
 class Step:
     x0: Tensor  # [B, C, H, W] clean images in [-1, 1]
@@ -35,11 +47,19 @@ class Step:
     )
     gather: Callable[[Tensor], Tensor] = _identity  # all_gather keeping gradients under DDP
     diagnostics: dict[str, Tensor] = field(default_factory=dict)  # extra values a term wants logged
+    # every extra network evaluation a term ran (PCL partner / same_xt, CBDM), appended by that term: the loss
+    # terms' gradients reach these outputs too, and the diagnostics' grad ratios count them
+    extra_forwards: list[ExtraForward] = field(default_factory=list)
 
     @cached_property
     def mu(self) -> Tensor:
         """Posterior means mu(x_t, t, c) of DiffROP Eq. 9, computed once if a term asks for them."""
         return self.schedule.posterior_mean(self.xt, self.t, self.eps_hat)
+
+    @property
+    def outputs(self) -> list[Tensor]:
+        """Every eps_hat the network produced in this step: the main forward's, then each extra forward's."""
+        return [self.eps_hat, *(f.eps_hat for f in self.extra_forwards)]
 
 
 class LossTerm(Protocol):
