@@ -107,8 +107,12 @@ def lightning_ctrl_c() -> None:
 
 @pytest.mark.parametrize("body", [lightning_ctrl_c, lambda: signal.raise_signal(signal.SIGINT)])
 def test_ctrl_c_exits_130_with_the_resume_command_and_no_traceback(tmp_path, capsys, wandb_finished, body):
-    with pytest.raises(SystemExit) as done, guarded_run(tmp_path, resume=lambda: RESUME):
-        body()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # pytest-xdist workers ignore SIGINT
+    try:
+        with pytest.raises(SystemExit) as done, guarded_run(tmp_path, resume=lambda: RESUME):
+            body()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert done.value.code == 130  # 128 + SIGINT, as a shell reports a Ctrl-C
     assert capsys.readouterr().err == f"error: stopped by Ctrl-C; {RESUME}\n"
     assert (tmp_path / "FAILED").read_text() == "KeyboardInterrupt: stopped by Ctrl-C\n"

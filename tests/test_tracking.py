@@ -26,6 +26,7 @@ OVERRIDES += [
     "tau.tau0=0.7",
     "loss.terms.pcl.phi=hinge",
     "seed=3",
+    "model.label_drop_prob=0",  # a whole batch dropped for guidance (p = 0.1 a step) logs no distances
     "callbacks.progress_bar.every_n_steps=1",  # kind=auto: stdout is a file, so plain progress lines
     "logger.wandb.offline=false",  # Lightning refuses log_model offline; WANDB_MODE=offline keeps it local
     "logger.wandb.log_model=true",
