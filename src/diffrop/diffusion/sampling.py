@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor
 
@@ -71,6 +72,25 @@ class SamplerSpec:
         if self.compile:
             out["compile"] = True
         return out
+
+    def folder_name(self) -> str:
+        """The name of this setting's sample folder, written from its whole ``describe()`` (e.g.
+        ``ddim100_eta0_w1.5_balanced_bf16``): two settings that a manifest tells apart never share a folder, so a
+        second eta (of any sampler that takes one) or precision is drawn beside the first instead of refused."""
+        described = self.describe()
+        parts = [f"{described.pop('name')}{described.pop('steps')}"]
+        parts += [FOLDER_PARTS[key](value) for key, value in described.items() if value is not None]
+        return "_".join(parts)
+
+
+# how each ``describe()`` entry past name and steps appears in a folder name
+FOLDER_PARTS: dict[str, Callable[[Any], str]] = {
+    "eta": lambda eta: f"eta{eta:g}",
+    "guidance_scale": lambda w: f"w{w:g}",
+    "labels": str,
+    "precision": str,
+    "compile": lambda compiled: "compiled",
+}
 
 
 def sample(
