@@ -1,7 +1,9 @@
 """A sampler setting (the Hydra ``sampler`` group) and drawing images with it.
 
 The samplers themselves (DDPM, DDIM, DPM-Solver++(2M), one module each over one shared loop) are in
-``diffrop.diffusion.samplers``; the network wrappers for ``precision`` / ``compile`` in ``sampling_net``.
+``diffrop.diffusion.samplers``; the network wrappers for ``precision`` / ``compile`` in ``sampling_net``. A sampler
+is called one way: ``sample`` here for a setting, which is ``loop.run(samplers.get(name), ...)`` with the network
+in the setting's precision.
 """
 
 from __future__ import annotations
