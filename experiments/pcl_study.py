@@ -42,7 +42,8 @@ import torch
 from diffrop.build import net_from_checkpoint
 from diffrop.data.datasets import load_digits, resize_uint8
 from diffrop.data.longtail import longtail_counts, shot_groups
-from diffrop.diffusion.samplers.ddim import ddim_sample
+from diffrop.diffusion import samplers
+from diffrop.diffusion.samplers import loop
 from diffrop.evaluation.generate import to_uint8
 from diffrop.paper.cells import training_state
 from diffrop.paper.digits_probe import PROBE_SIZE, load_or_train_probe, probe_outputs, score_by_group
@@ -225,8 +226,9 @@ def score(run: Path, arm: Arm, seed: int, args, probe, real, groups) -> dict:
     out = {"key": key, "train": train_medians(run / "metrics.csv"), "scores": {}}
     for w in key["w"]:
         gen = torch.Generator().manual_seed(1000 + seed)  # the same noise for every arm of this seed
-        x = ddim_sample(
-            net, schedule, y, (len(y), 3, size, size), steps=SAMPLE_STEPS, guidance=w, generator=gen
+        shape = (len(y), 3, size, size)
+        x = loop.run(
+            samplers.get("ddim"), net, schedule, y, shape, SAMPLE_STEPS, eta=0.0, guidance=w, generator=gen
         )
         feats, preds = probe_outputs(probe, resize_uint8(to_uint8(x), PROBE_SIZE))
         out["scores"][f"{w:g}"] = score_by_group(real, (feats, y, preds), groups)

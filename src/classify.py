@@ -23,8 +23,8 @@ from diffrop.evaluation.classification import (
     split_per_class,
 )
 from diffrop.runtime.atomic_write import atomic_write
-from diffrop.runtime.console import quiet_third_party_noise
 from diffrop.runtime.entry import guarded_run
+from diffrop.training.console import quiet_third_party_noise
 
 
 def train_and_test_sets(cfg: DictConfig) -> tuple[ImageSet, ImageSet, ImageSet]:

@@ -15,7 +15,6 @@ from omegaconf import DictConfig
 
 from diffrop import build
 from diffrop.runtime.atomic_write import remove_stale_temps
-from diffrop.runtime.console import quiet_third_party_noise
 from diffrop.runtime.entry import guarded_run, slurm_job, stop
 from diffrop.runtime.stored_run import (
     StoredRunMismatch,
@@ -25,6 +24,7 @@ from diffrop.runtime.stored_run import (
     unfinished_twin,
 )
 from diffrop.training.checkpoint_io import check_compatible
+from diffrop.training.console import quiet_third_party_noise
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:

@@ -8,10 +8,10 @@ import warnings
 import pytest
 import torch
 
+from diffrop.diffusion.compile import CompiledNet
 from diffrop.diffusion.sampling_net import sampling_net
 from diffrop.evaluation.generate import sample_images
 from diffrop.evaluation.pipeline import sample_dir
-from diffrop.runtime.compile import CompiledNet
 from tests.helpers.config_objects import linear_schedule, sampler_spec
 
 SCHEDULE = linear_schedule(1000)

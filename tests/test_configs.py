@@ -196,6 +196,35 @@ def test_loss_options_build_their_terms(option, tmp_path):
         assert isinstance(objective.terms["pcl"].tau, ExpDecay)  # the default tau group
 
 
+def term_yaml(name: str) -> dict:
+    """configs/loss/term/<name>.yaml as written (``tau: ${tau}`` unresolved)."""
+    return OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "loss" / "term" / f"{name}.yaml"))
+
+
+PHIS = ("neg_l2", "hinge", "recip", "exp")
+# each loss option: its terms in order, and where a term differs from its YAML under configs/loss/term/
+LOSS_RECIPES = {
+    "ddpm": {"ddpm": {}},
+    "reweight": {"ddpm": {"reweight": True}},
+    "cbdm": {"ddpm": {}, "cbdm": {}},
+    **{f"pcl_{phi}": {"ddpm": {}, "pcl": {"phi": phi}} for phi in PHIS},
+    **{f"cbdm_pcl_{phi}": {"ddpm": {}, "cbdm": {}, "pcl": {"phi": phi}} for phi in PHIS},
+}
+
+
+@pytest.mark.parametrize("option", [o for g, o in OPTIONS if g == "loss"])
+def test_loss_options_are_their_term_yamls_with_only_phi_or_reweight_set(option, tmp_path):
+    """The loss files compose one another (pcl_hinge = pcl_exp with phi hinge, cbdm_pcl_* = cbdm + PCL): every
+    option composes to exactly its terms' YAML, in order, with only the setting its name states changed."""
+    assert option in LOSS_RECIPES, f"new loss option {option}: add its terms to LOSS_RECIPES"
+    loss = OmegaConf.to_container(compose_train([f"loss={option}"], tmp_path).loss, resolve=False)
+    expected = {name: {**term_yaml(name), **changed} for name, changed in LOSS_RECIPES[option].items()}
+    assert loss == {"terms": expected}
+    assert list(loss["terms"]) == list(expected)  # the terms' order (the objective sums them in it)
+    weight = compose_train([f"loss={option}", "loss.terms.ddpm.weight=2"], tmp_path).loss.terms.ddpm.weight
+    assert weight == 2  # a command-line override still reaches the composed recipe
+
+
 TAU_AT = {  # tau(s) at s = t / T = 0.5 with the configs' constants
     "constant": (Constant, 1.0),
     "exp_decay": (ExpDecay, math.exp(-0.5 / 0.5)),

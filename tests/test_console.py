@@ -1,4 +1,4 @@
-"""The third-party noise filters of diffrop.runtime.console: each message goes where it is noise and stays where it is not."""
+"""The third-party noise filters of diffrop.training.console: each message goes where it is noise and stays where it is not."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.warnings import PossibleUserWarning
 
-from diffrop.runtime.console import LIGHTNING_INFO_LOGGER, quiet_third_party_noise
+from diffrop.training.console import LIGHTNING_INFO_LOGGER, quiet_third_party_noise
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from diffrop.diffusion.samplers.ddim import ddim_sample
-from diffrop.diffusion.samplers.dpmpp2m import dpmpp2m_sample, dpmpp_x0_estimate, half_log_snr, logsnr_grid
-from diffrop.diffusion.samplers.loop import guided_eps
+from diffrop.diffusion import samplers
+from diffrop.diffusion.samplers.dpmpp2m import dpmpp_x0_estimate, half_log_snr, logsnr_grid
+from diffrop.diffusion.samplers.loop import guided_eps, run
 from diffrop.diffusion.sampling import SamplerSpec, sample
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.evaluation.generate import sample_images
@@ -57,11 +57,12 @@ def _noise(n: int, seed: int = 0) -> torch.Tensor:
     return torch.randn((n, 1, 4, 4), generator=torch.Generator().manual_seed(seed))
 
 
-def _run(sampler, n: int, steps: int, seed: int = 0, **kwargs) -> torch.Tensor:
+def _run(name: str, n: int, steps: int, seed: int = 0) -> torch.Tensor:
+    """Sampler ``name`` (DDIM at eta = 0) with ``steps`` on the Gaussian data's exact eps, no guidance."""
     y = torch.zeros(n, dtype=torch.long)
     gen = torch.Generator().manual_seed(seed)  # the same first draw as _noise(n, seed)
-    return sampler(
-        GaussianOptimalEps(SCHEDULE), SCHEDULE, y, (n, 1, 4, 4), steps=steps, generator=gen, **kwargs
+    return sample(
+        GaussianOptimalEps(SCHEDULE), SCHEDULE, y, (n, 1, 4, 4), sampler_spec(name, steps, guidance=0.0), gen
     )
 
 
@@ -77,10 +78,10 @@ def test_gaussian_data_mean_and_variance_at_few_steps(steps):
     """
     n = 128 * 16
     mean_tol, var_tol = 4 * S / math.sqrt(n), 4 * math.sqrt(2 / (n - 1)) * S**2
-    out = _run(dpmpp2m_sample, 128, steps).double()
+    out = _run("dpmpp2m", 128, steps).double()
     assert abs(out.mean().item() - M) < mean_tol
     assert abs(out.var().item() - S**2) < var_tol
-    ddim = _run(ddim_sample, 128, steps).double()
+    ddim = _run("ddim", 128, steps).double()
     assert abs(ddim.var().item() - S**2) > 3 * var_tol
 
 
@@ -93,14 +94,14 @@ def test_pathwise_second_order_convergence_to_the_exact_flow():
     def rms(out: torch.Tensor) -> float:
         return (out.double() - exact).pow(2).mean().sqrt().item()
 
-    dpm = {n: rms(_run(dpmpp2m_sample, 64, n)) for n in (10, 20, 40, 80)}
-    ddim = {n: rms(_run(ddim_sample, 64, n)) for n in (100, 200, 1000)}
+    dpm = {n: rms(_run("dpmpp2m", 64, n)) for n in (10, 20, 40, 80)}
+    ddim = {n: rms(_run("ddim", 64, n)) for n in (100, 200, 1000)}
     assert dpm[10] < 0.03 * S  # 10 evaluations: about 2% of the data's scale
     assert dpm[40] / dpm[80] > 3.0  # second order: 4x
     assert 1.6 < ddim[100] / ddim[200] < 2.4  # first order: 2x
     assert dpm[20] < ddim[100] / 3  # 20 DPM-Solver++ steps beat 100 DDIM steps
     assert ddim[1000] < 0.01 * S and dpm[80] < 0.002 * S  # both converge to the exact flow ...
-    agreement = (_run(dpmpp2m_sample, 64, 80) - _run(ddim_sample, 64, 1000)).abs().max().item()
+    agreement = (_run("dpmpp2m", 64, 80) - _run("ddim", 64, 1000)).abs().max().item()
     assert agreement < 0.03 * S  # ... hence to each other
 
 
@@ -111,13 +112,13 @@ def test_two_steps_are_ddim(guidance):
     net = GaussianOptimalEps(SCHEDULE, m=0.7, s=0.6)  # x0 predictions beyond 1: the clipping is shared too
     y = torch.zeros(16, dtype=torch.long)
 
-    def run(fn, **kw):
-        return fn(net, SCHEDULE, y, (16, 1, 4, 4), steps=2, guidance=guidance,
-                  generator=torch.Generator().manual_seed(3), **kw)  # fmt: skip
+    def two_steps(name: str, eta: float | None) -> torch.Tensor:
+        spec = sampler_spec(name, 2, eta, guidance)
+        return sample(net, SCHEDULE, y, (16, 1, 4, 4), spec, torch.Generator().manual_seed(3))
 
     assert logsnr_grid(SCHEDULE, 2) == [999, 0]
     # float32 round-off: x0 at t = T - 1 divides x - sigma eps by alpha = 0.0064 (~150x amplification)
-    torch.testing.assert_close(run(dpmpp2m_sample), run(ddim_sample, eta=0.0), rtol=0, atol=1e-4)
+    torch.testing.assert_close(two_steps("dpmpp2m", None), two_steps("ddim", 0.0), rtol=0, atol=1e-4)
 
 
 def test_second_order_estimate_is_the_midpoint_extrapolation():
@@ -163,8 +164,8 @@ def test_matches_diffusers_dpm_solver_multistep(unet, steps, guidance):
             abar = SCHEDULE.alpha_bars[int(t)]
             clipped |= bool((((x - (1 - abar).sqrt() * eps) / abar.sqrt()).abs() > 1).any())
             x = scheduler.step(eps, t, x).prev_sample
-    ours = dpmpp2m_sample(unet, SCHEDULE, y, (4, 3, 8, 8), steps=steps, guidance=guidance,
-                          generator=torch.Generator().manual_seed(5))  # fmt: skip
+    spec = sampler_spec("dpmpp2m", steps, None, guidance)
+    ours = sample(unet, SCHEDULE, y, (4, 3, 8, 8), spec, torch.Generator().manual_seed(5))
     assert clipped
     torch.testing.assert_close(ours, x.clamp(-1, 1), rtol=0, atol=2e-4)
 
@@ -177,8 +178,8 @@ def test_spec_dispatch_and_per_sample_seeds(unet):
         unet, linear_schedule(50), labels, seeds, sampler_spec("dpmpp2m", 4, None, 0.5, batch_size=6)
     )
     assert (by4.int() - by6.int()).abs().max() <= 1 and (by4 == by6).float().mean() > 0.99
-    direct = dpmpp2m_sample(unet, linear_schedule(50), labels[:1], (1, 3, 8, 8), steps=4, guidance=0.5,
-                            generator=torch.Generator().manual_seed(40))  # fmt: skip
+    direct = run(samplers.get("dpmpp2m"), unet, linear_schedule(50), labels[:1], (1, 3, 8, 8), 4, None, 0.5,
+                 torch.Generator().manual_seed(40))  # fmt: skip
     via_spec = sample(
         unet, linear_schedule(50), labels[:1], (1, 3, 8, 8), spec, torch.Generator().manual_seed(40)
     )
@@ -252,16 +253,18 @@ def test_bimodal_data_converges_to_the_exact_quantile_map():
     y = torch.zeros(64, dtype=torch.long)
     exact = mixture_flow(_noise(64))
 
-    def run(fn, steps: int) -> torch.Tensor:
-        return fn(MixtureOptimalEps(), SCHEDULE, y, (64, 1, 4, 4), steps=steps,
-                  generator=torch.Generator().manual_seed(0)).double()  # fmt: skip
+    def draw(name: str, steps: int) -> torch.Tensor:
+        spec = sampler_spec(name, steps, guidance=0.0)
+        return sample(
+            MixtureOptimalEps(), SCHEDULE, y, (64, 1, 4, 4), spec, torch.Generator().manual_seed(0)
+        ).double()
 
     def rms(a: torch.Tensor, b: torch.Tensor) -> float:
         return (a - b).pow(2).mean().sqrt().item()
 
-    dpm = {n: rms(run(dpmpp2m_sample, n), exact) for n in (10, 20, 40, 80)}
+    dpm = {n: rms(draw("dpmpp2m", n), exact) for n in (10, 20, 40, 80)}
     assert dpm[10] > dpm[20] > dpm[40] > dpm[80] and dpm[40] / dpm[80] > 3.0
-    ddim_100, ddim_1000 = run(ddim_sample, 100), run(ddim_sample, 1000)
+    ddim_100, ddim_1000 = draw("ddim", 100), draw("ddim", 1000)
     assert dpm[20] < 1.2 * rms(ddim_100, exact)
-    assert rms(run(dpmpp2m_sample, 80), ddim_1000) < 0.01 and rms(ddim_1000, exact) < 0.01
+    assert rms(draw("dpmpp2m", 80), ddim_1000) < 0.01 and rms(ddim_1000, exact) < 0.01
     assert abs((exact > 0).double().mean().item() - 0.7) < 4 * math.sqrt(0.21 / exact.numel())  # the weights

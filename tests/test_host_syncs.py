@@ -40,4 +40,4 @@ def test_no_tensor_is_read_by_the_host_between_logging_steps(tmp_path, bar, loss
     by_step = json.loads(reads.read_text())
     assert {step: by_step[step] for step in QUIET_STEPS & by_step.keys()} == {}
     assert {"1", "4", "8"} <= by_step.keys()  # the probe sees the reads of logging steps
-    assert any("runtime/progress.py" in r for r in by_step["4"])  # ... and the bar's loss when it draws
+    assert any("training/progress_bars.py" in r for r in by_step["4"])  # ... and the bar's loss when it draws

@@ -97,3 +97,29 @@ def test_upgrade_adds_image_settings_to_image_data_only():
     upgraded = build.upgrade_stored_config({"data": gaussian})["data"]
     assert "skip_corrupt" not in upgraded
     assert build.build_datamodule(OmegaConf.create({"data": upgraded})).num_classes == 4
+
+
+@pytest.mark.parametrize(
+    "stored_target",
+    [
+        "diffrop.progress.progress_bar",
+        "diffrop.runtime.progress.progress_bar",
+    ],  # before v0.1's layers; before issue 29
+)
+def test_a_stored_progress_bar_builds_todays_bar(stored_target):
+    """Checkpoints name the bar where it lived when they were written; it moved twice (into runtime/, then out of
+    it to training/ with the other Lightning callbacks)."""
+    from hydra.utils import instantiate
+
+    from diffrop.training.progress_bars import LogProgress
+
+    bar = {
+        "_target_": stored_target,
+        "kind": "log",
+        "refresh_rate": 10,
+        "every_n_steps": 0,
+        "every_n_seconds": 30,
+    }
+    upgraded = build.upgrade_stored_config({"callbacks": {"progress_bar": bar}})["callbacks"]["progress_bar"]
+    assert upgraded["_target_"] == "diffrop.training.progress_bars.progress_bar"
+    assert isinstance(instantiate(upgraded), LogProgress)

@@ -11,8 +11,8 @@ from hydra.utils import instantiate
 
 from diffrop import build
 from diffrop.data.device_batches import DeviceBatches, use_device_batches
+from diffrop.diffusion.compile import CompiledNet
 from diffrop.nets.unet import ClassConditionalUNet
-from diffrop.runtime.compile import CompiledNet
 from diffrop.training.module import DiffusionModule
 from tests.helpers.train_utils import REPO, TINY_RUN_OVERRIDES
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import RichProgressBar
 
-from diffrop.runtime.progress import LogProgress, track
+from diffrop.runtime.progress import track
+from diffrop.training.progress_bars import LogProgress
 from tests.helpers.config_objects import from_yaml
 
 
@@ -116,7 +117,7 @@ def test_the_rich_bar_counts_the_runs_steps_after_a_resume(tmp_path):
     import lightning as L
     from lightning.pytorch.demos.boring_classes import BoringModel
 
-    from diffrop.runtime.progress import RichBar
+    from diffrop.training.progress_bars import RichBar
 
     def fit(max_steps: int, ckpt: str | None) -> str:
         out = io.StringIO()

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torchvision.io import decode_png, read_file
 
-from diffrop.diffusion.samplers.dpmpp2m import dpmpp2m_sample
+from diffrop.diffusion import samplers
+from diffrop.diffusion.samplers.loop import run
 from diffrop.training.callbacks import SampleGrid
 from tests.helpers.config_objects import linear_schedule, sampler_spec
 
@@ -22,7 +23,17 @@ def test_the_grid_is_the_runs_sampler_from_the_grid_seed(unet, tmp_path):
     module = SimpleNamespace(ema=unet, schedule=SCHEDULE, device=torch.device("cpu"))
     path = grid.draw(SimpleNamespace(global_step=7, loggers=[]), module)
     y = torch.tensor([0, 0, 1, 1, 2, 2])
-    x = dpmpp2m_sample(unet, SCHEDULE, y, (6, 3, 8, 8), 4, 1.5, torch.Generator().manual_seed(3))
+    x = run(
+        samplers.get("dpmpp2m"),
+        unet,
+        SCHEDULE,
+        y,
+        (6, 3, 8, 8),
+        4,
+        None,
+        1.5,
+        torch.Generator().manual_seed(3),
+    )
     # save_image: 2 px of padding around each 8 x 8 image, one row per class
     png = decode_png(read_file(str(path)))
     for k in range(6):

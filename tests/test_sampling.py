@@ -6,8 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffrop.diffusion.samplers.ddim import ddim_sample
-from diffrop.diffusion.samplers.ddpm import ddpm_sample
 from diffrop.diffusion.samplers.loop import StackedGenerator, guided_eps
 from diffrop.diffusion.sampling import sample
 from diffrop.diffusion.schedule import NoiseSchedule
@@ -105,9 +103,9 @@ def test_guided_eps_is_one_batched_forward_equal_to_two_separate_ones(unet):
 def test_ddim_eta0_recovers_the_point_mass_exactly(steps, guidance):
     schedule = linear_schedule(1000)
     x_star = _x_star()
-    out = ddim_sample(
+    out = sample(
         PointMass(x_star, schedule), schedule, torch.zeros(5, dtype=torch.long), (5, 3, 4, 4),
-        steps=steps, eta=0.0, guidance=guidance, generator=torch.Generator().manual_seed(0),
+        sampler_spec("ddim", steps, 0.0, guidance), torch.Generator().manual_seed(0),
     )  # fmt: skip
     torch.testing.assert_close(out, x_star.expand(5, -1, -1, -1), rtol=0, atol=1e-5)
 
@@ -116,9 +114,9 @@ def test_ddpm_ancestral_converges_to_the_point_mass():
     schedule = linear_schedule(1000)
     x_star = _x_star()
     # the last step's mean with the exact eps is x* (mu = (x - sqrt(beta_0) eps) / sqrt(alpha_0) = x*)
-    out = ddpm_sample(
+    out = sample(
         PointMass(x_star, schedule), schedule, torch.zeros(5, dtype=torch.long), (5, 3, 4, 4),
-        generator=torch.Generator().manual_seed(0),
+        sampler_spec("ddpm", 1000, None, 0.0), torch.Generator().manual_seed(0),
     )  # fmt: skip
     torch.testing.assert_close(out, x_star.expand(5, -1, -1, -1), rtol=0, atol=1e-4)
 

@@ -1,4 +1,4 @@
-"""Pending SLURM jobs that can never start (diffrop.runtime.slurm_pending): reason classification, the one-line
+"""Pending SLURM jobs that can never start (diffrop.slurm.pending): reason classification, the one-line
 message, and the watch loop against fake squeue/sinfo/scancel output (no cluster needed)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from diffrop.runtime import slurm_launcher
-from diffrop.runtime.slurm_pending import (
+from diffrop.slurm import launch as slurm_launch
+from diffrop.slurm.pending import (
     JobCannotStart,
     PartitionLimits,
     QueuedJob,
@@ -226,7 +226,7 @@ def test_watch_gives_up_when_squeue_fails_or_jobs_are_gone():
 def test_launch_watches_only_while_the_plugin_submits(monkeypatch):
     submitit = pytest.importorskip("submitit")
     watched = []
-    monkeypatch.setattr(slurm_launcher, "watch_pending", lambda ids, params, interval_s: watched.append(ids))
+    monkeypatch.setattr(slurm_launch, "watch_pending", lambda ids, params, interval_s: watched.append(ids))
 
     class Job:
         job_id = "9_0"
@@ -242,12 +242,12 @@ def test_launch_watches_only_while_the_plugin_submits(monkeypatch):
         assert submitit.AutoExecutor.map_array is not submit
         return submitit.AutoExecutor.map_array(Executor(), print, [1])
 
-    result = slurm_launcher.launch_watching_pending(launch, PARAMS, [["a=1"]], 0)
+    result = slurm_launch.launch_watching_pending(launch, PARAMS, [["a=1"]], 0)
     assert [j.job_id for j in result] == ["9_0"]
     assert watched == [["9_0"]]
     assert submitit.AutoExecutor.map_array is submit  # restored after the launch
 
-    monkeypatch.setenv(slurm_launcher.POLL_ENV, "0")  # check turned off: the plugin's launch alone
+    monkeypatch.setenv(slurm_launch.POLL_ENV, "0")  # check turned off: the plugin's launch alone
     watched.clear()
-    assert slurm_launcher.launch_watching_pending(lambda o, i: ["plain"], PARAMS, [], 0) == ["plain"]
+    assert slurm_launch.launch_watching_pending(lambda o, i: ["plain"], PARAMS, [], 0) == ["plain"]
     assert watched == []

@@ -133,7 +133,8 @@ def build_trainer(
 
 # Checkpoints keep their resolved config; those written before the package was split into layers (v0.1) name
 # these modules in their `_target_`s, call data.balance `data.sampler` and lack data.skip_corrupt.
-# `upgrade_stored_config` maps all three, so an old config instantiates today.
+# `upgrade_stored_config` maps all three, so an old config instantiates today. Moves are applied in turn (a target
+# that moved twice passes both), so each move is listed once, old name -> the name it got.
 MOVED_MODULES = {
     "diffrop.callbacks.": "diffrop.training.callbacks.",
     "diffrop.checkpoint_io.": "diffrop.training.checkpoint_io.",
@@ -142,6 +143,8 @@ MOVED_MODULES = {
     "diffrop.module.": "diffrop.training.module.",
     "diffrop.progress.": "diffrop.runtime.progress.",
     "diffrop.classifier.CifarResNet": "diffrop.nets.resnet.CifarResNet",
+    # issue 29: runtime/ holds process plumbing only; the Lightning bars went to training/
+    "diffrop.runtime.progress.progress_bar": "diffrop.training.progress_bars.progress_bar",
 }
 
 
@@ -164,9 +167,10 @@ def upgrade_targets(node: Any) -> Any:
     if isinstance(node, Mapping):
         out = {k: upgrade_targets(v) for k, v in node.items()}
         target = out.get("_target_")
-        if isinstance(target, str):
-            old = next((o for o in MOVED_MODULES if target.startswith(o)), None)
-            out["_target_"] = MOVED_MODULES[old] + target[len(old) :] if old else target
+        while isinstance(target, str) and (
+            old := next((o for o in MOVED_MODULES if target.startswith(o)), None)
+        ):
+            target = out["_target_"] = MOVED_MODULES[old] + target[len(old) :]
         return out
     if isinstance(node, list | tuple):
         return [upgrade_targets(v) for v in node]

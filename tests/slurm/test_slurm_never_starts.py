@@ -1,7 +1,7 @@
 """A sweep whose jobs can never start (more CPUs per task than the node has) fails fast instead of hanging.
 
 squeue shows such a job PENDING with reason PartitionConfig forever; the submitter of `hydra/launcher=slurm`
-(hydra_plugins.diffrop_slurm, diffrop.runtime.slurm_pending) must cancel the sweep and exit non-zero with one
+(hydra_plugins.diffrop_slurm, diffrop.slurm.pending) must cancel the sweep and exit non-zero with one
 line naming the job, the reason, what the node has and the setting to change.
 """
 

@@ -1,13 +1,16 @@
 """A sampler setting (the Hydra ``sampler`` group) and drawing images with it.
 
 The samplers themselves (DDPM, DDIM, DPM-Solver++(2M), one module each over one shared loop) are in
-``diffrop.diffusion.samplers``; the network wrappers for ``precision`` / ``compile`` in ``sampling_net``.
+``diffrop.diffusion.samplers``; the network wrappers for ``precision`` / ``compile`` in ``sampling_net``. A sampler
+is called one way: ``sample`` here for a setting, which is ``loop.run(samplers.get(name), ...)`` with the network
+in the setting's precision.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor
 
@@ -71,6 +74,25 @@ class SamplerSpec:
         if self.compile:
             out["compile"] = True
         return out
+
+    def folder_name(self) -> str:
+        """The name of this setting's sample folder, written from its whole ``describe()`` (e.g.
+        ``ddim100_eta0_w1.5_balanced_bf16``): two settings that a manifest tells apart never share a folder, so a
+        second eta (of any sampler that takes one) or precision is drawn beside the first instead of refused."""
+        described = self.describe()
+        parts = [f"{described.pop('name')}{described.pop('steps')}"]
+        parts += [FOLDER_PARTS[key](value) for key, value in described.items() if value is not None]
+        return "_".join(parts)
+
+
+# how each ``describe()`` entry past name and steps appears in a folder name
+FOLDER_PARTS: dict[str, Callable[[Any], str]] = {
+    "eta": lambda eta: f"eta{eta:g}",
+    "guidance_scale": lambda w: f"w{w:g}",
+    "labels": str,
+    "precision": str,
+    "compile": lambda compiled: "compiled",
+}
 
 
 def sample(

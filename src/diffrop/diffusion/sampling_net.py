@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from diffrop.diffusion.compile import CompiledNet
 from diffrop.diffusion.denoiser import Denoiser
-from diffrop.runtime.compile import CompiledNet
 
 if TYPE_CHECKING:  # sampling.py imports this module
     from diffrop.diffusion.sampling import SamplerSpec

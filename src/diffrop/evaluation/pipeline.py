@@ -214,13 +214,7 @@ def classify_accuracy(
 
 
 def sample_dir(root: Path, spec: SamplerSpec, num_samples: int, seed: int) -> Path:
-    eta = f"_eta{spec.eta:g}" if spec.name == "ddim" else ""
-    precision = "" if spec.precision == "fp32" else f"_{spec.precision}"
-    compiled = "_compiled" if spec.compile else ""
-    return root / (
-        f"{spec.name}{spec.steps}{eta}_w{spec.guidance:g}_{spec.labels}{precision}{compiled}"
-        f"_n{num_samples}_seed{seed}"
-    )
+    return root / f"{spec.folder_name()}_n{num_samples}_seed{seed}"
 
 
 def sweep_specs(spec: SamplerSpec, guidance_sweep: Sequence[float] | None) -> list[SamplerSpec]:

@@ -75,20 +75,24 @@ def slurm_job() -> dict[str, str]:
     return job | {"restarts": env.get("SLURM_RESTART_COUNT", "0")}
 
 
+# where Lightning defines the SIGTERMException that ``stopped_by`` recognises
+LIGHTNING_EXCEPTIONS = "lightning.pytorch.utilities.exceptions"
+
+
 def stopped_by(err: BaseException) -> str | None:
     """``"SIGTERM"`` or ``"Ctrl-C"`` when a signal stopped the body, else None.
 
     Lightning turns SIGTERM into ``SIGTERMException`` after the current step; it catches Ctrl-C's
-    ``KeyboardInterrupt`` inside ``Trainer.fit`` and raises ``SystemExit(1)`` in its place. Lightning is imported
-    only on failure, so that light users of this module stay light.
+    ``KeyboardInterrupt`` inside ``Trainer.fit`` and raises ``SystemExit(1)`` in its place. This module does not
+    import Lightning (runtime/ runs without it: pyproject.toml's contracts): only a process that loaded Lightning
+    can raise its exception, so it is looked up among the loaded modules.
     """
     if isinstance(err, KeyboardInterrupt) or (
         isinstance(err, SystemExit) and isinstance(err.__context__, KeyboardInterrupt)
     ):
         return "Ctrl-C"
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    return "SIGTERM" if isinstance(err, SIGTERMException) else None
+    exceptions = sys.modules.get(LIGHTNING_EXCEPTIONS)
+    return "SIGTERM" if exceptions is not None and isinstance(err, exceptions.SIGTERMException) else None
 
 
 # what a shell and SLURM expect from a process a signal stopped: 128 + the signal's number

@@ -60,7 +60,7 @@ class ClassifierModule(L.LightningModule):
         images, labels = batch
         logits = self.classifier(random_crop_flip(images, flip=self.flip))
         loss = F.cross_entropy(logits, labels)
-        self.log("train/loss", loss)  # the bars read it (runtime.progress.with_loss)
+        self.log("train/loss", loss)  # the bars read it (training.progress_bars.with_loss)
         return loss
 
     def configure_optimizers(self):

@@ -12,12 +12,12 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from diffrop.diffusion.compile import CompiledNet
 from diffrop.diffusion.noising import draw_noise
 from diffrop.diffusion.schedule import NoiseSchedule
 from diffrop.losses.diagnostics import loss_diagnostics
 from diffrop.losses.objective import Objective
 from diffrop.losses.step import Step
-from diffrop.runtime.compile import CompiledNet
 from diffrop.training.lightning_internals import logs_this_step
 from diffrop.training.nonfinite import NonFiniteGuard
 
@@ -112,7 +112,7 @@ class DiffusionModule(L.LightningModule):
         step = self.forward_step(x0, y, *aug)
         total, parts = self.objective(step)
         self.guard.observe_loss(total, parts)
-        self.log("train/loss", total)  # no prog_bar: a host sync per step (runtime.progress)
+        self.log("train/loss", total)  # no prog_bar: a host sync per step (training.progress_bars)
         self.log_dict({f"train/loss_{name}": value for name, value in parts.items()})
         self.log_dict({f"train/{name}": value for name, value in step.diagnostics.items()})
         if self._log_step:

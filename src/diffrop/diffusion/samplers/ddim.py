@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 
-from diffrop.diffusion.denoiser import Denoiser
-from diffrop.diffusion.samplers.loop import Chain, Generator, Sampler, check_steps, run
+from diffrop.diffusion.samplers.loop import Chain, Sampler, check_steps
 from diffrop.diffusion.schedule import NoiseSchedule
 
 
@@ -38,18 +35,3 @@ def check_eta(eta: float | None) -> None:
 
 
 SAMPLER = Sampler("ddim", timestep_grid, update, check_eta)
-
-
-def ddim_sample(
-    net: Denoiser,
-    schedule: NoiseSchedule,
-    y: Tensor,
-    shape: tuple[int, ...],
-    steps: int = 100,
-    eta: float = 0.0,
-    guidance: float = 0.0,
-    generator: Generator | None = None,
-    progress: Callable | None = None,
-) -> Tensor:
-    """DDIM on ``steps`` evenly spaced timesteps; eta = 1 recovers DDPM-like noise."""
-    return run(SAMPLER, net, schedule, y, shape, steps, eta, guidance, generator, progress)

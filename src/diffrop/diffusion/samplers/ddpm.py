@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 
-from diffrop.diffusion.denoiser import Denoiser
-from diffrop.diffusion.samplers.loop import Chain, Generator, Sampler, run
+from diffrop.diffusion.samplers.loop import Chain, Sampler
 from diffrop.diffusion.schedule import NoiseSchedule
 
 
@@ -32,16 +29,3 @@ def update(chain: Chain, x: Tensor, eps: Tensor, t: int, s: int, state: None) ->
 
 
 SAMPLER = Sampler("ddpm", grid, update)
-
-
-def ddpm_sample(
-    net: Denoiser,
-    schedule: NoiseSchedule,
-    y: Tensor,
-    shape: tuple[int, ...],
-    guidance: float = 0.0,
-    generator: Generator | None = None,
-    progress: Callable | None = None,
-) -> Tensor:
-    """Ancestral sampling over all T steps with variance beta_t ("fixedlarge", as CBDM)."""
-    return run(SAMPLER, net, schedule, y, shape, schedule.num_steps, None, guidance, generator, progress)

@@ -13,13 +13,11 @@ pixel-space guided sampling). Deterministic after the initial noise, so per-samp
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from diffrop.diffusion.denoiser import Denoiser
-from diffrop.diffusion.samplers.loop import Chain, Generator, Sampler, check_steps, run
+from diffrop.diffusion.samplers.loop import Chain, Sampler, check_steps
 from diffrop.diffusion.schedule import NoiseSchedule
 
 
@@ -89,17 +87,3 @@ def check_eta(eta: float | None) -> None:
 
 
 SAMPLER = Sampler("dpmpp2m", logsnr_grid, update, check_eta)
-
-
-def dpmpp2m_sample(
-    net: Denoiser,
-    schedule: NoiseSchedule,
-    y: Tensor,
-    shape: tuple[int, ...],
-    steps: int = 20,
-    guidance: float = 0.0,
-    generator: Generator | None = None,
-    progress: Callable | None = None,
-) -> Tensor:
-    """DPM-Solver++(2M) with ``steps`` network evaluations (the module docstring has the step)."""
-    return run(SAMPLER, net, schedule, y, shape, steps, None, guidance, generator, progress)

@@ -1,7 +1,7 @@
 """The launch of `hydra/launcher=slurm` (hydra_plugins.diffrop_slurm.SlurmLauncher): hydra-submitit-launcher's
 own launch, plus a check between submitting the sweep and waiting on it. A job that can never start (e.g. more
 CPUs per task than any node has) makes the submitter cancel the sweep and exit 1 with one line saying which
-setting to change, instead of waiting forever (diffrop.runtime.slurm_pending, docs/slurm.md).
+setting to change, instead of waiting forever (``pending``: the squeue parsing; docs/slurm.md).
 
 DIFFROP_SLURM_PENDING_POLL_S sets the squeue interval (default 10 s); 0 turns the check off.
 """
@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from diffrop.runtime.slurm_pending import watch_pending
+from diffrop.slurm.pending import watch_pending
 
 POLL_ENV = "DIFFROP_SLURM_PENDING_POLL_S"
 DEFAULT_POLL_S = 10.0

@@ -1,6 +1,6 @@
 """Pending SLURM jobs that can never start: classify squeue's pending reason and say which setting to change.
 
-The submitter of `hydra/launcher=slurm` (diffrop.runtime.slurm_launcher) waits on its jobs; a job whose request no
+The submitter of `hydra/launcher=slurm` (diffrop.slurm.launch) waits on its jobs; a job whose request no
 node, partition, QOS or account can ever satisfy stays PENDING forever. `watch_pending` polls
 `squeue -h -r -j <ids>` every few seconds while any job of the sweep is pending; when one is pending with a
 reason that never clears (`never_starts`) on two polls in a row, it cancels the sweep's jobs and raises
