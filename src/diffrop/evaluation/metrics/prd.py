@@ -32,7 +32,7 @@ def f_beta_score(
 
 
 # sklearn: the reference code's MiniBatchKMeans, the default wherever the features are. torch: an explicit opt-in
-# (fast on a GPU) whose F_8 is not the reference's under the paper protocol (README, "eval.kmeans").
+# (fast on a GPU) whose F_8 is not the reference's under the paper protocol (README, "eval.metrics.prd.kmeans").
 KMEANS_BACKENDS = ("sklearn", "torch")
 
 
