@@ -474,6 +474,7 @@ def test_too_few_samples_for_the_scores(ckpt, tmp_path, fake_extractor):
             r"eval\.k is now eval\.metrics\.precision_recall\.k .*: pass eval\.metrics\.precision_recall\.k=3",
         ),
         (["+eval.metrics.nope={}"], r"eval\.metrics\.nope names no metric"),
+        (["~eval.metrics.fid"], r"eval\.metrics\.fid cannot be skipped"),
         (["eval.extractor=nope"], r"eval\.extractor='nope' is not one of"),
         (["sampler.steps=5000"], r"sampler\.steps must be in \[1, 1000\]"),
         (["sampler=ddpm", "sampler.steps=10"], "walks all T=1000 steps"),

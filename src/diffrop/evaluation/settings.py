@@ -73,5 +73,9 @@ class EvalSettings:
             raise ValueError(f"eval.grid_per_class must be >= 0, got {self.grid_per_class}")
         if self.reference_per_class is not None and self.reference_per_class <= 0:
             raise ValueError(f"eval.reference_per_class must be > 0 or null, got {self.reference_per_class}")
+        if "fid" not in self.metrics:  # the best w of a sweep, results.json readers and the tables read it
+            raise ValueError(
+                "eval.metrics.fid cannot be skipped: the guidance sweep and the paper tables read FID"
+            )
         if self.extractor not in EXTRACTORS:
             raise ValueError(f"eval.extractor={self.extractor!r} is not one of {sorted(EXTRACTORS)}")
