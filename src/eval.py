@@ -33,6 +33,7 @@ from diffrop.diffusion.sampling import SamplerSpec
 from diffrop.evaluation import pipeline as evaluation
 from diffrop.evaluation import plots, records
 from diffrop.evaluation import wandb_log as eval_wandb
+from diffrop.evaluation.settings import EvalSettings, moved_setting
 from diffrop.runtime.entry import guarded_run
 from diffrop.runtime.run_status import missing_checkpoint, run_state
 
@@ -113,7 +114,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> Evalua
     the checkpoint's own sampler recipe (``build.eval_sampler``).
     """
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    settings = evaluation.EvalSettings(**OmegaConf.to_container(cfg.eval, resolve=True))
+    settings = EvalSettings.from_node(OmegaConf.to_container(cfg.eval, resolve=True))
     if not Path(cfg.ckpt_path).is_file():
         raise FileNotFoundError(missing_checkpoint(cfg.ckpt_path))
     net, schedule, ckpt_cfg, ckpt = build.net_from_checkpoint(cfg.ckpt_path)
@@ -246,4 +247,6 @@ def evaluate(cfg: DictConfig, run_dir: Path, rank: int) -> None:
 
 
 if __name__ == "__main__":
+    if moved := moved_setting(sys.argv[1:]):  # Hydra would refuse the old key with a traceback-like block
+        sys.exit(f"error: {moved}")
     main()

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from diffrop.evaluation.metrics import REGISTRY
 from tests.helpers.train_utils import CONFIG_DIR
 from tests.test_configs import group_options
 
@@ -18,7 +19,11 @@ ENTRY_CONFIGS = {"train": [], "eval": ["ckpt_path=x.ckpt"], "classify": []}
 # nodes that build an object without a `_target_` (build.py / eval.py call these with the node's keys)
 BUILT_WITHOUT_TARGET = {
     "sampler": "diffrop.diffusion.sampling.SamplerSpec",
-    "eval": "diffrop.evaluation.pipeline.EvalSettings",
+    "eval": "diffrop.evaluation.settings.EvalSettings",
+    # each metric's node, built by its Metric's settings class
+    **{
+        f"eval.metrics.{n}": f"{m.settings.__module__}.{m.settings.__qualname__}" for n, m in REGISTRY.items()
+    },
 }
 
 

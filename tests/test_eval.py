@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -27,9 +28,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from diffrop import build
+from diffrop.evaluation import classification, reference_set, scoring
 from diffrop.evaluation import pipeline as evaluation
 from diffrop.evaluation.metrics.features import InceptionWeightsError
 from diffrop.evaluation.records import results_path
+from diffrop.evaluation.settings import EvalSettings
+from diffrop.evaluation.wandb_log import results_table
 from diffrop.runtime.run_lock import run_dir_lock
 from diffrop.training.periodic_fid import PeriodicFID
 from tests.helpers.config_objects import from_group, sampler_spec
@@ -41,16 +45,19 @@ from tests.helpers.train_utils import REPO, child_env, load_script, main_in_proc
 eval_entry = load_script(REPO / "src" / "eval.py", "eval_entry")
 
 SMALL = [  # 30 balanced samples of 10 digits, 4 reference images per class, 3 DDIM steps
-    "eval.num_samples=30", "eval.shard_size=16", "eval.reference_per_class=4", "eval.prd_clusters_per_class=2",
-    "eval.prd_runs=2", "eval.feature_batch_size=16", "eval.progress=false", "sampler.steps=3",
+    "eval.num_samples=30", "eval.shard_size=16", "eval.reference_per_class=4", "eval.metrics.prd.clusters_per_class=2",
+    "eval.metrics.prd.runs=2", "eval.feature_batch_size=16", "eval.progress=false", "sampler.steps=3",
     "sampler.batch_size=16", "wandb.enabled=false", "device=cpu",
 ]  # fmt: skip
+
+
+PRD_1 = "eval.metrics.prd.clusters_per_class=1"
 
 
 @pytest.fixture
 def fake_extractor(monkeypatch) -> FakeExtractor:
     fake = FakeExtractor()
-    monkeypatch.setattr(evaluation, "build_extractor", lambda kind, weights, device: fake)
+    monkeypatch.setattr(reference_set, "build_extractor", lambda kind, weights, device: fake)
     return fake
 
 
@@ -175,7 +182,7 @@ def test_results_json_is_complete_and_scores_the_right_sets(ckpt, tmp_path, fake
     # a second run (another k: a record of its own) reuses the cached reference features and the finished shards
     fake_extractor.images_seen = 0
     mtimes = [p.stat().st_mtime_ns for p in sorted(folder.glob("shard_*.npz"))]
-    again = run_eval(ckpt, out, "eval.k=4")
+    again = run_eval(ckpt, out, "eval.metrics.precision_recall.k=4")
     assert fake_extractor.images_seen == 30  # the generated set only
     assert [p.stat().st_mtime_ns for p in sorted(folder.glob("shard_*.npz"))] == mtimes
     assert again["metrics"]["fid"] == pytest.approx(m["fid"], rel=1e-9)
@@ -211,7 +218,7 @@ def test_sampler_compile_compiles_once_and_keeps_its_own_samples(ckpt, tmp_path,
 
 
 def test_train_label_schedule_is_recorded(ckpt, tmp_path, fake_extractor):
-    results = run_eval(ckpt, tmp_path / "eval", "sampler.labels=train", "eval.k=1")
+    results = run_eval(ckpt, tmp_path / "eval", "sampler.labels=train", "eval.metrics.precision_recall.k=1")
     counts = results["label_counts"]
     assert sum(counts) == 30 and counts[0] > counts[9] and results["sampler"]["labels"] == "train"
 
@@ -237,7 +244,9 @@ def test_classifier_accuracy_per_shot(ckpt, tmp_path, fake_extractor):
 
 def test_per_class_scores_and_plot(ckpt, tmp_path, fake_extractor):
     """3 samples and 4 references per class: k=1 scores precision / recall of every class, FID needs 3 a side."""
-    results = run_eval(ckpt, tmp_path / "eval", "eval.k=1", "eval.per_class_fid_min_samples=3")
+    results = run_eval(
+        ckpt, tmp_path / "eval", "eval.metrics.precision_recall.k=1", "eval.per_class_fid_min_samples=3"
+    )
     per_class = results["per_class"]
     assert per_class["num_fake"] == results["label_counts"] == [3] * 10 and per_class["num_real"] == [4] * 10
     assert all(0 <= v <= 1 for v in per_class["recall"] + per_class["precision"])
@@ -260,19 +269,19 @@ def test_classify_accuracy_and_classifier_files(tmp_path):
             return torch.stack([(x == 0).all(1).all(1).all(1), (x != 0).any(1).any(1).any(1),
                                 torch.zeros(len(x), dtype=torch.bool)], 1).float()  # fmt: skip
 
-    acc = evaluation.classify_accuracy(Bright(), images, labels, {"a": [0], "b": [1, 2]})
+    acc = classification.classify_accuracy(Bright(), images, labels, {"a": [0], "b": [1, 2]})
     assert acc["overall"] == pytest.approx(1 / 6)  # only image 0 (class 0, dark) is right
     assert acc["per_shot"] == {"a": pytest.approx(0.5), "b": 0.0}
     assert acc["per_class"] == [0.5, 0.0, 0.0]
     pickled = tmp_path / "whole.pt"
     torch.save(AlwaysZero(), pickled)
-    assert isinstance(evaluation.load_classifier(pickled), torch.nn.Module)
+    assert isinstance(classification.load_classifier(pickled), torch.nn.Module)
     bad = tmp_path / "weights.pt"
     torch.save({"w": torch.zeros(1)}, bad)
     with pytest.raises(ValueError, match=r"jit\.save"):
-        evaluation.load_classifier(bad)
+        classification.load_classifier(bad)
     with pytest.raises(FileNotFoundError, match="classifier_ckpt"):
-        evaluation.load_classifier(tmp_path / "none.pt")
+        classification.load_classifier(tmp_path / "none.pt")
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -309,20 +318,25 @@ def test_two_evaluations_with_different_settings_both_keep_their_results(
     ckpt, tmp_path, fake_extractor, capsys
 ):
     out = tmp_path / "eval"
-    first = evaluate(ckpt, out, "eval.k=2")
+    first = evaluate(ckpt, out, "eval.metrics.precision_recall.k=2")
     first_text = (first.record / "results.json").read_text()
-    second = evaluate(ckpt, out, "eval.k=4")
+    second = evaluate(ckpt, out, "eval.metrics.precision_recall.k=4")
     assert first.record != second.record and first.record.parent == second.record.parent == out
     assert first.record.name.startswith("1-") and second.record.name.startswith("1-")  # checkpoint step 1
     assert (first.record / "results.json").read_text() == first_text  # untouched by the second evaluation
-    assert json.loads(first_text)["settings"]["k"] == 2
-    assert json.loads((second.record / "results.json").read_text())["settings"]["k"] == 4
+    assert json.loads(first_text)["settings"]["metrics"]["precision_recall"]["k"] == 2
+    assert (
+        json.loads((second.record / "results.json").read_text())["settings"]["metrics"]["precision_recall"][
+            "k"
+        ]
+        == 4
+    )
     assert results_path(out) == second.record / "results.json"  # latest.json: the newest
 
     # the same settings again: the record is shown, nothing is scored or written again
     fake_extractor.images_seen, mtime = 0, (first.record / "results.json").stat().st_mtime_ns
     capsys.readouterr()
-    again = evaluate(ckpt, out, "eval.k=2")
+    again = evaluate(ckpt, out, "eval.metrics.precision_recall.k=2")
     assert again.reused and again.record == first.record and again.results == json.loads(first_text)
     assert fake_extractor.images_seen == 0 and (first.record / "results.json").stat().st_mtime_ns == mtime
     (line,) = capsys.readouterr().out.strip().splitlines()
@@ -337,7 +351,9 @@ def test_results_name_the_step_scored_and_whether_the_run_was_still_training(ckp
     checkpoint = results["checkpoint"]
     assert checkpoint["global_step"] == 1 and checkpoint["run"]["max_steps"] == 10
     assert checkpoint["run"]["state"] == "training" and str(os.getpid()) in checkpoint["run"]["holder"]
-    later = run_eval(run / "checkpoints" / "last.ckpt", run / "eval", "eval.k=4")  # nothing holds the run now
+    later = run_eval(
+        run / "checkpoints" / "last.ckpt", run / "eval", "eval.metrics.precision_recall.k=4"
+    )  # nothing holds the run now
     assert later["checkpoint"]["run"]["state"] == "stopped"  # step 1 of 10: unfinished
     assert run_eval(ckpt, tmp_path / "eval")["checkpoint"]["run"]["state"] == "finished"  # step 1 of 1
 
@@ -384,7 +400,7 @@ def test_reference_set_prints_its_size_and_an_estimate_before_the_long_part(tmp_
         num_classes=5, name="toy", source="imagefolder", image_size=16,
     )  # fmt: skip
     fake = FakeExtractor()
-    features, got, _ = evaluation.reference_features(
+    features, got, _ = reference_set.reference_features(
         datamodule, fake, ReferenceCache(tmp_path), None, 100, False
     )
     first, second = capsys.readouterr().out.splitlines()[:2]
@@ -395,7 +411,7 @@ def test_reference_set_prints_its_size_and_an_estimate_before_the_long_part(tmp_
     assert torch.allclose(features, fake.features(images)) and torch.equal(
         got, labels
     )  # in order, all of them
-    evaluation.reference_features(datamodule, fake, ReferenceCache(tmp_path), None, 100, False)
+    reference_set.reference_features(datamodule, fake, ReferenceCache(tmp_path), None, 100, False)
     assert capsys.readouterr().out == ""  # cached: nothing to announce
 
 
@@ -428,28 +444,37 @@ def test_offline_default_extractor_is_one_error_line_naming_both_routes(ckpt, tm
 
 
 def test_too_few_samples_for_the_scores(ckpt, tmp_path, fake_extractor):
-    with pytest.raises(ValueError, match="prd_clusters_per_class"):
-        run_eval(ckpt, tmp_path / "eval", "eval.prd_clusters_per_class=20")
+    with pytest.raises(ValueError, match="clusters_per_class"):
+        run_eval(ckpt, tmp_path / "eval", "eval.metrics.prd.clusters_per_class=20")
     with pytest.raises(ValueError, match="shot group 'many' has 3 generated"):
         run_eval(
             ckpt,
             tmp_path / "eval",
             "eval.num_samples=10",
-            "eval.prd_clusters_per_class=1",
-            "eval.is_splits=2",
+            "eval.metrics.prd.clusters_per_class=1",
+            "eval.metrics.inception_score.splits=2",
         )
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["eval.prd_clusters_per_class=20"], r"200 = eval\.prd_clusters_per_class \(20\) x 10 classes"),
-        (["eval.guidance_sweep=[0,1]", "eval.prd_clusters_per_class=20"], "prd_clusters_per_class"),
-        (["eval.num_samples=10", "eval.prd_clusters_per_class=1", "eval.is_splits=2"], "shot group 'many'"),
-        (["eval.num_samples=5", "eval.prd_clusters_per_class=1"], "below eval.is_splits=10"),
+        (
+            ["eval.metrics.prd.clusters_per_class=20"],
+            r"200 = eval\.metrics\.prd\.clusters_per_class \(20\) x 10",
+        ),
+        (["eval.guidance_sweep=[0,1]", "eval.metrics.prd.clusters_per_class=20"], "clusters_per_class"),
+        (["eval.num_samples=10", PRD_1, "eval.metrics.inception_score.splits=2"], "shot group 'many'"),
+        (["eval.num_samples=5", PRD_1], r"below eval\.metrics\.inception_score\.splits=10"),
         (["eval.shard_size=0"], r"eval\.shard_size must be > 0"),
-        (["eval.k=0"], r"eval\.k must be > 0"),
-        (["eval.prd_runs=0"], r"eval\.prd_runs must be > 0"),
+        (["eval.metrics.precision_recall.k=0"], r"eval\.metrics\.precision_recall\.k must be > 0"),
+        (["eval.metrics.prd.runs=0"], r"eval\.metrics\.prd\.runs must be > 0"),
+        (
+            ["+eval.k=3"],
+            r"eval\.k is now eval\.metrics\.precision_recall\.k .*: pass eval\.metrics\.precision_recall\.k=3",
+        ),
+        (["+eval.metrics.nope={}"], r"eval\.metrics\.nope names no metric"),
+        (["~eval.metrics.fid"], r"eval\.metrics\.fid cannot be skipped"),
         (["eval.extractor=nope"], r"eval\.extractor='nope' is not one of"),
         (["sampler.steps=5000"], r"sampler\.steps must be in \[1, 1000\]"),
         (["sampler=ddpm", "sampler.steps=10"], "walks all T=1000 steps"),
@@ -460,9 +485,11 @@ def test_bad_settings_fail_before_any_feature_or_sample_work(
 ):
     work = []
     monkeypatch.setattr(evaluation, "generate", lambda *a, **k: work.append("generate"))
-    monkeypatch.setattr(evaluation, "reference_features", lambda *a, **k: work.append("reference features"))
     monkeypatch.setattr(
-        evaluation, "build_extractor", lambda *a, **k: work.append("extractor") or fake_extractor
+        reference_set, "reference_features", lambda *a, **k: work.append("reference features")
+    )
+    monkeypatch.setattr(
+        reference_set, "build_extractor", lambda *a, **k: work.append("extractor") or fake_extractor
     )
     with pytest.raises(ValueError, match=message):
         run_eval(ckpt, tmp_path / "eval", *overrides)
@@ -472,13 +499,18 @@ def test_bad_settings_fail_before_any_feature_or_sample_work(
 
 def test_eval_settings_are_the_whole_eval_node_and_keep_no_defaults_of_their_own():
     """configs/eval.yaml holds each setting's one default: ``EvalSettings`` takes every key of ``eval`` (an extra or
-    missing key is a TypeError when eval.py builds it) and defines none of them again."""
+    missing key is a TypeError when eval.py builds it), each metric's settings every key of its node, and neither
+    defines them again."""
     node = OmegaConf.to_container(eval_cfg().eval, resolve=True)
-    assert {f.name for f in fields(evaluation.EvalSettings)} == set(node)
-    assert all(f.default is MISSING and f.default_factory is MISSING for f in fields(evaluation.EvalSettings))
-    assert evaluation.EvalSettings(**node).metrics.kid_subset_size == node["kid_subset_size"]
+    settings = EvalSettings.from_node(node)
+    assert {f.name for f in fields(EvalSettings)} == set(node)
+    for name, s in settings.metrics.items():
+        assert {f.name for f in fields(s)} == set(node["metrics"][name])
+    for cls in (EvalSettings, *(type(s) for s in settings.metrics.values())):
+        assert all(f.default is MISSING and f.default_factory is MISSING for f in fields(cls))
+    assert settings.metrics["kid"].subset_size == node["metrics"]["kid"]["subset_size"] == 1000
     with pytest.raises(TypeError):
-        evaluation.EvalSettings(**{**node, "not_a_setting": 1})
+        EvalSettings.from_node({**node, "not_a_setting": 1})
 
 
 def test_default_eval_dir_is_next_to_the_run(ckpt, tmp_path):
@@ -611,7 +643,8 @@ def test_train_then_eval_end_to_end(tmp_path, run_train, tiny_run_overrides):
     cmd = [
         sys.executable, str(REPO / "src" / "eval.py"), f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
         "sampler=ddim", f"eval.inception_weights={weights}", f"eval.reference_cache={tmp_path / 'refs'}",
-        "eval.num_samples=30", "eval.reference_per_class=4", "eval.prd_clusters_per_class=2", "eval.prd_runs=2",
+        "eval.num_samples=30", "eval.reference_per_class=4", "eval.metrics.prd.clusters_per_class=2",
+        "eval.metrics.prd.runs=2",
         "sampler.steps=3", "eval.feature_batch_size=10", "wandb.mode=offline",
     ]  # fmt: skip
     env = child_env(WANDB_MODE="offline", WANDB_SILENT="true")
@@ -665,7 +698,7 @@ def test_no_scoring_stage_is_silent_for_longer_than_the_silence_interval(
 
     lines: list[str] = []
     monkeypatch.setattr(progress, "emit", lines.append)
-    monkeypatch.setattr(evaluation, "emit", lines.append)
+    monkeypatch.setattr(scoring, "emit", lines.append)
     monkeypatch.setattr(progress, "SILENCE_S", 0.05)
     real_kmeans = prd.cluster_labels
     monkeypatch.setattr(prd, "cluster_labels", lambda *a, **k: (time.sleep(0.3), real_kmeans(*a, **k))[1])
@@ -673,3 +706,52 @@ def test_no_scoring_stage_is_silent_for_longer_than_the_silence_interval(
     start = lines.index(next(line for line in lines if line.startswith("scoring: F_8")))
     beats = list(itertools.takewhile(lambda line: "still running" in line, lines[start + 1 :]))
     assert len(beats) >= 2 and all(line.startswith(lines[start] + " | still running") for line in beats)
+
+
+# ------------------------------------------------------------------------------------- a metric from outside
+@pytest.mark.slow
+def test_a_new_metric_is_one_module_and_one_yaml_block(ckpt, tmp_path):
+    """tests/helpers/mean_gap_metric.py (a module the package never names) and its block in eval.yaml's
+    ``eval.metrics``, nothing else: src/eval.py's command line registers it (``eval.metric_modules``), overrides its
+    setting, and results.json holds its score, overall and per shot group, next to the others."""
+    configs = shutil.copytree(REPO / "configs", tmp_path / "configs")
+    text = (configs / "eval.yaml").read_text()
+    assert text.count("\n  metrics:\n") == 1
+    (configs / "eval.yaml").write_text(
+        text.replace("\n  metrics:\n", "\n  metrics:\n    mean_gap:\n      scale: 1.0\n")
+    )
+    out = tmp_path / "eval"
+    cmd, env = eval_cli(
+        ckpt, out, "eval.metric_modules=[tests.helpers.mean_gap_metric]", "eval.metrics.mean_gap.scale=2.5"
+    )
+    done = subprocess.run(
+        [*cmd, f"--config-path={configs}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(results_path(out).read_text())
+    assert list(results["metrics"])[:2] == ["mean_gap", "fid"]  # the order of eval.metrics
+    with np.load(Path(results["samples"])) as f:
+        images, labels = torch.from_numpy(f["images"]).permute(0, 3, 1, 2), f["labels"]
+    ref_images, ref_labels = _reference(4)
+    fake, real = FakeExtractor().features(images).double(), FakeExtractor().features(ref_images).double()
+    assert results["metrics"]["mean_gap"] == pytest.approx(2.5 * float((fake.mean(0) - real.mean(0)).norm()))
+    few = torch.tensor([7, 8, 9])
+    real_few, fake_few = real[torch.isin(ref_labels, few)], fake[torch.isin(torch.from_numpy(labels), few)]
+    expected_few = 2.5 * float((fake_few.mean(0) - real_few.mean(0)).norm())
+    assert results["metrics"]["per_shot"]["few"]["mean_gap"] == pytest.approx(expected_few)
+    assert results_table(results)[0] == ["group", "mean_gap", "fid", "kid", "precision", "recall", "accuracy"]
+
+
+def test_an_old_setting_name_on_the_command_line_is_one_line_naming_the_new_key(monkeypatch, capsys):
+    """``eval.k=3`` (before each metric owned its settings) stops before Hydra with the key to type instead."""
+    import runpy
+
+    monkeypatch.setattr(
+        sys, "argv", [str(REPO / "src" / "eval.py"), "ckpt_path=x.ckpt", "eval.kid_subsets=10"]
+    )
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(REPO / "src" / "eval.py"), run_name="__main__")
+    assert info.value.code == (
+        "error: eval.kid_subsets is now eval.metrics.kid.subsets (each metric's settings are its "
+        "eval.metrics.<name> node): pass eval.metrics.kid.subsets=10"
+    )

@@ -13,13 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from diffrop.evaluation.wandb_log import (
-    TABLE_COLUMNS,
-    checkpoint_artifact,
-    link_checkpoint,
-    per_class_rows,
-    results_rows,
-)
+from diffrop.evaluation.wandb_log import checkpoint_artifact, link_checkpoint, per_class_rows, results_table
 from tests.helpers.train_utils import REPO, load_script
 from tests.helpers.wandb_records import offline_runs, read_run
 
@@ -63,9 +57,9 @@ def fake_results(tmp_path: Path, sweep: bool = True) -> dict:
     return results
 
 
-def test_results_rows_one_per_shot_group_then_all(tmp_path):
-    rows = results_rows(fake_results(tmp_path))
-    assert TABLE_COLUMNS == ("group", "fid", "precision", "recall", "accuracy")
+def test_results_table_one_row_per_shot_group_then_all(tmp_path):
+    columns, rows = results_table(fake_results(tmp_path))
+    assert columns == ["group", "fid", "precision", "recall", "accuracy"]
     assert rows == [
         ["many", 10.0, 0.1, 0.05, 0.9],
         ["med", 14.0, 0.14, 0.07, 0.8],
@@ -78,7 +72,19 @@ def test_results_rows_without_a_classifier_have_no_accuracy(tmp_path):
     results = fake_results(tmp_path)
     for scores in [results["metrics"], *results["metrics"]["per_shot"].values()]:
         scores.pop("accuracy")
-    assert [row[-1] for row in results_rows(results)] == [None] * 4
+    assert [row[-1] for row in results_table(results)[1]] == [None] * 4
+
+
+def test_a_per_shot_score_of_a_new_metric_is_a_column(tmp_path):
+    """The columns are the per-shot keys results.json holds, so a metric's ``per_shot`` keys reach the table."""
+    results = fake_results(tmp_path)
+    for scores, gap in zip(
+        [*results["metrics"]["per_shot"].values(), results["metrics"]], [1, 2, 3, 4], strict=True
+    ):
+        scores["gap"] = gap
+    columns, rows = results_table(results)
+    assert columns == ["group", "fid", "precision", "recall", "gap", "accuracy"]
+    assert [row[4] for row in rows] == [1, 2, 3, 4]
 
 
 def test_checkpoint_artifact_names_the_training_runs_model():
@@ -126,7 +132,7 @@ def test_offline_eval_run_holds_the_results_table(logged):
     assert set(run.tags) == {"data:digits_lt", "loss:pcl_exp", "tau:exp_decay"}
     (ref,) = [row["eval/results"] for row in run.history if "eval/results" in row]
     table = json.loads(_media(wandb_file, ref).read_text())
-    assert table["columns"] == list(TABLE_COLUMNS)
+    assert table["columns"] == ["group", "fid", "precision", "recall", "accuracy"]
     assert [row[0] for row in table["data"]] == ["many", "med", "few", "all"]
     assert table["data"][2] == ["few", 20.0, 0.2, 0.1, 0.5]
 

@@ -13,7 +13,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from diffrop.evaluation.metrics import cluster_labels, prd_f_beta
 from diffrop.evaluation.metrics.kmeans import default_init_size, kmeans
-from diffrop.evaluation.pipeline import EvalSettings
+from diffrop.evaluation.settings import EvalSettings
 from tests.helpers.train_utils import REPO
 
 
@@ -88,7 +88,8 @@ def test_backend_setting():
             prd_f_beta(np.zeros((4, 2)), np.zeros((4, 2)), 2, kmeans=gone)
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         node = OmegaConf.to_container(compose("eval").eval, resolve=True)
-    assert node["kmeans"] == "sklearn" == EvalSettings(**node).kmeans  # the reference's algorithm, CPU or GPU
+    prd = node["metrics"]["prd"]
+    assert prd["kmeans"] == "sklearn" == EvalSettings.from_node(node).metrics["prd"].kmeans  # CPU or GPU
     # a bad value is refused when the settings are built, before any slow work
-    with pytest.raises(ValueError, match=r"eval\.kmeans='faiss' is not one of"):
-        EvalSettings(**(node | {"kmeans": "faiss"}))
+    with pytest.raises(ValueError, match=r"eval\.metrics\.prd\.kmeans='faiss' is not one of"):
+        EvalSettings.from_node(node | {"metrics": node["metrics"] | {"prd": prd | {"kmeans": "faiss"}}})

@@ -11,8 +11,11 @@ import scipy.linalg
 import torch
 
 from diffrop.evaluation.metrics import (
-    MetricSettings,
+    Context,
+    Sizes,
+    check_all,
     compute_all,
+    configure,
     feature_stats,
     fid_from_features,
     frechet_distance,
@@ -296,11 +299,12 @@ def test_per_group_selects_the_classes():
         per_group(lambda r, f: 0, real, real_y, fake, fake_y, {"none": [7]})
 
 
-def _settings(**values) -> MetricSettings:
-    """configs/eval.yaml's metric values, written out, with ``values`` on top."""
-    base = dict(k=5, is_splits=10, prd_clusters_per_class=20, prd_runs=10, kmeans="sklearn", kid_subsets=100,
-                kid_subset_size=1000, seed=0)  # fmt: skip
-    return MetricSettings(**(base | values))
+def _settings(**prd) -> dict:
+    """configs/eval.yaml's metric nodes, written out, with ``prd`` values on top, built by their metrics."""
+    return configure({
+        "fid": {}, "kid": {"subsets": 100, "subset_size": 1000}, "inception_score": {"splits": 10},
+        "precision_recall": {"k": 5}, "prd": {"clusters_per_class": 20, "runs": 10, "kmeans": "sklearn"} | prd,
+    })  # fmt: skip
 
 
 def test_compute_all_keys_and_consistency():
@@ -309,7 +313,9 @@ def test_compute_all_keys_and_consistency():
     fake = torch.as_tensor(rng.normal(size=(120, 12)) + 0.2, dtype=torch.float32)
     real_y, fake_y = torch.arange(120) % 3, torch.arange(120) % 3
     groups = {"many": [0], "few": [1, 2]}
-    out = compute_all(real, real_y, fake, None, fake_y, groups, num_classes=3, settings=_settings(prd_runs=1))
+    out = compute_all(
+        real, real_y, fake, None, fake_y, groups, _settings(runs=1), Context(num_classes=3, seed=0)
+    )
     assert set(out) == {"fid", "kid", "kid_std", "is_mean", "is_std", "precision", "recall", "f_8", "f_1_8",
                         "per_shot"}  # fmt: skip
     assert out["is_mean"] is None and out["is_std"] is None
@@ -324,7 +330,9 @@ def test_compute_all_keys_and_consistency():
     )
     assert 0.0 <= out["f_8"] <= 1.0 and 0.0 <= out["f_1_8"] <= 1.0
     logits, stages = torch.zeros(120, 1008), []
-    with_is = compute_all(real, real_y, fake, logits, fake_y, groups, 3, _settings(prd_runs=1), stages.append)
+    with_is = compute_all(
+        real, real_y, fake, logits, fake_y, groups, _settings(runs=1), Context(3, 0), stages.append
+    )
     assert with_is["is_mean"] == pytest.approx(1.0)
     assert [name.split(" (")[0] for name in stages] == [  # a progress line before each score, IS only with logits
         "FID", "KID", "Inception Score", "precision / recall", "F_8 / F_1/8", "per-shot FID, KID, precision / recall"
@@ -333,24 +341,57 @@ def test_compute_all_keys_and_consistency():
     assert list(with_is)[:9] == keys  # FID first in results.json and the table
 
 
-def test_every_metric_module_is_listed_once():
-    """A new score is a module with a ``METRIC`` plus its line in ``METRICS``: forgetting the line fails here, and
-    no two scores write the same key."""
-    import importlib
-    import pkgutil
+def test_every_metric_module_is_registered_and_has_its_settings_node():
+    """A score is a module with a ``METRIC`` (found, not listed) plus its block in configs/eval.yaml's
+    ``eval.metrics``: each module is registered under its node's name, no two scores write the same key."""
+    from omegaconf import OmegaConf
 
-    import diffrop.evaluation.metrics as package
-    from diffrop.evaluation.metrics.suite import METRICS, PER_SHOT
+    from diffrop.evaluation.metrics import REGISTRY
+    from tests.helpers.train_utils import CONFIG_DIR
 
-    modules = [
-        importlib.import_module(f"{package.__name__}.{m.name}")
-        for m in pkgutil.iter_modules(package.__path__)
-    ]
-    declared = [m.METRIC for m in modules if hasattr(m, "METRIC")]
-    assert sorted(m.name for m in declared) == sorted(m.name for m in METRICS)
-    keys = [k for m in METRICS for k in m.keys]
+    node = OmegaConf.load(CONFIG_DIR / "eval.yaml").eval.metrics
+    assert list(node) == [
+        "fid",
+        "kid",
+        "inception_score",
+        "precision_recall",
+        "prd",
+    ]  # FID first in results.json
+    assert set(REGISTRY) == set(node)
+    keys = [k for m in REGISTRY.values() for k in m.keys]
     assert len(keys) == len(set(keys))
-    assert {m.name for m in METRICS if m.per_shot} == {m.name for m in PER_SHOT}
+    assert all(set(m.per_shot) <= set(m.keys) for m in REGISTRY.values())
+
+
+def test_each_metric_checks_its_own_settings_and_the_set_sizes():
+    """Bad values and set sizes too small for a score fail with a line naming the metric's own key."""
+    with pytest.raises(ValueError, match=r"eval\.metrics\.kid\.subsets must be > 0, got 0"):
+        configure({"kid": {"subsets": 0, "subset_size": 10}})
+    with pytest.raises(ValueError, match=r"eval\.metrics\.prd\.kmeans='faiss' is not one of"):
+        _settings(kmeans="faiss")
+    with pytest.raises(ValueError, match=r"eval\.metrics\.kid has no setting 'k'"):
+        configure({"kid": {"subsets": 1, "subset_size": 10, "k": 3}})
+    with pytest.raises(ValueError, match=r"eval\.metrics\.kid\.subset_size is not set"):
+        configure({"kid": {"subsets": 1}})
+    with pytest.raises(ValueError, match=r"eval\.metrics\.nope names no metric"):
+        configure({"nope": {}})
+    settings = _settings(clusters_per_class=2)
+    # 3 classes x 2 clusters = 6 <= 2 x 12 points; 6 samples a side per group > k = 5
+    roomy = Sizes(generated=12, reference=12, num_classes=3, groups={"many": (6, 6), "few": (6, 6)})
+    with pytest.raises(
+        ValueError, match=r"eval\.num_samples=12 is below eval\.metrics\.inception_score\.splits"
+    ):
+        check_all(settings | configure({"inception_score": {"splits": 13}}), roomy)
+    check_all(settings | configure({"inception_score": {"splits": 12}}), roomy)  # no error
+    with pytest.raises(
+        ValueError, match=r"shot group 'few' has 5 reference samples, need more than eval\.metrics"
+    ):
+        check_all(settings, Sizes(12, 12, 3, {"many": (6, 6), "few": (6, 5)}))
+    with pytest.raises(ValueError, match=r"7 = eval\.metrics\.prd\.clusters_per_class \(7\) x 1 classes"):
+        check_all({"prd": _settings(clusters_per_class=7)["prd"]}, Sizes(3, 9, 1, {"all": (9, 9)}))
+    assert Sizes.of(torch.tensor([0, 1, 1, 2]), torch.tensor([2, 2]), {"a": [0, 1], "b": [2]}, 3).groups == {
+        "a": (3, 0), "b": (1, 2)
+    }  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------- reference cache

@@ -27,8 +27,8 @@ from tests.helpers.train_utils import REPO, train_env
 SMALL = ["data=digits_lt", "model=tiny", "trainer=cpu", "logger=csv", "data.batch_size=8", "trainer.max_steps=2",
          "callbacks.sample_grid.every_n_steps=0", "sampler.steps=2", "callbacks.sample_grid.per_class=1",
          "callbacks.progress_bar.kind=log"]  # fmt: skip
-SMALL_EVAL = ["eval.num_samples=40", "eval.shard_size=20", "eval.reference_per_class=5", "eval.prd_clusters_per_class=1",
-              "eval.prd_runs=1", "eval.is_splits=2", "eval.feature_batch_size=20", "sampler.steps=2",
+SMALL_EVAL = ["eval.num_samples=40", "eval.shard_size=20", "eval.reference_per_class=5", "eval.metrics.prd.clusters_per_class=1",
+              "eval.metrics.prd.runs=1", "eval.metrics.inception_score.splits=2", "eval.feature_batch_size=20", "sampler.steps=2",
               "sampler.batch_size=20", "sampler.compile=false", "device=cpu", "wandb.enabled=false"]  # fmt: skip
 
 

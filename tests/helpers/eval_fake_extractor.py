@@ -47,9 +47,9 @@ def _build_extractor(kind, weights, device) -> FakeExtractor:
 
 if __name__ == "__main__":
     from diffrop import build  # noqa: F401  (most of src/eval.py's import time)
-    from diffrop.evaluation import pipeline as evaluation
+    from diffrop.evaluation import reference_set
 
-    evaluation.build_extractor = _build_extractor
+    reference_set.build_extractor = _build_extractor
     if gate := os.environ.get("START_WHEN"):
         while not Path(gate).exists():
             time.sleep(0.05)

@@ -1,9 +1,12 @@
-"""Scores of a classifier and the image sets it is scored on (paper Table 3; the digits probe)."""
+"""Scores of a classifier and the image sets it is scored on (paper Table 3; the digits probe), and a classifier
+file read back to score generated samples (src/eval.py's ``eval.classifier_ckpt``)."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,6 +44,49 @@ def shot_accuracy(preds: Tensor, targets: Tensor, groups: Mapping[str, Sequence[
     return {
         group: correct[torch.isin(targets, torch.as_tensor(list(classes), dtype=targets.dtype))].mean().item()
         for group, classes in groups.items()
+    }
+
+
+def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """A classifier file: TorchScript (``torch.jit.save``) or a whole pickled ``nn.Module`` (``torch.save(model)``),
+    whose forward maps uint8 images [B, C, H, W] to logits [B, num_classes]."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"eval.classifier_ckpt={path} does not exist")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is flagged deprecated
+            return torch.jit.load(str(path), map_location=device).eval()
+    except RuntimeError:
+        model = torch.load(path, map_location=device, weights_only=False)
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(
+            f"{path} is neither TorchScript nor a pickled nn.Module (got {type(model).__name__}); save the "
+            "classifier with torch.jit.save(torch.jit.script(model), path) taking uint8 images to logits"
+        )
+    return model.eval()
+
+
+@torch.no_grad()
+def classify_accuracy(
+    classifier: torch.nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    groups: Mapping[str, Sequence[int]],
+    batch_size: int = 500,
+) -> dict[str, Any]:
+    """How often a class-c sample is recognised as c: {"overall": acc, "per_shot": {group: acc}, "per_class":
+    [acc of class 0, ...]} (None for a class without samples)."""
+    device = next(iter(classifier.parameters()), torch.empty(0)).device
+    preds = torch.cat([classifier(b.to(device)).argmax(1).cpu() for b in images.split(batch_size)])
+    correct = (preds == labels.cpu()).double()
+    y = labels.cpu()
+    num_classes = 1 + max(c for members in groups.values() for c in members)  # the groups cover every class
+    per_class = [correct[y == c].mean().item() if (y == c).any() else None for c in range(num_classes)]
+    return {
+        "overall": correct.mean().item(),
+        "per_shot": shot_accuracy(preds, y, groups),
+        "per_class": per_class,
     }
 
 

@@ -12,16 +12,17 @@ from typing import Any
 
 from diffrop.runtime.run_status import run_id
 
-TABLE_COLUMNS = ("group", "fid", "precision", "recall", "accuracy")
 
-
-def results_rows(results: Mapping[str, Any]) -> list[list[Any]]:
-    """Rows of ``TABLE_COLUMNS``: each shot group (many / med / few) in order, then ``all``; None where not scored."""
+def results_table(results: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """Columns and rows of the results table: ``group``, each per-shot score in results.json's order (whatever
+    metrics declared ``per_shot`` keys), then ``accuracy``; a row per shot group (many / med / few), then ``all``;
+    None where not scored (no classifier: no accuracy)."""
     metrics = results["metrics"]
-    rows = [
-        [group, *(scores.get(c) for c in TABLE_COLUMNS[1:])] for group, scores in metrics["per_shot"].items()
-    ]
-    return [*rows, ["all", *(metrics.get(c) for c in TABLE_COLUMNS[1:])]]
+    per_shot = metrics.get("per_shot") or {}
+    keys = [k for k in dict.fromkeys(k for scores in per_shot.values() for k in scores) if k != "accuracy"]
+    keys.append("accuracy")
+    rows = [[group, *(scores.get(k) for k in keys)] for group, scores in per_shot.items()]
+    return ["group", *keys], [*rows, ["all", *(metrics.get(k) for k in keys)]]
 
 
 def checkpoint_artifact(train_config: Mapping[str, Any]) -> str | None:
@@ -55,11 +56,8 @@ def log_results(run: Any, results: Mapping[str, Any]) -> None:
 
     sampler = results["sampler"]
     caption = f"{sampler['name']} {sampler['steps']} steps, w={sampler['guidance_scale']:g}"
-    media: dict[str, Any] = {
-        "eval/results": wandb.Table(
-            columns=list(TABLE_COLUMNS), data=results_rows(results), allow_mixed_types=True
-        )
-    }
+    columns, rows = results_table(results)
+    media: dict[str, Any] = {"eval/results": wandb.Table(columns=columns, data=rows, allow_mixed_types=True)}
     # the Evaluator (diffrop.evaluation.pipeline) writes the grid beside the samples
     grid = Path(results["samples"]).parent / "grid.png"
     if grid.is_file():

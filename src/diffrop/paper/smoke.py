@@ -15,9 +15,9 @@ SMOKE_SAMPLES = 60  # generated images per smoke cell: 6 per digit class, >= 18 
 SMOKE_TRAIN = ["+experiment/preset@_global_=smoke"]
 SMOKE_EVAL = [
     "eval.reference_per_class=20",
-    "eval.k=3",
-    "eval.prd_clusters_per_class=1",
-    "eval.prd_runs=1",
+    "eval.metrics.precision_recall.k=3",
+    "eval.metrics.prd.clusters_per_class=1",
+    "eval.metrics.prd.runs=1",
     "eval.progress=false",
     "wandb.enabled=false",
 ]

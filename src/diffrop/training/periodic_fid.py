@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from diffrop.diffusion.sampling import SamplerSpec
-from diffrop.evaluation import pipeline as evaluation
+from diffrop.evaluation import reference_set
 from diffrop.evaluation.generate import sample_images, sample_labels
 from diffrop.evaluation.metrics import ReferenceCache, feature_stats, frechet_distance
 
@@ -45,15 +45,15 @@ class PeriodicFID(L.Callback):
         self.spec = dataclasses.replace(sampler, **(sampler_overrides or {}))
         self.kind, self.weights, self.reference_cache = extractor, inception_weights, Path(reference_cache)
         self.reference_per_class, self.feature_batch_size = reference_per_class, feature_batch_size
-        self._extractor: evaluation.Extractor | None = None
+        self._extractor: reference_set.Extractor | None = None
         self._reference: tuple | None = None
 
     @rank_zero_only
     def prepare(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         """Build the extractor and load (or compute once) the reference statistics; fails fast on missing weights."""
-        self._extractor = evaluation.build_extractor(self.kind, self.weights, module.device)
+        self._extractor = reference_set.build_extractor(self.kind, self.weights, module.device)
         cache = ReferenceCache(self.reference_cache)
-        _, _, key = evaluation.reference_features(
+        _, _, key = reference_set.reference_features(
             trainer.datamodule,
             self._extractor,
             cache,
@@ -69,7 +69,9 @@ class PeriodicFID(L.Callback):
         labels = sample_labels(self.num_samples, net.num_classes)
         seeds = torch.arange(self.num_samples) + self.seed
         images = sample_images(net, module.schedule, labels, seeds, self.spec, module.device)
-        features, _ = self._extractor.extract(evaluation.rgb(images), self.feature_batch_size, progress=False)
+        features, _ = self._extractor.extract(
+            reference_set.rgb(images), self.feature_batch_size, progress=False
+        )
         fid = frechet_distance(*feature_stats(features), *self._reference)
         for logger in trainer.loggers:
             logger.log_metrics({"val/fid": fid}, step=trainer.global_step)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffrop.evaluation.metrics.base import Features, Metric, MetricSettings, as_matrix
+from diffrop.evaluation.metrics.base import Context, Features, Metric, NoSettings, as_matrix
 
 
 def feature_stats(features: Features) -> tuple[np.ndarray, np.ndarray]:
@@ -53,8 +53,8 @@ def fid_from_features(features1: Features, features2: Features) -> float:
     return frechet_distance(*feature_stats(features1), *feature_stats(features2))
 
 
-def _score(real: Tensor, fake: Tensor, logits: Tensor | None, num_classes: int, s: MetricSettings) -> dict:
+def _score(real: Tensor, fake: Tensor, logits: Tensor | None, s: NoSettings, c: Context) -> dict:
     return {"fid": fid_from_features(real, fake)}
 
 
-METRIC = Metric("FID", ("fid",), _score, per_shot=("fid",))
+METRIC = Metric("fid", "FID", ("fid",), _score, per_shot=("fid",))

@@ -49,15 +49,16 @@ def per_class(
     fake_labels: Features,
     num_classes: int,
     *,
-    k: int,
+    k: int | None,
     min_fid_samples: int,
     chunk: int = 10000,
 ) -> dict[str, list[float | None]]:
     """Scores of each class's generated samples against the same class's references, as lists indexed by class.
 
     The long-tail picture (a tail class's recall against its training count): ``precision`` / ``recall`` where
-    both sides have more than ``k`` samples, ``fid`` where both have at least ``min_fid_samples`` (a covariance
-    from fewer than that many 2048-d features is mostly noise), None elsewhere; ``num_real`` / ``num_fake``.
+    both sides have more than ``k`` samples (nowhere when ``k`` is None), ``fid`` where both have at least
+    ``min_fid_samples`` (a covariance from fewer than that many 2048-d features is mostly noise), None elsewhere;
+    ``num_real`` / ``num_fake``.
     """
     real_t, fake_t = as_matrix(real), as_matrix(fake)
     real_y, fake_y = (
@@ -68,7 +69,7 @@ def per_class(
     for c in range(num_classes):
         real_c, fake_c = real_t[real_y == c], fake_t[fake_y == c]
         n = min(len(real_c), len(fake_c))
-        pr = precision_recall(real_c, fake_c, k=k, chunk=chunk) if n > k else {}
+        pr = precision_recall(real_c, fake_c, k=k, chunk=chunk) if k is not None and n > k else {}
         out["precision"].append(pr.get("precision"))
         out["recall"].append(pr.get("recall"))
         out["fid"].append(fid_from_features(real_c, fake_c) if n >= max(min_fid_samples, 2) else None)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import Tensor
 
-from diffrop.evaluation.metrics.base import Features, Metric, MetricSettings, as_matrix
+from diffrop.evaluation.metrics.base import Context, Features, Metric, Sizes, as_matrix, positive
 
 
 def inception_score(
@@ -36,9 +38,26 @@ def inception_score(
     return float(np.mean(scores)), float(np.std(scores))
 
 
-def _score(real: Tensor, fake: Tensor, logits: Tensor | None, num_classes: int, s: MetricSettings) -> dict:
-    mean, std = inception_score(logits, s.is_splits)
+@dataclass(frozen=True)
+class Settings:
+    splits: int
+
+    def __post_init__(self) -> None:
+        positive("inception_score", splits=self.splits)
+
+
+def _check(s: Settings, sizes: Sizes) -> None:
+    if sizes.generated < s.splits:
+        raise ValueError(
+            f"eval.num_samples={sizes.generated} is below eval.metrics.inception_score.splits={s.splits}"
+        )
+
+
+def _score(real: Tensor, fake: Tensor, logits: Tensor | None, s: Settings, c: Context) -> dict:
+    mean, std = inception_score(logits, s.splits)
     return {"is_mean": mean, "is_std": std}
 
 
-METRIC = Metric("Inception Score", ("is_mean", "is_std"), _score, needs_logits=True)
+METRIC = Metric(
+    "inception_score", "Inception Score", ("is_mean", "is_std"), _score, Settings, _check, needs_logits=True
+)

@@ -3,11 +3,13 @@ averaged over random subset pairs (torch-fidelity's protocol and numbers)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import Tensor
 
-from diffrop.evaluation.metrics.base import Features, Metric, MetricSettings, as_matrix
+from diffrop.evaluation.metrics.base import Context, Features, Metric, as_matrix, positive
 
 
 def polynomial_kernel(x: Tensor, y: Tensor, degree: int = 3, coef0: float = 1.0) -> Tensor:
@@ -61,15 +63,26 @@ def kernel_inception_distance(
     return float(np.mean(values)), None if whole else float(np.std(values))
 
 
-def _score(real: Tensor, fake: Tensor, logits: Tensor | None, num_classes: int, s: MetricSettings) -> dict:
-    mean, std = kernel_inception_distance(real, fake, s.kid_subsets, s.kid_subset_size, s.seed)
+@dataclass(frozen=True)
+class Settings:
+    subsets: int
+    subset_size: int  # capped at a per-shot group's size
+
+    def __post_init__(self) -> None:
+        positive("kid", subsets=self.subsets, subset_size=self.subset_size)
+
+
+def _score(real: Tensor, fake: Tensor, logits: Tensor | None, s: Settings, c: Context) -> dict:
+    mean, std = kernel_inception_distance(real, fake, s.subsets, s.subset_size, c.seed)
     return {"kid": mean, "kid_std": std}
 
 
 METRIC = Metric(
+    "kid",
     "KID",
     ("kid", "kid_std"),
     _score,
-    detail=lambda s, c: f"{s.kid_subsets} subsets",
+    Settings,
+    detail=lambda s, num_classes: f"{s.subsets} subsets",
     per_shot=("kid",),  # unbiased, so comparable across the groups' unequal sizes (unlike FID)
 )

@@ -3,7 +3,7 @@
 Why torch here: scikit-learn's k-means has no GPU path, and at the paper's size (CIFAR-100-LT: 50k + 50k Inception
 features of 2048 dims, 20 x 100 = 2,000 clusters, 10 runs) its CPU cost is minutes per run (README, "Speed";
 ``benchmarks/bench.py --only kmeans --kmeans-sklearn``), while the features already sit on the GPU. It is an
-explicit opt-in (``eval.kmeans=torch``): under the paper protocol its F_8 / F_1/8 sit above the reference code's
+explicit opt-in (``eval.metrics.prd.kmeans=torch``): under the paper protocol its F_8 / F_1/8 sit above the reference code's
 mini-batch k-means, so scikit-learn stays the default on every device and tables stay comparable. Matmuls run in full float32 unless TF32 is switched on globally (it is off by default).
 
 The protocol follows scikit-learn's ``MiniBatchKMeans(n_init=10)`` of the reference code (Sajjadi et al. 2018) for

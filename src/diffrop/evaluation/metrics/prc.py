@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from diffrop.evaluation.metrics.base import Features, Metric, MetricSettings, as_matrix
+from diffrop.evaluation.metrics.base import Context, Features, Metric, Sizes, as_matrix, positive
 
 
 def knn_radii(features: Tensor, k: int, chunk: int = 10000) -> Tensor:
@@ -53,14 +55,37 @@ def precision_recall(
     return {"precision": precision, "recall": recall}
 
 
-def _score(real: Tensor, fake: Tensor, logits: Tensor | None, num_classes: int, s: MetricSettings) -> dict:
+@dataclass(frozen=True)
+class Settings:
+    k: int  # the k-NN neighbourhood (Kynkaanniemi et al. 2019: 5); also of the per-class scores
+
+    def __post_init__(self) -> None:
+        positive("precision_recall", k=self.k)
+
+
+def _check(s: Settings, sizes: Sizes) -> None:
+    """Per shot group, both sets need more than k samples for a k-NN radius."""
+    for group, counts in sizes.groups.items():
+        for what, count in zip(("generated", "reference"), counts, strict=True):
+            if count <= s.k:
+                raise ValueError(
+                    f"shot group {group!r} has {count} {what} samples, need more than "
+                    f"eval.metrics.precision_recall.k={s.k} for per-shot precision / recall; raise "
+                    "eval.num_samples (or eval.reference_per_class)"
+                )
+
+
+def _score(real: Tensor, fake: Tensor, logits: Tensor | None, s: Settings, c: Context) -> dict:
     return precision_recall(real, fake, k=s.k)
 
 
 METRIC = Metric(
+    "precision_recall",
     "precision / recall",
     ("precision", "recall"),
     _score,
-    detail=lambda s, c: f"k={s.k}",
+    Settings,
+    _check,
+    detail=lambda s, num_classes: f"k={s.k}",
     per_shot=("precision", "recall"),
 )

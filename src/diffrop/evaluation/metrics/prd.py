@@ -3,12 +3,14 @@ following the reference code (``compute_prd_from_embedding``, ``prd_to_max_f_bet
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from sklearn.cluster import MiniBatchKMeans
 from torch import Tensor
 
-from diffrop.evaluation.metrics.base import Features, Metric, MetricSettings, as_matrix
+from diffrop.evaluation.metrics.base import Context, Features, Metric, Sizes, as_matrix, positive
 
 
 def prd_curve(eval_dist: np.ndarray, ref_dist: np.ndarray, num_angles: int = 1001, epsilon: float = 1e-10):
@@ -30,7 +32,7 @@ def f_beta_score(
 
 
 # sklearn: the reference code's MiniBatchKMeans, the default wherever the features are. torch: an explicit opt-in
-# (fast on a GPU) whose F_8 is not the reference's under the paper protocol (README, "eval.kmeans").
+# (fast on a GPU) whose F_8 is not the reference's under the paper protocol (README, "eval.metrics.prd.kmeans").
 KMEANS_BACKENDS = ("sklearn", "torch")
 
 
@@ -113,16 +115,42 @@ def prd_f_beta(
     )
 
 
-def _score(real: Tensor, fake: Tensor, logits: Tensor | None, num_classes: int, s: MetricSettings) -> dict:
+@dataclass(frozen=True)
+class Settings:
+    clusters_per_class: int  # k-means into this x C clusters (Sajjadi et al. 2018: 20)
+    runs: int
+    kmeans: str  # KMEANS_BACKENDS
+
+    def __post_init__(self) -> None:
+        positive("prd", clusters_per_class=self.clusters_per_class, runs=self.runs)
+        if self.kmeans not in KMEANS_BACKENDS:
+            raise ValueError(f"eval.metrics.prd.kmeans={self.kmeans!r} is not one of {list(KMEANS_BACKENDS)}")
+
+
+def _check(s: Settings, sizes: Sizes) -> None:
+    n = min(sizes.generated, sizes.reference)
+    clusters = s.clusters_per_class * sizes.num_classes
+    if clusters > 2 * n:
+        raise ValueError(
+            f"F_8 / F_1/8 cluster {n} generated + {n} reference features into {clusters} = "
+            f"eval.metrics.prd.clusters_per_class ({s.clusters_per_class}) x {sizes.num_classes} classes, more "
+            f"than the {2 * n} points; raise eval.num_samples or lower eval.metrics.prd.clusters_per_class"
+        )
+
+
+def _score(real: Tensor, fake: Tensor, logits: Tensor | None, s: Settings, c: Context) -> dict:
     f_8, f_1_8 = prd_f_beta(
-        real, fake, s.prd_clusters_per_class * num_classes, s.prd_runs, seed=s.seed, kmeans=s.kmeans
+        real, fake, s.clusters_per_class * c.num_classes, s.runs, seed=c.seed, kmeans=s.kmeans
     )
     return {"f_8": f_8, "f_1_8": f_1_8}
 
 
 METRIC = Metric(
+    "prd",
     "F_8 / F_1/8",
     ("f_8", "f_1_8"),
     _score,
-    detail=lambda s, c: f"{s.prd_runs} k-means runs of {s.prd_clusters_per_class * c} clusters",
+    Settings,
+    _check,
+    detail=lambda s, num_classes: f"{s.runs} k-means runs of {s.clusters_per_class * num_classes} clusters",
 )

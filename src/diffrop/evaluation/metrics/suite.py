@@ -1,24 +1,73 @@
-"""Every score of docs/design.md section 3 for one generated set, one module each (torch-fidelity's layout).
+"""The registry of scores and the run of the chosen ones over one generated set (docs/design.md section 3).
 
-A new score is a module with a pure features-to-value function and its ``METRIC`` record (``base.Metric``), plus
-its line in ``METRICS`` (and in ``PER_SHOT`` if it is also scored per shot group); its keys then land in
-results.json.
+Every module of this package that defines ``METRIC`` (a ``base.Metric``) is registered under its name at import;
+``load("pkg.module")`` registers one from elsewhere (a plugin, a test: ``eval.metric_modules``). Which scores run,
+in which order (the order of their keys in results.json and the console table), and with which settings is the
+``eval.metrics`` node of configs/eval.yaml: one block per score, ``eval.metrics.<name>``.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import fields
 from typing import Any
 
 from torch import Tensor
 
-from diffrop.evaluation.metrics import fid, isc, kid, prc, prd
-from diffrop.evaluation.metrics.base import Features, Metric, MetricSettings, as_matrix
+import diffrop.evaluation.metrics as _package
+from diffrop.evaluation.metrics.base import Context, Features, Metric, Sizes, as_matrix
 from diffrop.evaluation.metrics.groups import per_group
 
-# run in this order, which is also the order of the keys in results.json and the console table (FID first)
-METRICS: tuple[Metric, ...] = (fid.METRIC, kid.METRIC, isc.METRIC, prc.METRIC, prd.METRIC)
-PER_SHOT: tuple[Metric, ...] = (fid.METRIC, kid.METRIC, prc.METRIC)  # their ``per_shot`` keys, per shot group
+REGISTRY: dict[str, Metric] = {}
+
+
+def register(metric: Metric) -> Metric:
+    """Add ``metric`` under ``metric.name`` (an error if another metric has that name)."""
+    if REGISTRY.get(metric.name, metric) is not metric:
+        raise ValueError(f"a metric named {metric.name!r} is registered already")
+    REGISTRY[metric.name] = metric
+    return metric
+
+
+def load(module: str) -> Metric:
+    """Import ``module`` (a dotted name) and register its ``METRIC``."""
+    try:
+        metric = getattr(importlib.import_module(module), "METRIC", None)
+    except ImportError as err:
+        raise ValueError(f"eval.metric_modules: cannot import {module!r} ({err})") from err
+    if not isinstance(metric, Metric):
+        raise ValueError(f"eval.metric_modules: {module!r} defines no METRIC (a diffrop Metric record)")
+    return register(metric)
+
+
+def configure(node: Mapping[str, Mapping[str, Any] | None]) -> dict[str, Any]:
+    """``eval.metrics`` -> {name: that metric's settings object}, in the node's order."""
+    out = {}
+    for name, values in node.items():
+        if name not in REGISTRY:
+            raise ValueError(
+                f"eval.metrics.{name} names no metric; registered: {list(REGISTRY)} "
+                "(eval.metric_modules=[pkg.module] registers one defined elsewhere)"
+            )
+        settings, values = REGISTRY[name].settings, dict(values or {})
+        known = [f.name for f in fields(settings)]
+        if unknown := sorted(set(values) - set(known)):
+            raise ValueError(f"eval.metrics.{name} has no setting {unknown[0]!r}; its settings: {known}")
+        if missing := [k for k in known if k not in values]:
+            raise ValueError(
+                f"eval.metrics.{name}.{missing[0]} is not set (configs/eval.yaml holds its default)"
+            )
+        out[name] = settings(**values)
+    return out
+
+
+def check_all(settings: Mapping[str, Any], sizes: Sizes) -> None:
+    """Each chosen metric's own checks of the set sizes (before any sampling)."""
+    for name, s in settings.items():
+        if (check := REGISTRY[name].check) is not None:
+            check(s, sizes)
 
 
 def compute_all(
@@ -28,35 +77,41 @@ def compute_all(
     fake_logits: Features | None,
     fake_labels: Features,
     groups: Mapping[str, Sequence[int]],
-    num_classes: int,
-    settings: MetricSettings,
+    settings: Mapping[str, Any],
+    context: Context,
     stage: Callable[[str], None] = lambda name: None,
 ) -> dict[str, Any]:
-    """The scores of ``METRICS`` on the whole set, then ``per_shot: {group: {...}}`` of ``PER_SHOT``.
-    ``stage(name)`` is called as each score starts (progress lines: some take minutes at paper size).
-
-    Keys: ``fid, kid, kid_std, is_mean, is_std, precision, recall, f_8, f_1_8, per_shot: {group: {fid, kid,
-    precision, recall}}``; ``is_mean`` / ``is_std`` are None when ``fake_logits`` is None (an extractor without
-    logits).
+    """The scores of ``settings`` (``configure``'s output) on the whole set, then ``per_shot: {group: {...}}`` of
+    their ``per_shot`` keys. ``stage(name)`` is called as each score starts (some take minutes at paper size).
+    A score that needs logits gives None for its keys when ``fake_logits`` is None (an extractor without logits).
     """
     real, fake = as_matrix(real_feats), as_matrix(fake_feats)
     logits = None if fake_logits is None else as_matrix(fake_logits)
+    chosen = [(REGISTRY[name], s) for name, s in settings.items()]
     out: dict[str, Any] = {}
-    for metric in METRICS:
+    for metric, s in chosen:
         if metric.needs_logits and logits is None:
             out |= dict.fromkeys(metric.keys)
             continue
-        detail = metric.detail(settings, num_classes) if metric.detail else None
-        stage(metric.name if detail is None else f"{metric.name} ({detail})")
-        out |= metric.score(real, fake, logits, num_classes, settings)
+        detail = metric.detail(s, context.num_classes) if metric.detail else None
+        stage(metric.title if detail is None else f"{metric.title} ({detail})")
+        out |= metric.score(real, fake, logits, s, context)
+    per_shot = [(metric, s) for metric, s in chosen if metric.per_shot]
 
     def shot_scores(real_g: Tensor, fake_g: Tensor) -> dict[str, Any]:
         values: dict[str, Any] = {}
-        for metric in PER_SHOT:
-            scores = metric.score(real_g, fake_g, None, num_classes, settings)
+        for metric, s in per_shot:
+            scores = metric.score(real_g, fake_g, None, s, context)
             values |= {key: scores[key] for key in metric.per_shot}
         return values
 
-    stage(f"per-shot {', '.join(m.name for m in PER_SHOT)} ({', '.join(groups)})")
-    out["per_shot"] = per_group(shot_scores, real, real_labels, fake, fake_labels, groups)
+    if per_shot:
+        stage(f"per-shot {', '.join(m.title for m, _ in per_shot)} ({', '.join(groups)})")
+        out["per_shot"] = per_group(shot_scores, real, real_labels, fake, fake_labels, groups)
     return out
+
+
+for _module in pkgutil.iter_modules(_package.__path__):
+    _metric = getattr(importlib.import_module(f"{_package.__name__}.{_module.name}"), "METRIC", None)
+    if _metric is not None:
+        register(_metric)
