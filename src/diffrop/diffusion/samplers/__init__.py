@@ -4,20 +4,11 @@ and an update rule) is registered under its name at import, so a new sampler is 
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from diffrop.diffusion.samplers.loop import Sampler
+from diffrop.runtime.registry import Registry
 
-REGISTRY: dict[str, Sampler] = {}
-
-
-def register(sampler: Sampler) -> Sampler:
-    """Add ``sampler`` under ``sampler.name`` (an error if another sampler has that name)."""
-    if REGISTRY.get(sampler.name, sampler) is not sampler:
-        raise ValueError(f"a sampler named {sampler.name!r} is registered already")
-    REGISTRY[sampler.name] = sampler
-    return sampler
+REGISTRY = Registry("sampler")
+register = REGISTRY.register
 
 
 def names() -> tuple[str, ...]:
@@ -31,7 +22,4 @@ def get(name: str) -> Sampler:
     return REGISTRY[name]
 
 
-for _module in pkgutil.iter_modules(__path__):
-    _sampler = getattr(importlib.import_module(f"{__name__}.{_module.name}"), "SAMPLER", None)
-    if _sampler is not None:
-        register(_sampler)
+REGISTRY.discover(__name__, "SAMPLER")

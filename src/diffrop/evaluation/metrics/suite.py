@@ -9,7 +9,6 @@ in which order (the order of their keys in results.json and the console table), 
 from __future__ import annotations
 
 import importlib
-import pkgutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from typing import Any
@@ -19,16 +18,10 @@ from torch import Tensor
 import diffrop.evaluation.metrics as _package
 from diffrop.evaluation.metrics.base import Context, Features, Metric, Sizes, as_matrix
 from diffrop.evaluation.metrics.groups import per_group
+from diffrop.runtime.registry import Registry
 
-REGISTRY: dict[str, Metric] = {}
-
-
-def register(metric: Metric) -> Metric:
-    """Add ``metric`` under ``metric.name`` (an error if another metric has that name)."""
-    if REGISTRY.get(metric.name, metric) is not metric:
-        raise ValueError(f"a metric named {metric.name!r} is registered already")
-    REGISTRY[metric.name] = metric
-    return metric
+REGISTRY = Registry("metric")
+register = REGISTRY.register
 
 
 def load(module: str) -> Metric:
@@ -111,7 +104,4 @@ def compute_all(
     return out
 
 
-for _module in pkgutil.iter_modules(_package.__path__):
-    _metric = getattr(importlib.import_module(f"{_package.__name__}.{_module.name}"), "METRIC", None)
-    if _metric is not None:
-        register(_metric)
+REGISTRY.discover(_package.__name__, "METRIC")
