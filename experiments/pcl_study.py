@@ -17,22 +17,18 @@ interval only where an arm shares fewer than 2 seeds with DDPM. Scores live in a
 another class) and to_head (assigned to a many-shot class). The recipe guidance is the paper recipe's
 ``sampler.guidance`` (configs/experiment/method/<ddpm|cbdm>.yaml). Training diagnostics (``train/pcl/grad_ratio``,
 ``train/eps_slope``, ``train/pcl/d_between``, ``train/pcl/d_within``) are medians over the second half of training.
-The statistics, table cells and training medians are diffrop.paper.study's, shared with experiments/overlap_bench.py.
-Writes <out>.md, <out>.json and <out>.png (default experiments/results/pcl_study.*).
+Writes <out>.md, <out>.json and <out>.png (default experiments/results/pcl_study.*) through diffrop.paper.study's
+framework, with its statistics, table cells and training medians.
 """
 
 from __future__ import annotations
 
-import argparse
-import fnmatch
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -45,12 +41,11 @@ from diffrop.data.longtail import longtail_counts, shot_groups
 from diffrop.diffusion import samplers
 from diffrop.diffusion.samplers import loop
 from diffrop.evaluation.generate import to_uint8
+from diffrop.paper import study
 from diffrop.paper.cells import training_state
 from diffrop.paper.digits_probe import PROBE_SIZE, load_or_train_probe, probe_outputs, score_by_group
-from diffrop.paper.reading import write_keeping_reading
 from diffrop.paper.study import (
     TRAIN_COLUMNS,
-    difference,
     error_bars,
     header,
     interval_cell,
@@ -59,7 +54,6 @@ from diffrop.paper.study import (
     train_medians,
     value_cell,
 )
-from diffrop.runtime.children import parent_death_signal, stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 ALG1_TAU0 = (0.01, 0.03, 0.1, 1, 3, 10, 30)  # per-anchor sum, batch 64: from negligible to dominant
@@ -86,15 +80,9 @@ def recipe_w(family: str) -> float:
 
 
 @dataclass(frozen=True)
-class Arm:
-    slug: str
-    label: str
-    family: str  # ddpm | cbdm: picks the recipe guidance
-    overrides: tuple[str, ...]
+class Arm(study.Arm):  # family: ddpm | cbdm, picks the recipe guidance
     reduction: str | None = None
-    tau0: float | None = None
     temperature: float | None = None
-    seeds: tuple[int, ...] = (0, 1, 2)
     pairing: str | None = None  # batch | eq12 | partner (PCL arms and the grouped control)
 
 
@@ -123,10 +111,10 @@ def pcl_arm(
             f"loss.terms.pcl.reduction={reduction}",
             f"loss.terms.pcl.pairing={pairing}",  # explicit: the config's default is eq12 since main 9228078
         ),
-        reduction,
         tau0,
-        temperature,
         seeds,
+        reduction,
+        temperature,
         pairing,
     )
 
@@ -164,35 +152,7 @@ ARMS = [
 assert set(DEFAULT_ARMS) <= {a.slug for a in ARMS}
 
 
-@dataclass
-class Children:
-    """The parallel trainings, each in its own process group (diffrop.runtime.children: SIGTERMed if the study dies).
-
-    ``diffrop.runtime.children.run_logged`` handles signals in the main thread only; here the waits happen in worker
-    threads, so the main thread's handler stops every group itself (train.py checkpoints on SIGTERM, a re-run
-    resumes) and leaves without waiting for the pool.
-    """
-
-    procs: set[subprocess.Popen] = field(default_factory=set)
-
-    def run(self, cmd: list[str], log: Path, env: dict[str, str]) -> int:
-        with log.open("w") as f:
-            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                    preexec_fn=parent_death_signal())  # fmt: skip
-            self.procs.add(proc)
-            try:
-                return proc.wait()
-            finally:
-                self.procs.discard(proc)
-
-    def stop_all(self, signum: int, _frame) -> None:
-        for proc in list(self.procs):
-            stop_group(proc)
-        print(f"{signal.Signals(signum).name}: stopped the trainings; run the same command again to resume")
-        os._exit(128 + signum)
-
-
-def train(arm: Arm, seed: int, args, children: Children) -> Path:
+def train(arm: Arm, seed: int, args, children: study.Children) -> Path:
     run = args.runs / arm.slug / f"seed{seed}"
     if training_state(run, args.steps)[0] == "done":
         return run
@@ -272,7 +232,7 @@ def values(results: dict, slug: str, setting: str, group: str, metric: str) -> d
     return out
 
 
-def summarise(results: dict) -> dict:
+def summarise(results: dict, args=None) -> dict:
     """Per arm: the training diagnostics and, per setting, mean, sd, per-seed values and the differences to DDPM
     (and, for eq12 PCL arms, to the grouped control) of every column. ``results``: slug -> seed -> scores."""
     out = {}
@@ -294,12 +254,9 @@ def summarise(results: dict) -> dict:
             cols = {}
             for group, metric, _, _ in [*COLUMNS, *EXTRA]:
                 v = values(results, arm.slug, setting, group, metric)
-                col = spread(v)
-                base = values(results, "ddpm", setting, group, metric)
-                col["vs_ddpm"] = None if arm.slug == "ddpm" else difference(v, base, welch=True)
-                control = values(results, CONTROL, setting, group, metric)
-                col["vs_control"] = difference(v, control, welch=True) if against_control else None
-                cols[f"{group}/{metric}"] = col
+                against = {"vs_ddpm": None if arm.slug == "ddpm" else values(results, "ddpm", setting, group, metric),
+                           "vs_control": values(results, CONTROL, setting, group, metric) if against_control else None}  # fmt: skip
+                cols[f"{group}/{metric}"] = study.column(v, against, welch=True, seed_key=int)
             entry[setting] = cols
         out[arm.slug] = entry
     return out
@@ -414,36 +371,12 @@ def plot(summary: dict, path: Path) -> None:
     fig.savefig(path, dpi=130)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument(
-        "--arms", nargs="+", default=list(DEFAULT_ARMS), help="slugs or globs ('*': every arm defined)"
-    )
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--per-class", type=int, default=100)
-    p.add_argument("--jobs", type=int, default=2, help="trainings in parallel (one thread each on 2 cores)")
-    p.add_argument("--probe-epochs", type=int, default=15, help="training epochs of the digits classifier")
-    p.add_argument("--runs", type=Path, default=Path("logs/pcl_study"))
-    p.add_argument("--out", type=Path, default=Path("experiments/results/pcl_study"))
-    p.add_argument(
-        "--render-only",
-        action="store_true",
-        help="re-render <out>.md (keeping its Reading) and <out>.png from <out>.json: no training or scoring",
-    )
-    args = p.parse_args(argv)
-    if args.render_only:
-        stored = json.loads(args.out.with_suffix(".json").read_text())
-        write_keeping_reading(args.out.with_suffix(".md"), render(stored["arms"], args, stored["meta"]))
-        plot(stored["arms"], args.out.with_suffix(".png"))
-        return
-    arms = [a for a in ARMS if any(fnmatch.fnmatch(a.slug, pat) for pat in args.arms)]
-    if not arms:
-        p.error(f"no arm matches {args.arms}; arms: {' '.join(a.slug for a in ARMS)}")
-    children = Children()
+def prepare(args, arms: list[Arm]) -> tuple[dict, dict]:
+    """The digits classifier (trained once, kept in <runs>/probe.pt), the real features and the shot groups; the
+    trainings' children stopped on SIGTERM, SIGINT and SIGHUP."""
+    children = study.Children()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, children.stop_all)
-    start = time.monotonic()
     probe, probe_acc = load_or_train_probe(args.runs / "probe.pt", args.probe_epochs)
     full = load_digits(PROBE_SIZE)
     real = (probe_outputs(probe, full.images)[0], full.labels)
@@ -452,31 +385,29 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)  # scoring runs in the worker threads, beside the trainings
     for arm in arms:  # composed here: Hydra's global state is not for the worker threads
         recipe_w(arm.family)
-    tasks = [(a, seed) for seed in args.seeds for a in arms if seed in a.seeds]  # seed-major
-    trained = sum(training_state(args.runs / a.slug / f"seed{s}", args.steps)[0] != "done" for a, s in tasks)
-    print(f"{len(tasks)} runs, {trained} to train, with {args.jobs} in parallel", flush=True)
+    facts = {"probe_accuracy": probe_acc, "groups": groups, "counts": counts, "per_class": args.per_class}
+    return facts, {"children": children, "probe": probe, "real": real, "groups": groups}
 
-    def run_one(arm: Arm, seed: int) -> dict:
-        return score(train(arm, seed, args, children), arm, seed, args, probe, real, groups)
 
-    results: dict[str, dict[int, dict]] = {}
-    with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {pool.submit(run_one, a, s): (a, s) for a, s in tasks}
-        for done, future in enumerate(as_completed(futures), 1):
-            arm, seed = futures[future]
-            results.setdefault(arm.slug, {})[seed] = future.result()
-            summary = summarise({a.slug: results[a.slug] for a in arms if a.slug in results})
-            meta = {"probe_accuracy": probe_acc, "groups": groups, "counts": counts,
-                    "wall_s": time.monotonic() - start, "trained": trained}  # fmt: skip
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "arms": summary}, indent=1))
-            write_keeping_reading(args.out.with_suffix(".md"), render(summary, args, meta))
-            print(
-                f"[{done}/{len(tasks)}] {arm.slug} seed {seed} scored, {meta['wall_s'] / 60:.1f} min",
-                flush=True,
-            )
-    plot(summary, args.out.with_suffix(".png"))
-    print(args.out.with_suffix(".md").read_text())
+def run_one(arm: Arm, seed: int, args, c: dict) -> dict:
+    return score(train(arm, seed, args, c["children"]), arm, seed, args, c["probe"], c["real"], c["groups"])
+
+
+def options(p) -> None:
+    p.add_argument("--per-class", type=int, default=100)
+    p.add_argument("--probe-epochs", type=int, default=15, help="training epochs of the digits classifier")
+
+
+STUDY = study.Study(
+    "pcl_study", __doc__, ARMS, run_one, summarise, lambda body, args: render(body["arms"], args, body["meta"]),
+    plot, done=lambda arm, seed, args: training_state(args.runs / arm.slug / f"seed{seed}", args.steps)[0] == "done",
+    prepare=prepare, options=options, progress=lambda result, args: "scored", default_arms=DEFAULT_ARMS, jobs=2,
+    threads=True, cap_seeds=True, stored_flags=("steps", "jobs", "per_class"), write_each=True,
+)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    study.main(STUDY, argv)
 
 
 if __name__ == "__main__":

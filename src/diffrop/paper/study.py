@@ -12,12 +12,15 @@ import csv
 import fnmatch
 import json
 import multiprocessing
+import os
+import signal
 import statistics
+import subprocess
 import time
 from argparse import ArgumentParser, Namespace
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,7 @@ from scipy import stats
 
 from diffrop.paper.paired import paired_difference
 from diffrop.paper.reading import write_keeping_reading
+from diffrop.runtime.children import parent_death_signal, stop_group
 
 # summary name: metrics.csv column (the training diagnostics both studies report)
 TRAIN_COLUMNS = {
@@ -208,6 +212,34 @@ class Study:
     cap_seeds: bool = False  # --seeds picks among an arm's own seeds (otherwise it replaces them)
     stored_flags: tuple[str, ...] = ("steps", "jobs")  # --render-only takes them from the stored meta
     write_each: bool = False  # <out>.json / .md after every result, not only at the end
+
+
+@dataclass
+class Children:
+    """The parallel trainings, each in its own process group (diffrop.runtime.children: SIGTERMed if the study dies).
+
+    ``diffrop.runtime.children.run_logged`` handles signals in the main thread only; here the waits happen in worker
+    threads, so the main thread's handler stops every group itself (train.py checkpoints on SIGTERM, a re-run
+    resumes) and leaves without waiting for the pool.
+    """
+
+    procs: set[subprocess.Popen] = field(default_factory=set)
+
+    def run(self, cmd: list[str], log: Path, env: dict[str, str]) -> int:
+        with log.open("w") as f:
+            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                    preexec_fn=parent_death_signal())  # fmt: skip
+            self.procs.add(proc)
+            try:
+                return proc.wait()
+            finally:
+                self.procs.discard(proc)
+
+    def stop_all(self, signum: int, _frame) -> None:
+        for proc in list(self.procs):
+            stop_group(proc)
+        print(f"{signal.Signals(signum).name}: stopped the trainings; run the same command again to resume")
+        os._exit(128 + signum)
 
 
 class InProcess:
