@@ -30,7 +30,7 @@ from diffrop.paper.study import Arm, header, interval_cell, table
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "experiments"))
-import overlap_bench as bench  # noqa: E402  (the recipe and the data's facts are the benchmark's)
+import mixture_recipe as recipe  # noqa: E402  (the overlap benchmark's recipe, facts, flags and progress line)
 
 EIGHT = tuple(range(8))
 ARMS = [Arm("per_rank", "per-rank streams (now)", "per_rank", seeds=EIGHT),
@@ -40,17 +40,15 @@ METRICS = [("eps_err", "eps error"), ("leakage_tail@w0", "leakage tail→head"),
 TRAINER = ("trainer=ddp_cpu", "callbacks.lr_monitor=null")
 
 
-def recipe(args, arm: str, seed: int, run_dir: Path) -> list[str]:
-    base = [o for o in bench.RECIPE if not o.startswith("trainer=")]
-    return [*base, *TRAINER, f"callbacks.rank_streams.streams={arm}", f"trainer.max_steps={args.steps}",
+def overrides(args, arm: str, seed: int, run_dir: Path) -> list[str]:
+    base = [o for o in recipe.RECIPE if not o.startswith("trainer=")]
+    return [*base, *TRAINER, f"callbacks.rank_streams.streams={arm}", *args.train, f"trainer.max_steps={args.steps}",
             f"seed={seed}", f"data.seed={seed}", f"hydra.run.dir={run_dir}"]  # fmt: skip
 
 
 def prepare(args, arms: list[Arm]) -> tuple[dict, dict]:
-    """The benchmark's scoring settings at its defaults, and its data's facts."""
-    args.per_class, args.eval_per_class, args.mc_draws = 2000, 1000, 500_000
-    args.sampler, args.sample_steps, args.guidance, args.train = "dpmpp2m", 30, [0.0], []
-    facts, context = bench.prepare(args, arms)
+    """The benchmark's data facts (its scoring flags, at its defaults unless given)."""
+    facts, context = recipe.prepare(args, arms)
     torch.set_num_threads(1)
     return {"batch_size": facts["batch_size"], "cpus": len(os.sched_getaffinity(0))}, context
 
@@ -59,11 +57,12 @@ def run_one(arm: Arm, seed: int, args, context: dict) -> dict:
     """Train with 2 ranks (unless the result exists) and score the final EMA network; cached as JSON."""
     result_path = args.runs / arm.slug / f"seed{seed}.json"
     key = {"steps": args.steps, "per_class": args.per_class, "eval_per_class": args.eval_per_class}
+    key |= {"train": args.train} if args.train else {}
     if result_path.is_file() and (stored := json.loads(result_path.read_text())).get("key") == key:
         return stored
     run_dir = args.runs / arm.slug / f"seed{seed}"
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, str(REPO / "src" / "train.py"), *recipe(args, arm.slug, seed, run_dir)],
+    proc = subprocess.run([sys.executable, str(REPO / "src" / "train.py"), *overrides(args, arm.slug, seed, run_dir)],
                           cwd=REPO, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})  # fmt: skip
     if proc.returncode != 0:
         raise RuntimeError(f"{arm.slug} seed {seed} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
@@ -118,13 +117,7 @@ def render(body: dict, args=None) -> str:
     return "\n".join(lines)
 
 
-def progress(result: dict, args) -> str:
-    s = flat_scores(result, [0.0])
-    return (f"eps_err {s['eps_err']:.4f}, leakage {s['leakage_tail@w0']:+.4f}, KL tail {s['kl_tail@w0']:.3f} "
-            f"({result['wall_s']:.0f} s)")  # fmt: skip
-
-
-STUDY = study.Study("ddp_streams", __doc__, ARMS, run_one, summarise, render, prepare=prepare, progress=progress,
+STUDY = study.Study("ddp_streams", __doc__, ARMS, run_one, summarise, render, prepare=prepare, progress=recipe.progress, options=recipe.options,
                     done=lambda arm, seed, args: (args.runs / arm.slug / f"seed{seed}.json").is_file(),
                     base="per_rank")  # fmt: skip
 
