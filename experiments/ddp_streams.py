@@ -14,7 +14,6 @@ Writes <out>.md and <out>.json (default experiments/results/ddp_streams.*) throu
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from diffrop import build
 from diffrop.paper import study
 from diffrop.paper.mixture_scores import flat_scores, score_net
 from diffrop.paper.study import Arm, header, interval_cell, table
+from diffrop.runtime.children import Children
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "experiments"))
@@ -40,40 +40,41 @@ METRICS = [("eps_err", "eps error"), ("leakage_tail@w0", "leakage tail→head"),
 TRAINER = ("trainer=ddp_cpu", "callbacks.lr_monitor=null")
 
 
-def overrides(args, arm: str, seed: int, run_dir: Path) -> list[str]:
+def overrides(args, arm: str, seed: int) -> list[str]:
     base = [o for o in recipe.RECIPE if not o.startswith("trainer=")]
     return [*base, *TRAINER, f"callbacks.rank_streams.streams={arm}", *args.train, f"trainer.max_steps={args.steps}",
-            f"seed={seed}", f"data.seed={seed}", f"hydra.run.dir={run_dir}"]  # fmt: skip
+            f"seed={seed}", f"data.seed={seed}"]  # fmt: skip
 
 
 def prepare(args, arms: list[Arm]) -> tuple[dict, dict]:
     """The benchmark's data facts (its scoring flags, at its defaults unless given)."""
     facts, context = recipe.prepare(args, arms)
     torch.set_num_threads(1)
+    context["children"] = Children.stopped_on_signals()  # the 2-rank trainings stop with this driver
     return {"batch_size": facts["batch_size"], "cpus": len(os.sched_getaffinity(0))}, context
 
 
 def run_one(arm: Arm, seed: int, args, context: dict) -> dict:
     """Train with 2 ranks (unless the result exists) and score the final EMA network; cached as JSON."""
-    result_path = args.runs / arm.slug / f"seed{seed}.json"
     key = {"steps": args.steps, "per_class": args.per_class, "eval_per_class": args.eval_per_class}
     key |= {"train": args.train} if args.train else {}
-    if result_path.is_file() and (stored := json.loads(result_path.read_text())).get("key") == key:
-        return stored
     run_dir = args.runs / arm.slug / f"seed{seed}"
-    start = time.monotonic()
-    proc = subprocess.run([sys.executable, str(REPO / "src" / "train.py"), *overrides(args, arm.slug, seed, run_dir)],
-                          cwd=REPO, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})  # fmt: skip
-    if proc.returncode != 0:
-        raise RuntimeError(f"{arm.slug} seed {seed} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    train_s = time.monotonic() - start
-    net, schedule, cfg, _ = build.net_from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-    mixture = build.build_datamodule(cfg).mixture
-    scores = score_net(net.float().eval(), schedule, mixture, seed, args, context["truth"])
-    result = {"key": key, "train_s": train_s, "wall_s": time.monotonic() - start, **scores}
-    result_path.parent.mkdir(parents=True, exist_ok=True)
-    result_path.write_text(json.dumps(result, indent=1))
-    return result
+
+    def fit_and_score() -> dict:
+        start = time.monotonic()
+        cmd = [sys.executable, str(REPO / "src" / "train.py"), *overrides(args, arm.slug, seed, run_dir)]
+        proc = subprocess.run(
+            cmd, cwd=REPO, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"}
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"{arm.slug} seed {seed} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        train_s = time.monotonic() - start
+        net, schedule, cfg, _ = build.net_from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+        mixture = build.build_datamodule(cfg).mixture
+        scores = score_net(net.float().eval(), schedule, mixture, seed, args, context["truth"])
+        return {"train_s": train_s, "wall_s": time.monotonic() - start, **scores}
+
+    return study.cached(run_dir.with_suffix(".json"), key, fit_and_score)
 
 
 def summarise(results: dict[str, dict[int, dict]], args=None) -> dict:

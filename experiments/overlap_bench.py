@@ -28,7 +28,6 @@ framework; the scores are diffrop.paper.mixture_scores', shared with experiments
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
@@ -134,23 +133,22 @@ ARMS = [
 def run_one(arm: Arm, seed: int, args, context: dict) -> dict:
     """Train (unless its result exists) and score one arm for one seed; the result is cached as JSON."""
     quiet_worker()
-    result_path = args.runs / arm.slug / f"seed{seed}.json"
-    key = json.loads(json.dumps({"steps": args.steps * arm.steps_factor, "per_class": args.per_class, "guidance": args.guidance, "overrides": arm.overrides,
-           "sampler": f"{args.sampler}{args.sample_steps}", "eval_per_class": args.eval_per_class, "train": args.train}))  # as stored  # fmt: skip
-    if result_path.is_file() and (stored := json.loads(result_path.read_text())).get("key") == key:
-        return stored
+    key = {"steps": args.steps * arm.steps_factor, "per_class": args.per_class, "guidance": args.guidance,
+           "overrides": arm.overrides, "sampler": f"{args.sampler}{args.sample_steps}",
+           "eval_per_class": args.eval_per_class, "train": args.train}  # fmt: skip
     run_dir = args.runs / arm.slug / f"seed{seed}"
-    shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run's metrics.csv would be appended to
-    start = time.monotonic()
-    module, datamodule = train(arm, seed, args, run_dir)
-    train_s = time.monotonic() - start
-    net = module.ema.float().eval()
-    result = {"key": key, "train": train_medians(run_dir / "metrics.csv"), "train_s": train_s}
-    result |= score_net(net, module.schedule, datamodule.mixture, seed, args, context["truth"])
-    result["wall_s"] = time.monotonic() - start
-    result_path.parent.mkdir(parents=True, exist_ok=True)
-    result_path.write_text(json.dumps(result, indent=1))
-    return result
+
+    def fit_and_score() -> dict:
+        shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run's metrics.csv would be appended to
+        start = time.monotonic()
+        module, datamodule = train(arm, seed, args, run_dir)
+        result = {"train": train_medians(run_dir / "metrics.csv"), "train_s": time.monotonic() - start}
+        result |= score_net(
+            module.ema.float().eval(), module.schedule, datamodule.mixture, seed, args, context["truth"]
+        )
+        return result | {"wall_s": time.monotonic() - start}
+
+    return study.cached(run_dir.with_suffix(".json"), key, fit_and_score)
 
 
 def summarise(results: dict[str, dict[int, dict]], guidance: list[float]) -> dict:

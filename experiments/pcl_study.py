@@ -23,19 +23,15 @@ framework, with its statistics, table cells and training medians.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import sys
 import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from diffrop.build import net_from_checkpoint
+from diffrop.build import compose, net_from_checkpoint
 from diffrop.data.datasets import load_digits, resize_uint8
 from diffrop.data.longtail import longtail_counts, shot_groups
 from diffrop.diffusion import samplers
@@ -44,18 +40,10 @@ from diffrop.evaluation.generate import to_uint8
 from diffrop.paper import study
 from diffrop.paper.cells import training_state
 from diffrop.paper.digits_probe import PROBE_SIZE, load_or_train_probe, probe_outputs, score_by_group
-from diffrop.paper.study import (
-    TRAIN_COLUMNS,
-    error_bars,
-    header,
-    interval_cell,
-    spread,
-    table,
-    train_medians,
-    value_cell,
-)
+from diffrop.paper.plots import paired_forest
+from diffrop.paper.study import TRAIN_COLUMNS, header, interval_cell, spread, table, train_medians, value_cell
+from diffrop.runtime.children import Children
 
-REPO = Path(__file__).resolve().parents[1]
 ALG1_TAU0 = (0.01, 0.03, 0.1, 1, 3, 10, 30)  # per-anchor sum, batch 64: from negligible to dominant
 PAIRS_MEAN_TAU0 = (100,)  # mean over pairs: ~56 partners per anchor at batch 64, so ~ alg1 at tau0 / 56
 # eq12 strengths: 300-step runs (seed 0) logged grad ratio 0.018-0.023 at tau0 = 0.5 and 0.15-0.17 at tau0 = 4 over
@@ -73,10 +61,7 @@ PCL = ["loss.terms.pcl.phi=exp", "tau=exp_decay"]
 def recipe_w(family: str) -> float:
     """The guidance w of the paper's recipe for a ``family`` ("ddpm" | "cbdm") model: ``sampler.guidance`` of
     ``experiment=cifar10lt/<family>`` as Hydra composes it (CBDM's README: DDPM 0.8, CBDM 1.6)."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
-        return float(compose("train", overrides=[f"experiment=cifar10lt/{family}"]).sampler.guidance)
+    return float(compose([f"experiment=cifar10lt/{family}"]).sampler.guidance)
 
 
 @dataclass(frozen=True)
@@ -86,37 +71,19 @@ class Arm(study.Arm):  # family: ddpm | cbdm, picks the recipe guidance
     pairing: str | None = None  # batch | eq12 | partner (PCL arms and the grouped control)
 
 
-def pcl_arm(
-    reduction: str,
-    tau0: float,
-    base: str = "ddpm",
-    temperature: float = 0.5,
-    seeds: tuple[int, ...] = (0, 1, 2),
-    pairing: str = "batch",
-) -> Arm:
+def pcl_arm(reduction: str, tau0: float, base: str = "ddpm", temperature: float = 0.5,
+            seeds: tuple[int, ...] = (0, 1, 2), pairing: str = "batch") -> Arm:  # fmt: skip
     short = {"algorithm1_sum": "alg1", "pairs_mean": "pmean"}[reduction]
     loss = "pcl_exp" if base == "ddpm" else "cbdm_pcl_exp"
     temp = "" if temperature == 0.5 else f"_temp{temperature:g}"
     kind = pairing if pairing in ("eq12", "partner") else short  # eq12 / partner arms: algorithm1_sum
-    return Arm(
-        f"{'' if base == 'ddpm' else 'cbdm_'}pcl_{kind}_tau{tau0:g}{temp}",
-        f"{base.upper()} + PCL {kind if pairing != 'batch' else short + ', batch pairs,'} tau0={tau0:g}"
-        + (f", temperature {temperature:g}" if temp else ""),
-        base,
-        (
-            f"loss={loss}",
-            *PCL,
-            f"tau.temperature={temperature}",
-            f"tau.tau0={tau0}",
-            f"loss.terms.pcl.reduction={reduction}",
-            f"loss.terms.pcl.pairing={pairing}",  # explicit: the config's default is eq12 since main 9228078
-        ),
-        tau0,
-        seeds,
-        reduction,
-        temperature,
-        pairing,
-    )
+    overrides = (f"loss={loss}", *PCL, f"tau.temperature={temperature}", f"tau.tau0={tau0}",
+                 f"loss.terms.pcl.reduction={reduction}",
+                 f"loss.terms.pcl.pairing={pairing}")  # explicit: the config's default is eq12 since main 9228078  # fmt: skip
+    label = (f"{base.upper()} + PCL {kind if pairing != 'batch' else short + ', batch pairs,'} tau0={tau0:g}"
+             + (f", temperature {temperature:g}" if temp else ""))  # fmt: skip
+    return Arm(f"{'' if base == 'ddpm' else 'cbdm_'}pcl_{kind}_tau{tau0:g}{temp}", label, base, overrides, tau0,
+               seeds, reduction, temperature, pairing)  # fmt: skip
 
 
 # The grouped control: the eq12 training step (t and eps drawn once per group) with PCL at weight 0, so that an eq12
@@ -152,48 +119,35 @@ ARMS = [
 assert set(DEFAULT_ARMS) <= {a.slug for a in ARMS}
 
 
-def train(arm: Arm, seed: int, args, children: study.Children) -> Path:
+def train(arm: Arm, seed: int, args, children: Children) -> Path:
     run = args.runs / arm.slug / f"seed{seed}"
-    if training_state(run, args.steps)[0] == "done":
-        return run
-    run.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(REPO / "src" / "train.py"), "experiment=quickstart", *arm.overrides,
-           f"trainer.max_steps={args.steps}", f"seed={seed}", f"hydra.run.dir={run}", "logger=csv",
-           "callbacks.sample_grid.every_n_steps=0", "callbacks.progress_bar=null"]  # fmt: skip
-    # this checkout's diffrop, whatever the venv has installed
-    path = os.pathsep.join([str(REPO / "src"), str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
-    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // args.jobs)), PYTHONPATH=path)
-    start = time.monotonic()
-    rc = children.run(cmd, run.with_suffix(".log"), env)
-    if rc:
-        raise RuntimeError(
-            f"training {arm.slug} seed {seed} failed (exit {rc}); see {run.with_suffix('.log')}"
-        )
-    print(f"  trained {arm.slug} seed {seed} in {time.monotonic() - start:.0f} s", flush=True)
+    if training_state(run, args.steps)[0] != "done":
+        start = time.monotonic()
+        study.train_script(run, ["experiment=quickstart", *arm.overrides, f"trainer.max_steps={args.steps}",
+                                 f"seed={seed}", "logger=csv", "callbacks.sample_grid.every_n_steps=0",
+                                 "callbacks.progress_bar=null"], max(1, (os.cpu_count() or 2) // args.jobs), children)  # fmt: skip
+        print(f"  trained {arm.slug} seed {seed} in {time.monotonic() - start:.0f} s", flush=True)
     return run
 
 
 def score(run: Path, arm: Arm, seed: int, args, probe, real, groups) -> dict:
     """Scores of one trained run at w = 0 and at its recipe w, cached in <run>/study_scores.json."""
-    cache = run / "study_scores.json"
     key = {"per_class": args.per_class, "steps": SAMPLE_STEPS, "w": [0.0, recipe_w(arm.family)], "kid": True,
            "train": sorted(TRAIN_COLUMNS)}  # fmt: skip
-    if cache.is_file() and (stored := json.loads(cache.read_text())).get("key") == key:
-        return stored
-    net, schedule, cfg, _ = net_from_checkpoint(run / "checkpoints" / "last.ckpt")
-    size = int(cfg.data.image_size)
-    y = torch.arange(10).repeat_interleave(args.per_class)
-    out = {"key": key, "train": train_medians(run / "metrics.csv"), "scores": {}}
-    for w in key["w"]:
-        gen = torch.Generator().manual_seed(1000 + seed)  # the same noise for every arm of this seed
-        shape = (len(y), 3, size, size)
-        x = loop.run(
-            samplers.get("ddim"), net, schedule, y, shape, SAMPLE_STEPS, eta=0.0, guidance=w, generator=gen
-        )
-        feats, preds = probe_outputs(probe, resize_uint8(to_uint8(x), PROBE_SIZE))
-        out["scores"][f"{w:g}"] = score_by_group(real, (feats, y, preds), groups)
-    cache.write_text(json.dumps(out, indent=1))
-    return out
+
+    def sample_and_score() -> dict:
+        net, schedule, cfg, _ = net_from_checkpoint(run / "checkpoints" / "last.ckpt")
+        y = torch.arange(10).repeat_interleave(args.per_class)
+        out = {"train": train_medians(run / "metrics.csv"), "scores": {}}
+        for w in key["w"]:
+            gen = torch.Generator().manual_seed(1000 + seed)  # the same noise for every arm of this seed
+            shape = (len(y), 3, int(cfg.data.image_size), int(cfg.data.image_size))
+            x = loop.run(samplers.get("ddim"), net, schedule, y, shape, SAMPLE_STEPS, 0.0, w, gen)
+            feats, preds = probe_outputs(probe, resize_uint8(to_uint8(x), PROBE_SIZE))
+            out["scores"][f"{w:g}"] = score_by_group(real, (feats, y, preds), groups)
+        return out
+
+    return study.cached(run / "study_scores.json", key, sample_and_score)
 
 
 # --- aggregation -----------------------------------------------------------------------------------------
@@ -340,43 +294,16 @@ PLOTTED = [
 
 
 def plot(summary: dict, path: Path) -> None:
-    """Each arm's paired difference to DDPM with its 95% interval, one panel per metric, arms on the y axis, w = 0
-    and recipe guidance side by side. The x axis is the difference itself (0 = DDPM), linear while the largest
-    effect is within 30x the smallest, symmetric-log beyond (an earlier tau0 grid spans FID +0.1 to +140)."""
-    from matplotlib.figure import Figure
-
+    """Each arm's paired difference to DDPM with its 95% interval, w = 0 and recipe guidance side by side."""
     arms = [e for slug, e in summary.items() if slug != "ddpm" and e["w0"]["few/fid"]["vs_ddpm"] is not None]
-    fig = Figure(figsize=(13, 1.2 + 0.55 * max(len(arms), 1)), layout="constrained")
-    axes = fig.subplots(1, len(PLOTTED), sharey=True)
-    y = np.arange(len(arms))[::-1]
-    for ax, (metric, name, scale) in zip(axes, PLOTTED, strict=True):
-        ax.axvline(0, color="0.4", lw=1)
-        ends = []
-        for offset, (setting, color, label) in zip(
-            (0.15, -0.15), (("w0", "C0", "w = 0"), ("recipe", "C1", "recipe w")), strict=True
-        ):
-            diffs = [e[setting][metric]["vs_ddpm"] for e in arms]
-            mean, err = error_bars(diffs, scale)
-            ax.errorbar(mean, y + offset, xerr=err, fmt="o", color=color, capsize=3, label=label)
-            ends += [abs(scale * d[end]) for d in diffs for end in ("low", "high")]
-        big, small = max(ends, default=1.0), np.median(ends) if ends else 1.0
-        if big > 30 * small > 0:
-            ax.set_xscale("symlog", linthresh=float(small))
-        ax.set_title(f"Δ {name} vs DDPM (paired, 95%)", fontsize="small")
-        ax.grid(alpha=0.3)
-    axes[0].set_yticks(y, [e["label"] for e in arms], fontsize="small")
-    axes[0].legend(fontsize="x-small")
-    fig.suptitle("< 0 = lower than DDPM (better for FID, KID, few→head)", fontsize="small")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
+    settings = (("w0", "C0", "w = 0"), ("recipe", "C1", "recipe w"))
+    paired_forest(arms, PLOTTED, settings, "< 0 = lower than DDPM (better for FID, KID, few→head)", path)
 
 
 def prepare(args, arms: list[Arm]) -> tuple[dict, dict]:
     """The digits classifier (trained once, kept in <runs>/probe.pt), the real features and the shot groups; the
     trainings' children stopped on SIGTERM, SIGINT and SIGHUP."""
-    children = study.Children()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, children.stop_all)
+    children = Children.stopped_on_signals()
     probe, probe_acc = load_or_train_probe(args.runs / "probe.pt", args.probe_epochs)
     full = load_digits(PROBE_SIZE)
     real = (probe_outputs(probe, full.images)[0], full.labels)

@@ -13,14 +13,13 @@ import fnmatch
 import json
 import multiprocessing
 import os
-import signal
 import statistics
-import subprocess
+import sys
 import time
 from argparse import ArgumentParser, Namespace
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,9 @@ from scipy import stats
 
 from diffrop.paper.paired import paired_difference
 from diffrop.paper.reading import write_keeping_reading
-from diffrop.runtime.children import parent_death_signal, stop_group
+from diffrop.runtime.children import Children
+
+REPO = Path(__file__).resolve().parents[3]
 
 # summary name: metrics.csv column (the training diagnostics both studies report)
 TRAIN_COLUMNS = {
@@ -161,6 +162,18 @@ def error_bars(diffs: Sequence[Mapping], scale: float = 1.0) -> tuple[np.ndarray
     return mean, np.stack([mean - low, high - mean])
 
 
+def cached(path: Path, key: Mapping, compute: Callable[[], dict]) -> dict:
+    """A run's result cached as JSON: the one stored in ``path`` where its "key" is ``key``, else ``compute()``'s,
+    stored with ``key`` first."""
+    key = json.loads(json.dumps(key))  # as stored: tuples as lists
+    if path.is_file() and (stored := json.loads(path.read_text())).get("key") == key:
+        return stored
+    result = {"key": key, **compute()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    return result
+
+
 # --- the framework -----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Arm:
@@ -214,34 +227,6 @@ class Study:
     write_each: bool = False  # <out>.json / .md after every result, not only at the end
 
 
-@dataclass
-class Children:
-    """The parallel trainings, each in its own process group (diffrop.runtime.children: SIGTERMed if the study dies).
-
-    ``diffrop.runtime.children.run_logged`` handles signals in the main thread only; here the waits happen in worker
-    threads, so the main thread's handler stops every group itself (train.py checkpoints on SIGTERM, a re-run
-    resumes) and leaves without waiting for the pool.
-    """
-
-    procs: set[subprocess.Popen] = field(default_factory=set)
-
-    def run(self, cmd: list[str], log: Path, env: dict[str, str]) -> int:
-        with log.open("w") as f:
-            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                    preexec_fn=parent_death_signal())  # fmt: skip
-            self.procs.add(proc)
-            try:
-                return proc.wait()
-            finally:
-                self.procs.discard(proc)
-
-    def stop_all(self, signum: int, _frame) -> None:
-        for proc in list(self.procs):
-            stop_group(proc)
-        print(f"{signal.Signals(signum).name}: stopped the trainings; run the same command again to resume")
-        os._exit(128 + signum)
-
-
 class InProcess:
     """``--jobs 1``: the runs one after another in this process (a script loaded by path cannot be spawned)."""
 
@@ -264,6 +249,20 @@ def workers(jobs: int, threads: bool) -> ProcessPoolExecutor | ThreadPoolExecuto
     if threads:
         return ThreadPoolExecutor(jobs)
     return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+
+
+def train_script(run: Path, overrides: Sequence[str], threads: int, children: Children) -> None:
+    """``src/train.py <overrides> hydra.run.dir=<run>`` of this checkout in a child process (``children``), with
+    ``threads`` OpenMP threads; its output in <run>.log. Raises where it fails."""
+    run.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(REPO / "src" / "train.py"), *overrides, f"hydra.run.dir={run}"]
+    # this checkout's diffrop, whatever the venv has installed
+    path = os.pathsep.join([str(REPO / "src"), str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    rc = children.run(
+        cmd, run.with_suffix(".log"), dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=path)
+    )
+    if rc:
+        raise RuntimeError(f"training {run} failed (exit {rc}); see {run.with_suffix('.log')}")
 
 
 def show(study: Study, body: dict, args: Namespace, png: bool = True) -> None:
