@@ -22,56 +22,27 @@ Scores of the EMA network:
   bc_excess Bhattacharyya coefficient of the fitted generated head and tail minus the true one (> 0: more overlap)
 Samples: DPM-Solver++(2M) (or --sampler ddim) with the same seeded noise for every arm of a seed; the closed-form eps* through the same sampler
 gives each score's sampler floor. ``grad_ratio`` is the median of ``train/pcl/grad_ratio`` over the second half.
-Writes <out>.md, <out>.json and <out>.png (default experiments/results/overlap_bench.*); the statistics, table cells
-and training medians are diffrop.paper.study's, shared with experiments/pcl_study.py.
+Writes <out>.md, <out>.json and <out>.png (default experiments/results/overlap_bench.*) through diffrop.paper.study's
+framework; the scores are diffrop.paper.mixture_scores', shared with experiments/ddp_streams.py.
 """
 
 from __future__ import annotations
 
-import argparse
-import fnmatch
-import json
-import logging
-import multiprocessing
-import os
 import shutil
-import statistics
+import sys
 import time
-import warnings
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from diffrop.diffusion import samplers
-from diffrop.diffusion.samplers import loop
-from diffrop.paper.reading import write_keeping_reading
-from diffrop.paper.study import (
-    difference,
-    error_bars,
-    header,
-    interval_cell,
-    spread,
-    table,
-    train_medians,
-    value_cell,
-)
+from diffrop.paper import study
+from diffrop.paper.mixture_scores import HEAD, T_GRID, TAIL, flat_scores, score_net
+from diffrop.paper.study import error_bars, header, interval_cell, table, train_medians, value_cell
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO / "configs"
-T_GRID = (10, 50, 100, 200, 300, 500, 700, 900)  # held-out timesteps of eps_err and slope
-HEAD, TAIL = 0, 3  # the overlapping pair of configs/data/gaussian_lt.yaml
-# Training recipe of every arm (only the loss differs). A 0.1M MLP converges far faster than the CIFAR UNet.
-RECIPE = ("data=gaussian_lt", "data.batch_size=128", "model=mlp", "trainer=cpu", "logger=csv", "optim.lr=2e-3",
-          "optim.warmup_steps=100", "optim.ema_decay=0.995", "trainer.log_every_n_steps=50",
-          "callbacks.sample_grid=null", "callbacks.checkpoint=null", "callbacks.on_interrupt=null",
-          "callbacks.progress_bar=null", "callbacks.model_summary=null")  # fmt: skip
-# DPM-Solver++(2M) by default: with the closed-form eps* at 30 steps its KL is the finite-sample bias of the fitted
-# covariance (~0.04), while DDIM-50 adds ~0.8 and shrinks the head-tail overlap (BC -0.10): the off-plane variance
-# (0.01) is far below the noise levels of DDIM's evenly spaced grid.
-SAMPLERS = ("dpmpp2m", "ddim")  # DDIM at eta = 0
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mixture_recipe import FLAGS, bayes_json, options, prepare, progress, quiet_worker, train
+
 EXP = ("loss=pcl_exp", "tau=exp_decay")
 BATCH = ("loss.terms.pcl.pairing=batch",)  # each sample at its own t and eps (the pairing before Eq. 12)
 EQ12 = ("loss.terms.pcl.pairing=eq12", "loss.terms.pcl.group_size=8")
@@ -94,12 +65,7 @@ FIVE, EIGHT = tuple(range(5)), tuple(range(8))
 
 
 @dataclass(frozen=True)
-class Arm:
-    slug: str
-    label: str
-    family: str  # one line in the plot (ddpm, ddpm_2x_steps, grouped_ddpm, pcl_eq12, pcl_partner, ...)
-    overrides: tuple[str, ...]
-    tau0: float | None = None
+class Arm(study.Arm):
     seeds: tuple[int, ...] = FIVE  # the default run's seeds (--seeds replaces them for every arm)
     steps_factor: int = 1  # trainer.max_steps = steps_factor * --steps (DDPM at a second forward's compute)
     control: str | None = None  # the grouped control (same groups, tau0 = 0) of an Eq. 12 arm
@@ -164,207 +130,54 @@ ARMS = [
 ]  # fmt: skip
 
 
-# --- one run: train in-process, score the EMA network ------------------------------------------------------------
-def compose(overrides: list[str], run_dir: Path):
-    """configs/train.yaml composed as ``src/train.py`` would for ``hydra.run.dir=run_dir``."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = hydra_compose("train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-        HydraConfig.instance().set_config(cfg)  # ${hydra:...} in the config resolves against it
-        del cfg["hydra"]
-    return cfg
-
-
-def train(arm: Arm, seed: int, args, run_dir: Path):
-    """Fit one arm for one seed exactly as src/train.py does (minus checkpoints); returns (module, datamodule)."""
-    import lightning as L
-
-    from diffrop import build
-
-    mine = {o.split("=")[0] for o in arm.overrides}
-    recipe = [o for o in RECIPE if o.split("=")[0] not in mine]  # the arm's own value (data.batch_size) wins
-    overrides = [*recipe, *arm.overrides, *args.train, f"trainer.max_steps={args.steps * arm.steps_factor}",
-                 f"seed={seed}", f"data.seed={seed}"]  # fmt: skip
-    cfg = compose(overrides, run_dir)
-    L.seed_everything(seed, workers=True, verbose=False)
-    datamodule = build.build_datamodule(cfg)
-    module = build.build_module(cfg, datamodule)
-    trainer = build.build_trainer(
-        cfg,
-        run_dir,
-        default_root_dir=run_dir,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
-    trainer.fit(module, datamodule=datamodule)
-    return module, datamodule
-
-
-@torch.no_grad()
-def eps_scores(net, schedule, mixture, seed: int, per_class: int) -> dict:
-    """eps_err and slope on fresh held-out draws (the same for every arm of a seed), per t and overall."""
-    gen = torch.Generator().manual_seed(2000 + seed)
-    x0, y = mixture.sample([per_class] * mixture.num_classes, gen)
-    per_t = {"eps_err": [], "eps_err_tail": [], "slope": [], "slope_bayes": [], "bayes_residual": []}
-    for t_value in T_GRID:
-        eps = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
-        abar = schedule.alpha_bars.double()[t_value].expand(len(y))
-        xt = abar.sqrt()[:, None] * x0 + (1 - abar).sqrt()[:, None] * eps
-        star = mixture.eps_star(xt, abar, y, torch.ones_like(y, dtype=torch.bool))
-        t = torch.full_like(y, t_value)
-        cond = torch.ones_like(y, dtype=torch.bool)
-        eps_hat = net(xt.float()[:, :, None, None], t, y, cond).flatten(1).double()
-        err = (eps_hat - star).square().mean(1)
-        per_t["eps_err"].append(float(err.mean()))
-        per_t["eps_err_tail"].append(float(err[y == TAIL].mean()))
-        per_t["slope"].append(float((eps_hat * eps).sum() / eps.square().sum()))
-        per_t["slope_bayes"].append(float((star * eps).sum() / eps.square().sum()))
-        per_t["bayes_residual"].append(float((star - eps).square().mean()))
-    return {"per_t": per_t} | {k: float(np.mean(v)) for k, v in per_t.items()}
-
-
-def head_share(mixture, x: torch.Tensor) -> float:
-    return float((mixture.bayes_classify(x) == HEAD).double().mean())
-
-
-def true_head_shares(mixture, n: int) -> list[float]:
-    """Share of true class-c draws the Bayes classifier assigns to the head (Monte-Carlo, fixed seed)."""
-    gen = torch.Generator().manual_seed(12345)
-    return [head_share(mixture, mixture.sample_class(c, n, gen)) for c in range(mixture.num_classes)]
-
-
-def sample_scores(net, schedule, mixture, seed: int, args, guidance: float, truth) -> dict:
-    """leakage, kl and bc_excess of ``args.per_class`` samples per class (noise seeded by the run seed)."""
-    from diffrop.data.gaussian_mixture import bhattacharyya_coefficient, gaussian_kl
-
-    y = torch.arange(mixture.num_classes).repeat_interleave(args.per_class)
-    gen = torch.Generator().manual_seed(1000 + seed)  # the same noise for every arm of this seed
-    shape = (len(y), mixture.dim, 1, 1)
-    x = loop.run(samplers.get(args.sampler), net, schedule, y, shape, args.sample_steps, 0.0, guidance, gen)
-    x = x.flatten(1).double()
-    fits = [(x[y == c].mean(0), torch.cov(x[y == c].T)) for c in range(mixture.num_classes)]
-    kl = [gaussian_kl(m, s, mixture.means[c], mixture.covs[c]) for c, (m, s) in enumerate(fits)]
-    leakage = [head_share(mixture, x[y == c]) - truth[c] for c in range(mixture.num_classes)]
-    bc_true = bhattacharyya_coefficient(
-        mixture.means[HEAD], mixture.covs[HEAD], mixture.means[TAIL], mixture.covs[TAIL]
-    )
-    bc_gen = bhattacharyya_coefficient(*fits[HEAD], *fits[TAIL])
-    return {
-        "leakage_tail": leakage[TAIL],
-        "leakage": leakage,
-        "kl_tail": kl[TAIL],
-        "kl_mean": float(np.mean(kl)),
-        "kl": kl,
-        "bc_excess": bc_gen - bc_true,
-        "clamped": float((x.abs() >= 1).any(1).double().mean()),  # the sampler clips to [-1, 1]
-    }
-
-
-def score_net(net, schedule, mixture, seed: int, args, truth) -> dict:
-    out = {"eps": eps_scores(net, schedule, mixture, seed, args.eval_per_class)}
-    for w in args.guidance:
-        out[f"w{w:g}"] = sample_scores(net, schedule, mixture, seed, args, w, truth)
-    return out
-
-
-def quiet_worker() -> None:
-    """One thread per run, and one progress line per run: Lightning's per-Trainer notices and warnings off."""
-    torch.set_num_threads(1)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
-
-
-def run_one(arm: Arm, seed: int, args, truth: list[float]) -> dict:
+def run_one(arm: Arm, seed: int, args, context: dict) -> dict:
     """Train (unless its result exists) and score one arm for one seed; the result is cached as JSON."""
     quiet_worker()
-    result_path = args.runs / arm.slug / f"seed{seed}.json"
-    key = json.loads(json.dumps({"steps": args.steps * arm.steps_factor, "per_class": args.per_class, "guidance": args.guidance, "overrides": arm.overrides,
-           "sampler": f"{args.sampler}{args.sample_steps}", "eval_per_class": args.eval_per_class, "train": args.train}))  # as stored  # fmt: skip
-    if result_path.is_file() and (stored := json.loads(result_path.read_text())).get("key") == key:
-        return stored
+    key = {"steps": args.steps * arm.steps_factor, "per_class": args.per_class, "guidance": args.guidance,
+           "overrides": arm.overrides, "sampler": f"{args.sampler}{args.sample_steps}",
+           "eval_per_class": args.eval_per_class, "train": args.train}  # fmt: skip
     run_dir = args.runs / arm.slug / f"seed{seed}"
-    shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run's metrics.csv would be appended to
-    start = time.monotonic()
-    module, datamodule = train(arm, seed, args, run_dir)
-    train_s = time.monotonic() - start
-    net = module.ema.float().eval()
-    result = {"key": key, "train": train_medians(run_dir / "metrics.csv"), "train_s": train_s}
-    result |= score_net(net, module.schedule, datamodule.mixture, seed, args, truth)
-    result["wall_s"] = time.monotonic() - start
-    result_path.parent.mkdir(parents=True, exist_ok=True)
-    result_path.write_text(json.dumps(result, indent=1))
-    return result
 
+    def fit_and_score() -> dict:
+        shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run's metrics.csv would be appended to
+        start = time.monotonic()
+        module, datamodule = train(arm, seed, args, run_dir)
+        result = {"train": train_medians(run_dir / "metrics.csv"), "train_s": time.monotonic() - start}
+        result |= score_net(
+            module.ema.float().eval(), module.schedule, datamodule.mixture, seed, args, context["truth"]
+        )
+        return result | {"wall_s": time.monotonic() - start}
 
-def bayes_reference(seed: int, args, truth: list[float]) -> dict:
-    """Every score of the closed-form eps* itself, through the same sampler and noise: the floor of each score."""
-    from hydra.utils import instantiate
-
-    from diffrop import build
-    from diffrop.data.gaussian_mixture import BayesDenoiser
-
-    quiet_worker()
-    cfg = compose([*RECIPE, *args.train], args.runs / "bayes")
-    mixture, schedule = build.build_datamodule(cfg).mixture, instantiate(cfg.diffusion)
-    return score_net(BayesDenoiser(mixture, schedule.alpha_bars), schedule, mixture, seed, args, truth)
-
-
-# --- aggregation ---------------------------------------------------------------------------------------------------
-def flat_scores(result: dict, guidance: list[float]) -> dict[str, float]:
-    """One run's scalar scores under the metric names of the table (``leakage_tail@w0``, ...)."""
-    out = {k: result["eps"][k] for k in ("eps_err", "eps_err_tail", "slope")}
-    train = result.get("train", {})
-    if "grad_ratio" in train:
-        out["grad_ratio"] = train["grad_ratio"]
-    if "eps_slope" in train:  # train/eps_slope on training batches (median, second half)
-        out["train_eps_slope"] = train["eps_slope"]
-    for w in guidance:
-        for k in ("leakage_tail", "kl_tail", "kl_mean", "bc_excess"):
-            out[f"{k}@w{w:g}"] = result[f"w{w:g}"][k]
-    return out
+    return study.cached(run_dir.with_suffix(".json"), key, fit_and_score)
 
 
 def summarise(results: dict[str, dict[int, dict]], guidance: list[float]) -> dict:
-    """Per arm and metric: values per seed, mean, sd, and the paired-by-seed difference to DDPM."""
+    """Per arm and metric: values per seed, mean, sd, and the paired-by-seed differences to DDPM, to an Eq. 12 arm's
+    grouped control and (two-forward arms) to DDPM at equal compute."""
     flat = {
         slug: {seed: flat_scores(r, guidance) for seed, r in runs.items()} for slug, runs in results.items()
     }
-    base = flat.get("ddpm", {})
 
-    def versus(by_seed: dict[int, float], other: dict[int, dict[str, float]], name: str) -> dict | None:
-        return difference(by_seed, {s: v[name] for s, v in other.items() if name in v})
+    def values(slug: str, name: str) -> dict[int, float]:
+        return {s: v[name] for s, v in flat.get(slug, {}).items() if name in v}
 
     out = {}
     for arm in ARMS:
         if arm.slug not in flat:
             continue
-        entry = {"label": arm.label, "family": arm.family, "tau0": arm.tau0, "seeds": sorted(flat[arm.slug]),
-                 "forwards": arm.forwards}  # fmt: skip
         metrics = {}
         for name in next(iter(flat[arm.slug].values())):
-            by_seed = {seed: scores[name] for seed, scores in flat[arm.slug].items()}
-            compare = arm.slug != "ddpm" and name != "grad_ratio"
-            metrics[name] = {
-                **spread({str(s): v for s, v in sorted(by_seed.items())}),
-                "vs_ddpm": versus(by_seed, base, name) if compare else None,
-            }
-            if arm.control and name != "grad_ratio":  # PCL's own effect, grouping held fixed
-                metrics[name]["vs_grouped_ddpm"] = versus(by_seed, flat.get(arm.control, {}), name)
-            if arm.forwards == 2 and name != "grad_ratio":  # against DDPM given the same compute
-                for slug in EQUAL_COMPUTE:
-                    metrics[name][f"vs_{slug}"] = versus(by_seed, flat.get(slug, {}), name)
-        entry["metrics"] = metrics
-        entry["slope_per_t"] = np.mean(
-            [r["eps"]["per_t"]["slope"] for r in results[arm.slug].values()], 0
-        ).tolist()
-        out[arm.slug] = entry
+            compare = name != "grad_ratio"
+            against = {"vs_ddpm": values("ddpm", name) if compare and arm.slug != "ddpm" else None}
+            if compare and arm.control:  # PCL's own effect, grouping held fixed
+                against["vs_grouped_ddpm"] = values(arm.control, name)
+            if compare and arm.forwards == 2:  # against DDPM given the same compute
+                against |= {f"vs_{slug}": values(slug, name) for slug in EQUAL_COMPUTE}
+            metrics[name] = study.column(values(arm.slug, name), against)
+        out[arm.slug] = {"label": arm.label, "family": arm.family, "tau0": arm.tau0, "seeds": sorted(flat[arm.slug]),
+                         "forwards": arm.forwards, "metrics": metrics,
+                         "slope_per_t": np.mean([r["eps"]["per_t"]["slope"] for r in results[arm.slug].values()],
+                                                0).tolist()}  # fmt: skip
     return out
 
 
@@ -382,9 +195,10 @@ def metric_digits(name: str) -> int:
     return 4 if name.startswith(("leakage", "bc_", "eps_err")) else 3
 
 
-def render(summary: dict, bayes: dict, args, meta: dict) -> str:
-    """The tables of <out>.md; ``bayes``: seed -> the closed-form eps*'s ``flat_scores`` and ``slope_per_t``, as
-    stored in <out>.json's ``bayes_reference``."""
+def render(body: dict, args) -> str:
+    """The tables of <out>.md from <out>.json's body; its ``bayes_reference``: seed -> the closed-form eps*'s
+    ``flat_scores`` and ``slope_per_t``."""
+    summary, bayes, meta = body["arms"], body["bayes_reference"], body["meta"]
     guidance = [w for w in args.guidance if w != 0]
     key = KEY_METRICS + [(f"{m.split('@')[0]}@w{w:g}", f"{h} (w={w:g})", lo)
                          for w in guidance for m, h, lo in KEY_METRICS if "@" in m]  # fmt: skip
@@ -505,135 +319,15 @@ def plot(summary: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def mixture_facts(args) -> dict:
-    """The data's closed-form facts for the header: counts, the head-tail Bayes error and overlap."""
-    from diffrop import build
-    from diffrop.data.gaussian_mixture import bhattacharyya_coefficient
-
-    cfg = compose([*RECIPE, *args.train], args.runs / "bayes")
-    dm = build.build_datamodule(cfg)
-    m = dm.mixture
-    gen = torch.Generator().manual_seed(54321)
-    n = args.mc_draws
-    errors = []
-    for c, other in ((HEAD, TAIL), (TAIL, HEAD)):
-        x = m.sample_class(c, n, gen)
-        ll = m.log_likelihoods(x, torch.ones(n, dtype=torch.float64))
-        errors.append(float((ll[:, other] > ll[:, c]).double().mean()))
-    net = build.build_net(cfg, **build.data_shape(dm))
-    return {
-        "num_classes": m.num_classes,
-        "dim": m.dim,
-        "counts": dm.class_counts,
-        "batch_size": dm.batch_size,
-        "pairwise_bayes_error": float(np.mean(errors)),
-        "bc_true": bhattacharyya_coefficient(m.means[HEAD], m.covs[HEAD], m.means[TAIL], m.covs[TAIL]),
-        "true_head_share": true_head_shares(m, n),
-        "params": sum(p.numel() for p in net.parameters()),
-    }
-
-
-class InProcess:
-    """``--jobs 1``: the runs one after another in this process (a script loaded by path cannot be spawned)."""
-
-    def __enter__(self) -> InProcess:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-    def submit(self, fn, *args) -> Future:
-        future: Future = Future()
-        future.set_result(fn(*args))
-        return future
-
-
-def worker_pool(jobs: int) -> ProcessPoolExecutor | InProcess:
-    """``jobs`` fresh processes (spawned: no OpenMP state forked from this one), or this process for 1."""
-    if jobs == 1:
-        return InProcess()
-    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+STUDY = study.Study(
+    "overlap_bench", __doc__, ARMS, run_one, lambda results, args: summarise(results, args.guidance), render, plot,
+    done=lambda arm, seed, args: (args.runs / arm.slug / f"seed{seed}.json").is_file(), prepare=prepare,
+    extra=bayes_json, options=options, progress=progress, base="ddpm", jobs=3, stored_flags=("steps", "jobs", *FLAGS),
+)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seeds", type=int, nargs="+", help="for every arm (default: each arm's own, 5 or 8)")
-    p.add_argument("--arms", nargs="+", default=["*"], help="slugs or globs (default: all)")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--per-class", type=int, default=2000, help="samples per class")
-    p.add_argument(
-        "--eval-per-class", type=int, default=1000, help="held-out draws per class and t (eps error)"
-    )
-    p.add_argument(
-        "--mc-draws", type=int, default=500_000, help="per class, for the true Bayes errors and shares"
-    )
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), default="dpmpp2m")
-    p.add_argument("--sample-steps", type=int, default=30)
-    p.add_argument("--guidance", type=float, nargs="+", default=[0.0], help="w values; the first must be 0")
-    p.add_argument(
-        "--train", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides for every arm"
-    )
-    p.add_argument("--jobs", type=int, default=3, help="runs in parallel, one thread each")
-    p.add_argument("--runs", type=Path, default=Path("logs/overlap_bench"))
-    p.add_argument("--out", type=Path, default=Path("experiments/results/overlap_bench"))
-    p.add_argument(
-        "--render-only",
-        action="store_true",
-        help="re-render <out>.md (keeping its Reading) and <out>.png from <out>.json: no training or scoring",
-    )
-    args = p.parse_args(argv)
-    if args.render_only:
-        stored = json.loads(args.out.with_suffix(".json").read_text())
-        args.steps, args.guidance = stored["meta"]["steps"], stored["meta"]["guidance"]
-        args.jobs = stored["meta"].get("jobs", args.jobs)
-        md = render(stored["arms"], stored["bayes_reference"], args, stored["meta"])
-        write_keeping_reading(args.out.with_suffix(".md"), md)
-        plot(stored["arms"], args.out.with_suffix(".png"))
-        return
-    if args.guidance[0] != 0:
-        p.error("--guidance: the first w must be 0 (the table's key columns are at w = 0)")
-    arms = [a for a in ARMS if any(fnmatch.fnmatch(a.slug, pat) for pat in args.arms)]
-    if not arms:
-        p.error(f"no arm matches {args.arms}; arms: {' '.join(a.slug for a in ARMS)}")
-    if "ddpm" not in [a.slug for a in arms]:
-        arms.insert(0, ARMS[0])  # every difference is to DDPM
-    start = time.monotonic()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.jobs))
-    facts = mixture_facts(args)
-    truth = facts["true_head_share"]
-    tasks = sorted(
-        ((a, s) for a in arms for s in (args.seeds or a.seeds)), key=lambda task: task[1]
-    )  # seed-major
-    seeds = sorted({s for _, s in tasks})
-    trained = sum(not (args.runs / a.slug / f"seed{s}.json").is_file() for a, s in tasks)
-    print(f"{len(tasks)} runs ({trained} without a result yet), {args.jobs} in parallel", flush=True)
-    results: dict[str, dict[int, dict]] = {}
-    with worker_pool(args.jobs) as pool:
-        bayes_futures = {pool.submit(bayes_reference, s, args, truth): s for s in seeds}
-        futures = {pool.submit(run_one, a, s, args, truth): (a, s) for a, s in tasks}
-        bayes = {bayes_futures[f]: f.result() for f in bayes_futures}
-        for done, future in enumerate(as_completed(futures), 1):
-            arm, seed = futures[future]
-            result = results.setdefault(arm.slug, {})[seed] = future.result()
-            scores = flat_scores(result, args.guidance)
-            ratio = f"grad ratio {scores['grad_ratio']:.3g}, " if "grad_ratio" in scores else ""
-            print(f"[{done}/{len(tasks)}] {arm.slug} seed {seed}: {ratio}eps_err {scores['eps_err']:.4f}, "
-                  f"leakage {scores['leakage_tail@w0']:+.4f}, KL tail {scores['kl_tail@w0']:.3f} "
-                  f"({result['wall_s']:.0f} s; {(time.monotonic() - start) / 60:.1f} min)", flush=True)  # fmt: skip
-    summary = summarise(results, args.guidance)
-    run_times = [r["wall_s"] for runs in results.values() for r in runs.values()]
-    meta = facts | {"seeds": seeds, "wall_s": time.monotonic() - start, "trained": trained,
-                    "runs_s": sum(run_times), "run_s_median": statistics.median(run_times),
-                    "steps": args.steps, "guidance": args.guidance, "jobs": args.jobs}  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    bayes_json = {str(s): flat_scores(r, args.guidance) | {"slope_per_t": r["eps"]["per_t"]["slope_bayes"]}
-                  for s, r in bayes.items()}  # fmt: skip
-    args.out.with_suffix(".json").write_text(
-        json.dumps({"meta": meta, "bayes_reference": bayes_json, "arms": summary}, indent=1)
-    )
-    write_keeping_reading(args.out.with_suffix(".md"), render(summary, bayes_json, args, meta))
-    plot(summary, args.out.with_suffix(".png"))
-    print(args.out.with_suffix(".md").read_text())
+    study.main(STUDY, argv)
 
 
 if __name__ == "__main__":

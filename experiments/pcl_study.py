@@ -17,51 +17,33 @@ interval only where an arm shares fewer than 2 seeds with DDPM. Scores live in a
 another class) and to_head (assigned to a many-shot class). The recipe guidance is the paper recipe's
 ``sampler.guidance`` (configs/experiment/method/<ddpm|cbdm>.yaml). Training diagnostics (``train/pcl/grad_ratio``,
 ``train/eps_slope``, ``train/pcl/d_between``, ``train/pcl/d_within``) are medians over the second half of training.
-The statistics, table cells and training medians are diffrop.paper.study's, shared with experiments/overlap_bench.py.
-Writes <out>.md, <out>.json and <out>.png (default experiments/results/pcl_study.*).
+Writes <out>.md, <out>.json and <out>.png (default experiments/results/pcl_study.*) through diffrop.paper.study's
+framework, with its statistics, table cells and training medians.
 """
 
 from __future__ import annotations
 
-import argparse
-import fnmatch
-import json
 import os
-import signal
-import subprocess
-import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from diffrop.build import net_from_checkpoint
+from diffrop.build import compose, net_from_checkpoint
 from diffrop.data.datasets import load_digits, resize_uint8
 from diffrop.data.longtail import longtail_counts, shot_groups
 from diffrop.diffusion import samplers
 from diffrop.diffusion.samplers import loop
 from diffrop.evaluation.generate import to_uint8
+from diffrop.paper import study
 from diffrop.paper.cells import training_state
 from diffrop.paper.digits_probe import PROBE_SIZE, load_or_train_probe, probe_outputs, score_by_group
-from diffrop.paper.reading import write_keeping_reading
-from diffrop.paper.study import (
-    TRAIN_COLUMNS,
-    difference,
-    error_bars,
-    header,
-    interval_cell,
-    spread,
-    table,
-    train_medians,
-    value_cell,
-)
-from diffrop.runtime.children import parent_death_signal, stop_group
+from diffrop.paper.plots import paired_forest
+from diffrop.paper.study import TRAIN_COLUMNS, header, interval_cell, spread, table, train_medians, value_cell
+from diffrop.runtime.children import Children
 
-REPO = Path(__file__).resolve().parents[1]
 ALG1_TAU0 = (0.01, 0.03, 0.1, 1, 3, 10, 30)  # per-anchor sum, batch 64: from negligible to dominant
 PAIRS_MEAN_TAU0 = (100,)  # mean over pairs: ~56 partners per anchor at batch 64, so ~ alg1 at tau0 / 56
 # eq12 strengths: 300-step runs (seed 0) logged grad ratio 0.018-0.023 at tau0 = 0.5 and 0.15-0.17 at tau0 = 4 over
@@ -79,56 +61,29 @@ PCL = ["loss.terms.pcl.phi=exp", "tau=exp_decay"]
 def recipe_w(family: str) -> float:
     """The guidance w of the paper's recipe for a ``family`` ("ddpm" | "cbdm") model: ``sampler.guidance`` of
     ``experiment=cifar10lt/<family>`` as Hydra composes it (CBDM's README: DDPM 0.8, CBDM 1.6)."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
-        return float(compose("train", overrides=[f"experiment=cifar10lt/{family}"]).sampler.guidance)
+    return float(compose([f"experiment=cifar10lt/{family}"]).sampler.guidance)
 
 
 @dataclass(frozen=True)
-class Arm:
-    slug: str
-    label: str
-    family: str  # ddpm | cbdm: picks the recipe guidance
-    overrides: tuple[str, ...]
+class Arm(study.Arm):  # family: ddpm | cbdm, picks the recipe guidance
     reduction: str | None = None
-    tau0: float | None = None
     temperature: float | None = None
-    seeds: tuple[int, ...] = (0, 1, 2)
     pairing: str | None = None  # batch | eq12 | partner (PCL arms and the grouped control)
 
 
-def pcl_arm(
-    reduction: str,
-    tau0: float,
-    base: str = "ddpm",
-    temperature: float = 0.5,
-    seeds: tuple[int, ...] = (0, 1, 2),
-    pairing: str = "batch",
-) -> Arm:
+def pcl_arm(reduction: str, tau0: float, base: str = "ddpm", temperature: float = 0.5,
+            seeds: tuple[int, ...] = (0, 1, 2), pairing: str = "batch") -> Arm:  # fmt: skip
     short = {"algorithm1_sum": "alg1", "pairs_mean": "pmean"}[reduction]
     loss = "pcl_exp" if base == "ddpm" else "cbdm_pcl_exp"
     temp = "" if temperature == 0.5 else f"_temp{temperature:g}"
     kind = pairing if pairing in ("eq12", "partner") else short  # eq12 / partner arms: algorithm1_sum
-    return Arm(
-        f"{'' if base == 'ddpm' else 'cbdm_'}pcl_{kind}_tau{tau0:g}{temp}",
-        f"{base.upper()} + PCL {kind if pairing != 'batch' else short + ', batch pairs,'} tau0={tau0:g}"
-        + (f", temperature {temperature:g}" if temp else ""),
-        base,
-        (
-            f"loss={loss}",
-            *PCL,
-            f"tau.temperature={temperature}",
-            f"tau.tau0={tau0}",
-            f"loss.terms.pcl.reduction={reduction}",
-            f"loss.terms.pcl.pairing={pairing}",  # explicit: the config's default is eq12 since main 9228078
-        ),
-        reduction,
-        tau0,
-        temperature,
-        seeds,
-        pairing,
-    )
+    overrides = (f"loss={loss}", *PCL, f"tau.temperature={temperature}", f"tau.tau0={tau0}",
+                 f"loss.terms.pcl.reduction={reduction}",
+                 f"loss.terms.pcl.pairing={pairing}")  # explicit: the config's default is eq12 since main 9228078  # fmt: skip
+    label = (f"{base.upper()} + PCL {kind if pairing != 'batch' else short + ', batch pairs,'} tau0={tau0:g}"
+             + (f", temperature {temperature:g}" if temp else ""))  # fmt: skip
+    return Arm(f"{'' if base == 'ddpm' else 'cbdm_'}pcl_{kind}_tau{tau0:g}{temp}", label, base, overrides, tau0,
+               seeds, reduction, temperature, pairing)  # fmt: skip
 
 
 # The grouped control: the eq12 training step (t and eps drawn once per group) with PCL at weight 0, so that an eq12
@@ -164,76 +119,35 @@ ARMS = [
 assert set(DEFAULT_ARMS) <= {a.slug for a in ARMS}
 
 
-@dataclass
-class Children:
-    """The parallel trainings, each in its own process group (diffrop.runtime.children: SIGTERMed if the study dies).
-
-    ``diffrop.runtime.children.run_logged`` handles signals in the main thread only; here the waits happen in worker
-    threads, so the main thread's handler stops every group itself (train.py checkpoints on SIGTERM, a re-run
-    resumes) and leaves without waiting for the pool.
-    """
-
-    procs: set[subprocess.Popen] = field(default_factory=set)
-
-    def run(self, cmd: list[str], log: Path, env: dict[str, str]) -> int:
-        with log.open("w") as f:
-            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                    preexec_fn=parent_death_signal())  # fmt: skip
-            self.procs.add(proc)
-            try:
-                return proc.wait()
-            finally:
-                self.procs.discard(proc)
-
-    def stop_all(self, signum: int, _frame) -> None:
-        for proc in list(self.procs):
-            stop_group(proc)
-        print(f"{signal.Signals(signum).name}: stopped the trainings; run the same command again to resume")
-        os._exit(128 + signum)
-
-
 def train(arm: Arm, seed: int, args, children: Children) -> Path:
     run = args.runs / arm.slug / f"seed{seed}"
-    if training_state(run, args.steps)[0] == "done":
-        return run
-    run.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(REPO / "src" / "train.py"), "experiment=quickstart", *arm.overrides,
-           f"trainer.max_steps={args.steps}", f"seed={seed}", f"hydra.run.dir={run}", "logger=csv",
-           "callbacks.sample_grid.every_n_steps=0", "callbacks.progress_bar=null"]  # fmt: skip
-    # this checkout's diffrop, whatever the venv has installed
-    path = os.pathsep.join([str(REPO / "src"), str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
-    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // args.jobs)), PYTHONPATH=path)
-    start = time.monotonic()
-    rc = children.run(cmd, run.with_suffix(".log"), env)
-    if rc:
-        raise RuntimeError(
-            f"training {arm.slug} seed {seed} failed (exit {rc}); see {run.with_suffix('.log')}"
-        )
-    print(f"  trained {arm.slug} seed {seed} in {time.monotonic() - start:.0f} s", flush=True)
+    if training_state(run, args.steps)[0] != "done":
+        start = time.monotonic()
+        study.train_script(run, ["experiment=quickstart", *arm.overrides, f"trainer.max_steps={args.steps}",
+                                 f"seed={seed}", "logger=csv", "callbacks.sample_grid.every_n_steps=0",
+                                 "callbacks.progress_bar=null"], max(1, (os.cpu_count() or 2) // args.jobs), children)  # fmt: skip
+        print(f"  trained {arm.slug} seed {seed} in {time.monotonic() - start:.0f} s", flush=True)
     return run
 
 
 def score(run: Path, arm: Arm, seed: int, args, probe, real, groups) -> dict:
     """Scores of one trained run at w = 0 and at its recipe w, cached in <run>/study_scores.json."""
-    cache = run / "study_scores.json"
     key = {"per_class": args.per_class, "steps": SAMPLE_STEPS, "w": [0.0, recipe_w(arm.family)], "kid": True,
            "train": sorted(TRAIN_COLUMNS)}  # fmt: skip
-    if cache.is_file() and (stored := json.loads(cache.read_text())).get("key") == key:
-        return stored
-    net, schedule, cfg, _ = net_from_checkpoint(run / "checkpoints" / "last.ckpt")
-    size = int(cfg.data.image_size)
-    y = torch.arange(10).repeat_interleave(args.per_class)
-    out = {"key": key, "train": train_medians(run / "metrics.csv"), "scores": {}}
-    for w in key["w"]:
-        gen = torch.Generator().manual_seed(1000 + seed)  # the same noise for every arm of this seed
-        shape = (len(y), 3, size, size)
-        x = loop.run(
-            samplers.get("ddim"), net, schedule, y, shape, SAMPLE_STEPS, eta=0.0, guidance=w, generator=gen
-        )
-        feats, preds = probe_outputs(probe, resize_uint8(to_uint8(x), PROBE_SIZE))
-        out["scores"][f"{w:g}"] = score_by_group(real, (feats, y, preds), groups)
-    cache.write_text(json.dumps(out, indent=1))
-    return out
+
+    def sample_and_score() -> dict:
+        net, schedule, cfg, _ = net_from_checkpoint(run / "checkpoints" / "last.ckpt")
+        y = torch.arange(10).repeat_interleave(args.per_class)
+        out = {"train": train_medians(run / "metrics.csv"), "scores": {}}
+        for w in key["w"]:
+            gen = torch.Generator().manual_seed(1000 + seed)  # the same noise for every arm of this seed
+            shape = (len(y), 3, int(cfg.data.image_size), int(cfg.data.image_size))
+            x = loop.run(samplers.get("ddim"), net, schedule, y, shape, SAMPLE_STEPS, 0.0, w, gen)
+            feats, preds = probe_outputs(probe, resize_uint8(to_uint8(x), PROBE_SIZE))
+            out["scores"][f"{w:g}"] = score_by_group(real, (feats, y, preds), groups)
+        return out
+
+    return study.cached(run / "study_scores.json", key, sample_and_score)
 
 
 # --- aggregation -----------------------------------------------------------------------------------------
@@ -272,7 +186,7 @@ def values(results: dict, slug: str, setting: str, group: str, metric: str) -> d
     return out
 
 
-def summarise(results: dict) -> dict:
+def summarise(results: dict, args=None) -> dict:
     """Per arm: the training diagnostics and, per setting, mean, sd, per-seed values and the differences to DDPM
     (and, for eq12 PCL arms, to the grouped control) of every column. ``results``: slug -> seed -> scores."""
     out = {}
@@ -294,12 +208,9 @@ def summarise(results: dict) -> dict:
             cols = {}
             for group, metric, _, _ in [*COLUMNS, *EXTRA]:
                 v = values(results, arm.slug, setting, group, metric)
-                col = spread(v)
-                base = values(results, "ddpm", setting, group, metric)
-                col["vs_ddpm"] = None if arm.slug == "ddpm" else difference(v, base, welch=True)
-                control = values(results, CONTROL, setting, group, metric)
-                col["vs_control"] = difference(v, control, welch=True) if against_control else None
-                cols[f"{group}/{metric}"] = col
+                against = {"vs_ddpm": None if arm.slug == "ddpm" else values(results, "ddpm", setting, group, metric),
+                           "vs_control": values(results, CONTROL, setting, group, metric) if against_control else None}  # fmt: skip
+                cols[f"{group}/{metric}"] = study.column(v, against, welch=True, seed_key=int)
             entry[setting] = cols
         out[arm.slug] = entry
     return out
@@ -383,67 +294,16 @@ PLOTTED = [
 
 
 def plot(summary: dict, path: Path) -> None:
-    """Each arm's paired difference to DDPM with its 95% interval, one panel per metric, arms on the y axis, w = 0
-    and recipe guidance side by side. The x axis is the difference itself (0 = DDPM), linear while the largest
-    effect is within 30x the smallest, symmetric-log beyond (an earlier tau0 grid spans FID +0.1 to +140)."""
-    from matplotlib.figure import Figure
-
+    """Each arm's paired difference to DDPM with its 95% interval, w = 0 and recipe guidance side by side."""
     arms = [e for slug, e in summary.items() if slug != "ddpm" and e["w0"]["few/fid"]["vs_ddpm"] is not None]
-    fig = Figure(figsize=(13, 1.2 + 0.55 * max(len(arms), 1)), layout="constrained")
-    axes = fig.subplots(1, len(PLOTTED), sharey=True)
-    y = np.arange(len(arms))[::-1]
-    for ax, (metric, name, scale) in zip(axes, PLOTTED, strict=True):
-        ax.axvline(0, color="0.4", lw=1)
-        ends = []
-        for offset, (setting, color, label) in zip(
-            (0.15, -0.15), (("w0", "C0", "w = 0"), ("recipe", "C1", "recipe w")), strict=True
-        ):
-            diffs = [e[setting][metric]["vs_ddpm"] for e in arms]
-            mean, err = error_bars(diffs, scale)
-            ax.errorbar(mean, y + offset, xerr=err, fmt="o", color=color, capsize=3, label=label)
-            ends += [abs(scale * d[end]) for d in diffs for end in ("low", "high")]
-        big, small = max(ends, default=1.0), np.median(ends) if ends else 1.0
-        if big > 30 * small > 0:
-            ax.set_xscale("symlog", linthresh=float(small))
-        ax.set_title(f"Δ {name} vs DDPM (paired, 95%)", fontsize="small")
-        ax.grid(alpha=0.3)
-    axes[0].set_yticks(y, [e["label"] for e in arms], fontsize="small")
-    axes[0].legend(fontsize="x-small")
-    fig.suptitle("< 0 = lower than DDPM (better for FID, KID, few→head)", fontsize="small")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
+    settings = (("w0", "C0", "w = 0"), ("recipe", "C1", "recipe w"))
+    paired_forest(arms, PLOTTED, settings, "< 0 = lower than DDPM (better for FID, KID, few→head)", path)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument(
-        "--arms", nargs="+", default=list(DEFAULT_ARMS), help="slugs or globs ('*': every arm defined)"
-    )
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--per-class", type=int, default=100)
-    p.add_argument("--jobs", type=int, default=2, help="trainings in parallel (one thread each on 2 cores)")
-    p.add_argument("--probe-epochs", type=int, default=15, help="training epochs of the digits classifier")
-    p.add_argument("--runs", type=Path, default=Path("logs/pcl_study"))
-    p.add_argument("--out", type=Path, default=Path("experiments/results/pcl_study"))
-    p.add_argument(
-        "--render-only",
-        action="store_true",
-        help="re-render <out>.md (keeping its Reading) and <out>.png from <out>.json: no training or scoring",
-    )
-    args = p.parse_args(argv)
-    if args.render_only:
-        stored = json.loads(args.out.with_suffix(".json").read_text())
-        write_keeping_reading(args.out.with_suffix(".md"), render(stored["arms"], args, stored["meta"]))
-        plot(stored["arms"], args.out.with_suffix(".png"))
-        return
-    arms = [a for a in ARMS if any(fnmatch.fnmatch(a.slug, pat) for pat in args.arms)]
-    if not arms:
-        p.error(f"no arm matches {args.arms}; arms: {' '.join(a.slug for a in ARMS)}")
-    children = Children()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, children.stop_all)
-    start = time.monotonic()
+def prepare(args, arms: list[Arm]) -> tuple[dict, dict]:
+    """The digits classifier (trained once, kept in <runs>/probe.pt), the real features and the shot groups; the
+    trainings' children stopped on SIGTERM, SIGINT and SIGHUP."""
+    children = Children.stopped_on_signals()
     probe, probe_acc = load_or_train_probe(args.runs / "probe.pt", args.probe_epochs)
     full = load_digits(PROBE_SIZE)
     real = (probe_outputs(probe, full.images)[0], full.labels)
@@ -452,31 +312,29 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)  # scoring runs in the worker threads, beside the trainings
     for arm in arms:  # composed here: Hydra's global state is not for the worker threads
         recipe_w(arm.family)
-    tasks = [(a, seed) for seed in args.seeds for a in arms if seed in a.seeds]  # seed-major
-    trained = sum(training_state(args.runs / a.slug / f"seed{s}", args.steps)[0] != "done" for a, s in tasks)
-    print(f"{len(tasks)} runs, {trained} to train, with {args.jobs} in parallel", flush=True)
+    facts = {"probe_accuracy": probe_acc, "groups": groups, "counts": counts, "per_class": args.per_class}
+    return facts, {"children": children, "probe": probe, "real": real, "groups": groups}
 
-    def run_one(arm: Arm, seed: int) -> dict:
-        return score(train(arm, seed, args, children), arm, seed, args, probe, real, groups)
 
-    results: dict[str, dict[int, dict]] = {}
-    with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {pool.submit(run_one, a, s): (a, s) for a, s in tasks}
-        for done, future in enumerate(as_completed(futures), 1):
-            arm, seed = futures[future]
-            results.setdefault(arm.slug, {})[seed] = future.result()
-            summary = summarise({a.slug: results[a.slug] for a in arms if a.slug in results})
-            meta = {"probe_accuracy": probe_acc, "groups": groups, "counts": counts,
-                    "wall_s": time.monotonic() - start, "trained": trained}  # fmt: skip
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "arms": summary}, indent=1))
-            write_keeping_reading(args.out.with_suffix(".md"), render(summary, args, meta))
-            print(
-                f"[{done}/{len(tasks)}] {arm.slug} seed {seed} scored, {meta['wall_s'] / 60:.1f} min",
-                flush=True,
-            )
-    plot(summary, args.out.with_suffix(".png"))
-    print(args.out.with_suffix(".md").read_text())
+def run_one(arm: Arm, seed: int, args, c: dict) -> dict:
+    return score(train(arm, seed, args, c["children"]), arm, seed, args, c["probe"], c["real"], c["groups"])
+
+
+def options(p) -> None:
+    p.add_argument("--per-class", type=int, default=100)
+    p.add_argument("--probe-epochs", type=int, default=15, help="training epochs of the digits classifier")
+
+
+STUDY = study.Study(
+    "pcl_study", __doc__, ARMS, run_one, summarise, lambda body, args: render(body["arms"], args, body["meta"]),
+    plot, done=lambda arm, seed, args: training_state(args.runs / arm.slug / f"seed{seed}", args.steps)[0] == "done",
+    prepare=prepare, options=options, progress=lambda result, args: "scored", default_arms=DEFAULT_ARMS, jobs=2,
+    threads=True, cap_seeds=True, stored_flags=("steps", "jobs", "per_class"), write_each=True,
+)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    study.main(STUDY, argv)
 
 
 if __name__ == "__main__":

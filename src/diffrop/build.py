@@ -24,6 +24,25 @@ from diffrop.training.checkpoint_io import load_checkpoint_file
 from diffrop.training.classifier import ClassifierModule
 from diffrop.training.module import DiffusionModule
 
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def compose(overrides: Sequence[str], run_dir: Path | str | None = None, name: str = "train") -> DictConfig:
+    """configs/<name>.yaml composed as ``src/train.py`` would, without running it; with ``run_dir``, for
+    ``hydra.run.dir=run_dir`` (the ``${hydra:...}`` interpolations resolve against it)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import open_dict
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = hydra_compose(name, overrides=list(overrides), return_hydra_config=run_dir is not None)
+    if run_dir is not None:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(run_dir)
+            HydraConfig.instance().set_config(cfg)
+            del cfg["hydra"]
+    return cfg
+
 
 def is_multirun() -> bool:
     """This process is one job of a Hydra multirun (``-m``): a failure must not end the other jobs."""

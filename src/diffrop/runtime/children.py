@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 GRACE_S = 30.0  # long enough for train.py to write its interrupt checkpoint
@@ -112,3 +113,39 @@ def run_logged(
         finally:
             if proc.returncode is None:  # any other way out of the wait
                 stop_group(proc, grace)
+
+
+@dataclass
+class Children:
+    """The parallel trainings, each in its own process group (SIGTERMed if the driver dies).
+
+    ``run_logged`` handles signals in the main thread only; here the waits happen in worker
+    threads, so the main thread's handler stops every group itself (train.py checkpoints on SIGTERM, a re-run
+    resumes) and leaves without waiting for the pool.
+    """
+
+    procs: set[subprocess.Popen] = field(default_factory=set)
+
+    def run(self, cmd: list[str], log: Path, env: dict[str, str]) -> int:
+        with log.open("w") as f:
+            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                    preexec_fn=parent_death_signal())  # fmt: skip
+            self.procs.add(proc)
+            try:
+                return proc.wait()
+            finally:
+                self.procs.discard(proc)
+
+    @classmethod
+    def stopped_on_signals(cls) -> Children:
+        """A new set whose ``stop_all`` handles SIGTERM, SIGINT and SIGHUP (call from the main thread)."""
+        children = cls()
+        for sig in FORWARDED:
+            signal.signal(sig, children.stop_all)
+        return children
+
+    def stop_all(self, signum: int, _frame) -> None:
+        for proc in list(self.procs):
+            stop_group(proc)
+        print(f"{signal.Signals(signum).name}: stopped the trainings; run the same command again to resume")
+        os._exit(128 + signum)
