@@ -209,11 +209,13 @@ LOSS_RECIPES = {
     "cbdm": {"ddpm": {}, "cbdm": {}},
     **{f"pcl_{phi}": {"ddpm": {}, "pcl": {"phi": phi}} for phi in PHIS},
     **{f"cbdm_pcl_{phi}": {"ddpm": {}, "cbdm": {}, "pcl": {"phi": phi}} for phi in PHIS},
+    # the partner forward feeds the DDPM loss too: half the weight on the anchors, half on the partners
+    "feed_pcl_exp": {"ddpm": {"weight": 0.5}, "pcl": {"phi": "exp"}, "ddpm_partner": {}},
 }
 
 
 @pytest.mark.parametrize("option", [o for g, o in OPTIONS if g == "loss"])
-def test_loss_options_are_their_term_yamls_with_only_phi_or_reweight_set(option, tmp_path):
+def test_loss_options_are_their_term_yamls_with_only_what_their_name_states_changed(option, tmp_path):
     """The loss files compose one another (pcl_hinge = pcl_exp with phi hinge, cbdm_pcl_* = cbdm + PCL): every
     option composes to exactly its terms' YAML, in order, with only the setting its name states changed."""
     assert option in LOSS_RECIPES, f"new loss option {option}: add its terms to LOSS_RECIPES"
