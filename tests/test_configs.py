@@ -209,6 +209,7 @@ LOSS_RECIPES = {
     "cbdm": {"ddpm": {}, "cbdm": {}},
     **{f"pcl_{phi}": {"ddpm": {}, "pcl": {"phi": phi}} for phi in PHIS},
     **{f"cbdm_pcl_{phi}": {"ddpm": {}, "cbdm": {}, "pcl": {"phi": phi}} for phi in PHIS},
+    "feed_pcl_exp": {"ddpm": {"weight": 0.5}, "pcl": {"phi": "exp"}, "ddpm_partner": {}},
 }
 
 
