@@ -1,4 +1,5 @@
-"""The LightningModule: one forward pass per step, the loss terms over it, EMA of the weights. No math of its own."""
+"""The LightningModule: the forward passes the loss terms ask for, the terms over them, EMA of the weights. No math of
+its own."""
 
 from __future__ import annotations
 
@@ -82,9 +83,12 @@ class DiffusionModule(L.LightningModule):
         return torch.rand(y.shape, device=y.device) >= self.label_drop_prob, False
 
     def forward_step(self, x0: Tensor, y: Tensor, aug: Tensor | None = None) -> Step:
-        """The one network evaluation of a training step; every loss term reads from the returned Step.
+        """The network evaluations of a training step, as the loss terms declare them (``Objective.needs``): the
+        noise grouping of the main forward, then each term's extra forwards (PCL partner / same_xt, CBDM), in the
+        terms' order, each drawing then evaluating. Every loss term only reads the returned Step.
 
-        ``aug``: DiffAugment parameters of each sample, fed to the network as conditioning (None without DiffAug).
+        ``aug``: DiffAugment parameters of each sample, fed to the network as conditioning (None without DiffAug);
+        an extra forward's row i keeps sample i's.
         """
         t, eps, group = draw_noise(x0, self.schedule.num_steps, self.objective.noise_group_size)
         xt = self.schedule.q_sample(x0, t, eps)
@@ -94,15 +98,13 @@ class DiffusionModule(L.LightningModule):
         net = self._denoiser or self.net
         net = net if aug is None else partial(net, aug=aug)
         eps_hat = net(xt, t, y, cond)
-        gather = (
-            (lambda v: self.all_gather(v, sync_grads=True).flatten(0, 1))
-            if self.trainer.world_size > 1
-            else None
-        )
         step = Step(x0=x0, xt=xt, t=t, eps=eps, eps_hat=eps_hat, y=y, cond=cond, all_dropped=all_dropped,
-                    schedule=self.schedule, class_freq=self.class_freq, net=net, group=group)  # fmt: skip
-        if gather is not None:
-            step.gather = gather
+                    schedule=self.schedule, class_freq=self.class_freq, group=group)  # fmt: skip
+        for needs in self.objective.needs.values():
+            for f in needs.forwards(step):  # one more forward (and backward) of the batch each
+                step.extra_forwards.append(f.evaluated(net(f.xt, f.t, f.y, f.cond)))
+        if self.trainer.world_size > 1:
+            step.gather = lambda v: self.all_gather(v, sync_grads=True).flatten(0, 1)
         return step
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
