@@ -367,7 +367,7 @@ def test_default_pcl_is_eq12_by_partner_forward(tmp_path) -> None:
     step = module.forward_step(torch.rand(20, 3, 16, 16) * 2 - 1, torch.arange(20) % 10)
     assert step.group is None and len(set(step.t.tolist())) > 10  # each sample its own t
     module.objective(step)
-    assert calls == [20, 20]  # the step's forward, then the partners'
+    assert calls == [40]  # one call: the step's batch and the partners', concatenated
 
 
 # ------------------------------------------- partner / same_xt: an unbiased estimate of Algorithm 1's sum (issue 30)
@@ -653,21 +653,22 @@ def test_the_module_gives_a_term_exactly_the_grouping_and_forwards_it_declares(t
     torch.manual_seed(0)
     step = module.forward_step(torch.rand(10, 3, 16, 16) * 2 - 1, torch.arange(10) % 10)
     assert step.group.tolist() == [0] * 4 + [1] * 4 + [2] * 2 and (step.t[:4] == step.t[0]).all()
-    assert len(calls) == 2 and probe.asked == 1  # the main forward, then the probe's: nothing else
+    assert (
+        len(calls) == 1 and probe.asked == 1
+    )  # one network call: the batch and the probe's forward, concatenated
     _, parts = module.objective(step)
-    assert len(calls) == 2 and probe.asked == 1  # the terms only read the step
+    assert len(calls) == 1 and probe.asked == 1  # the terms only read the step
     (f,) = step.forwards_by(probe)
     assert step.extra_forwards == [f] and parts["probe"].item() == pytest.approx(
         float(f.eps_hat.detach().square().mean())
     )
-    xt, t, y, cond = calls[1]
-    assert (
-        torch.equal(xt, step.xt)
-        and torch.equal(t, step.t)
-        and (y == 0).all()
-        and torch.equal(cond, ~step.cond)
-    )
-    assert torch.equal(f.eps_hat, module.net(xt, t, y, cond))
+    xt, t, y, cond = calls[0]
+    assert torch.equal(xt, torch.cat([step.xt, step.xt])) and torch.equal(t, torch.cat([step.t, step.t]))
+    assert torch.equal(y, torch.cat([step.y, torch.zeros_like(step.y)]))
+    assert torch.equal(cond, torch.cat([step.cond, ~step.cond]))
+    with torch.no_grad():  # each row as if alone: the concatenation changes nothing but the call count
+        assert torch.allclose(step.eps_hat, module.net(step.xt, step.t, step.y, step.cond), atol=1e-5)
+        assert torch.allclose(f.eps_hat, module.net(step.xt, step.t, f.y, f.cond), atol=1e-5)
 
 
 def test_loss_terms_read_no_optional_attributes() -> None:

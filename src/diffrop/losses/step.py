@@ -54,9 +54,10 @@ class StepNeeds:
 
     - ``group_size``: samples that share one (t, eps) (``diffrop.diffusion.noising.draw_noise``; 1: per sample).
       The step uses the largest any term asks for and sets ``Step.group``.
-    - ``forwards``: given the step after its main forward, the extra network evaluations the term wants (their
-      random draws, e.g. PCL's partners, happen in this call). The module evaluates them and puts them on
-      ``Step.extra_forwards`` before any term runs; each costs one more forward (and backward) of the batch.
+    - ``forwards``: given the step's inputs (before the network runs: no ``eps_hat`` or ``mu`` yet), the extra
+      network evaluations the term wants (their random draws, e.g. PCL's partners, happen in this call). The module
+      evaluates them with the main forward, in one network call, and puts them on ``Step.extra_forwards`` before
+      any term runs; each costs one more forward (and backward) of the batch.
     """
 
     group_size: int = 1
@@ -69,12 +70,14 @@ class Step:
     xt: Tensor  # [B, C, H, W] noised images
     t: Tensor  # [B] long, 0-based timesteps
     eps: Tensor  # [B, C, H, W] the noise that made xt
-    eps_hat: Tensor  # [B, C, H, W] the network's estimate of eps
     y: Tensor  # [B] long class labels
     cond: Tensor  # [B] bool, False where the label was dropped for guidance training
     all_dropped: bool  # host-side flag: the whole batch was made unconditional (CBDM's per-batch drop)
     schedule: NoiseSchedule
     class_freq: Tensor  # [num_classes] training label frequencies (sum 1)
+    # [B, C, H, W] the network's estimate of eps: set by the step's one network call, after the terms' forwards
+    # were asked for (StepNeeds.forwards sees the inputs only)
+    eps_hat: Tensor = None  # type: ignore[assignment]
     group: Tensor | None = (
         None  # [B] long: samples of one group share t and eps (DiffROP Eq. 12); None: per sample
     )
