@@ -147,9 +147,9 @@ def test_grad_ratio_counts_the_second_forwards_output(pairing: str) -> None:
     y, t, tau0 = torch.tensor([0, 1]), torch.tensor([30, 400]), 2.0
     sched = linear_schedule(T).double()
     xt = sched.q_sample(x0, t, eps)
-    step = make_step(y, t, x0=x0, xt=xt, eps=eps, eps_hat=net(xt, t, y, None), schedule=sched, net=net,
-                     class_freq=torch.full((2,), 0.5))  # fmt: skip
     term = pcl("exp", Constant(tau0), distance="mean", reduction="algorithm1_sum", pairing=pairing)
+    step = make_step(y, t, x0=x0, xt=xt, eps=eps, eps_hat=net(xt, t, y, None), schedule=sched, net=net,
+                     class_freq=torch.full((2,), 0.5), terms=[term])  # fmt: skip
     _, parts = Objective({"ddpm": eps_mse(), "pcl": term})(step)
     got = loss_diagnostics(step, parts)["pcl/grad_ratio"].item()
     sq, dim = 0.0, 4

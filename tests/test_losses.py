@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from diffrop.losses.objective import Objective
 from diffrop.losses.pcl import PHI, pairwise_sq_dist, sq_dist
-from diffrop.losses.step import Step
+from diffrop.losses.step import Step, StepNeeds
 from diffrop.losses.tau import Constant, Cosine, ExpDecay, Linear
 from tests.helpers.config_objects import cbdm, eps_mse, linear_schedule, pcl
 from tests.helpers.steps import make_step
@@ -290,22 +290,22 @@ class TinyNet(nn.Module):
         return self.a * x + e[:, :, None, None]
 
 
-def cbdm_step(net: TinyNet, y, t, cond=None, class_freq=(0.0, 0.0, 1.0), all_dropped=False) -> Step:
+def cbdm_step(net: TinyNet, term, y, t, cond=None, class_freq=(0.0, 0.0, 1.0), all_dropped=False) -> Step:
     g = torch.Generator().manual_seed(0)
     y, t = torch.tensor(y), torch.tensor(t)
     cond = torch.ones(len(y), dtype=torch.bool) if cond is None else torch.tensor(cond)
     xt = torch.randn(len(y), 2, 3, 3, generator=g)
     eps_hat = net(xt, t, y, cond)  # the step's one forward, with its graph
-    step = make_step(y, t, cond, net=net, eps_hat=eps_hat, class_freq=torch.tensor(class_freq))
-    step.xt, step.all_dropped = xt, all_dropped
-    return step
+    return make_step(y, t, cond, xt=xt, net=net, eps_hat=eps_hat, class_freq=torch.tensor(class_freq),
+                     terms=[term], all_dropped=all_dropped)  # fmt: skip
 
 
 def test_cbdm_hand_computation() -> None:
     # class_freq one-hot on class 2 makes y' = 2 for every sample, so the expectation is deterministic.
     net = TinyNet()
     y, t = [0, 1, 0], [100, 500, 999]
-    loss = cbdm(weight=2.0, gamma=0.25)(cbdm_step(net, y, t))
+    term = cbdm(weight=2.0, gamma=0.25)
+    loss = term(cbdm_step(net, term, y, t))
     assert net.calls == 2 and net.seen_y[1].tolist() == [2, 2, 2]
     emb = net.emb.detach()
     # eps(y) - eps(y') = emb[y] - emb[2] (a x cancels); mse = mean over channels of its square
@@ -322,8 +322,9 @@ def test_cbdm_stop_gradients(gamma: float) -> None:
     with them it gets (1 - gamma) times the reg part's."""
     net = TinyNet()
     y, t = [0, 1, 1], [200, 400, 800]
-    step = cbdm_step(net, y, t)
-    cbdm(weight=1.0, gamma=gamma)(step).backward()
+    term = cbdm(weight=1.0, gamma=gamma)
+    step = cbdm_step(net, term, y, t)
+    term(step).backward()
     emb, xt = net.emb.detach(), step.xt
     w = torch.tensor(t, dtype=torch.float32) / T
     grad_emb, grad_a = torch.zeros_like(emb), torch.tensor(0.0)
@@ -342,16 +343,17 @@ def test_cbdm_stop_gradients(gamma: float) -> None:
 
 def test_cbdm_skips_all_dropped_batches_without_a_forward() -> None:
     net = TinyNet()
-    step = cbdm_step(net, [0, 1], [300, 600], cond=[False, False], all_dropped=True)
-    calls = net.calls
-    loss = cbdm()(step)
-    assert loss.item() == 0.0 and net.calls == calls
+    term = cbdm()
+    step = cbdm_step(net, term, [0, 1], [300, 600], cond=[False, False], all_dropped=True)
+    loss = term(step)
+    assert loss.item() == 0.0 and net.calls == 1 and step.extra_forwards == []  # the step's forward only
 
 
 def test_cbdm_dropped_samples_contribute_zero() -> None:
     net = TinyNet(use_cond=False)  # the net ignores cond, so only the term's own mask can zero sample 1
     y, t = [0, 1, 0], [300, 600, 900]
-    loss = cbdm(weight=1.0, gamma=0.5)(cbdm_step(net, y, t, cond=[True, False, True]))
+    term = cbdm(weight=1.0, gamma=0.5)
+    loss = term(cbdm_step(net, term, y, t, cond=[True, False, True]))
     emb = net.emb.detach()
     kept = [0, 2]
     expected = sum(t[i] / T * 1.5 * float((emb[y[i]] - emb[2]).square().mean()) for i in kept) / 3
@@ -363,7 +365,8 @@ def test_cbdm_draws_y_prime_from_the_configured_distribution(y_prime: str, freq:
     torch.manual_seed(0)
     net = TinyNet()
     n = 20_000
-    cbdm(y_prime=y_prime)(cbdm_step(net, [0] * n, [500] * n, class_freq=freq))
+    term = cbdm(y_prime=y_prime)
+    term(cbdm_step(net, term, [0] * n, [500] * n, class_freq=freq))
     counts = torch.bincount(net.seen_y[1], minlength=3).float() / n
     target = torch.tensor(freq) if y_prime == "train_freq" else torch.full((3,), 1 / 3)
     assert torch.allclose(counts, target, atol=0.02)
@@ -382,18 +385,30 @@ def test_cbdm_rejects_bad_config() -> None:
 # ---------------------------------------------------------------- Objective
 
 
+class Const:
+    """A loss term of a fixed value that needs nothing beyond the main forward."""
+
+    needs = StepNeeds()
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def __call__(self, step: Step) -> torch.Tensor:
+        return torch.tensor(self.value)
+
+
 def test_objective_sums_terms_and_returns_each_part() -> None:
     step = make_step([0, 1])
-    obj = Objective(
-        {
-            "a": lambda s: torch.tensor(1.5),
-            "b": lambda s: torch.tensor(-0.25),
-            "c": lambda s: torch.tensor(2.0),
-        }
-    )
+    obj = Objective({"a": Const(1.5), "b": Const(-0.25), "c": Const(2.0)})
     total, parts = obj(step)
     assert total.item() == pytest.approx(3.25)
     assert {k: v.item() for k, v in parts.items()} == {"a": 1.5, "b": -0.25, "c": 2.0}
+
+
+def test_objective_refuses_a_term_that_does_not_declare_its_needs() -> None:
+    # what a term asks of the step is part of the LossTerm protocol, not an optional attribute read by getattr
+    with pytest.raises(TypeError, match=r"loss.terms.a: .*needs: StepNeeds"):
+        Objective({"a": lambda s: torch.tensor(1.5)})
 
 
 def test_objective_with_real_terms_and_gradients() -> None:

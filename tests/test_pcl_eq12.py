@@ -270,9 +270,9 @@ def test_partner_is_noised_with_the_anchors_t_and_eps_so_the_noise_cancels() -> 
     x0, eps = torch.randn(2, 3, 2, 2, generator=g), torch.randn(2, 3, 2, 2, generator=g) * 10
     t = torch.tensor([100, 700])
     net = RecordingNet()
-    step = make_step([0, 1], t, x0=x0, xt=sched.q_sample(x0, t, eps), eps=eps, eps_hat=torch.zeros_like(x0),
-                     schedule=sched, net=net)  # fmt: skip
     term = pcl("neg_l2", Constant(1.0), distance="sum", reduction="pairs_mean", pairing="partner")
+    step = make_step([0, 1], t, x0=x0, xt=sched.q_sample(x0, t, eps), eps=eps, eps_hat=torch.zeros_like(x0),
+                     schedule=sched, net=net, terms=[term])  # fmt: skip
     got = -term(step).item()  # phi = -d, mean over the 2 pairs
     gap = float((x0[0] - x0[1]).square().sum())
     ratio = sched.alpha_bars / sched.alphas
@@ -289,9 +289,10 @@ def test_partners_have_another_label_and_a_kept_label() -> None:
     net = RecordingNet()
     y = torch.tensor([0, 0, 0, 1, 3, 2])  # sample 4, the only label 3, has its label dropped
     cond = torch.tensor([True, True, True, True, False, True])
-    step = make_step(y, cond=cond, mu=torch.zeros(6, 4), net=net, shape=(4,))
+    term = pcl("exp", Constant(1.0), pairing="partner")
     for _ in range(30):
-        pcl("exp", Constant(1.0), pairing="partner")(step)
+        step = make_step(y, cond=cond, mu=torch.zeros(6, 4), net=net, shape=(4,), terms=[term])
+        term(step)
     seen = torch.stack([partner_y for _, partner_y in net.calls])  # [30, 6]
     kept = cond.nonzero().squeeze(1)
     assert (seen[:, kept] != y[kept]).all()  # never the anchor's own label
@@ -307,8 +308,9 @@ def test_partner_pairing_keeps_independent_ddpm_draws_and_refuses_global_pairs()
     )
     with pytest.raises(ValueError, match="pairing=partner"):
         pcl("exp", Constant(1.0), pairing="partner", pairs="global")
-    step = make_step([2, 2, 2], mu=torch.zeros(3, 4), net=RecordingNet(), shape=(4,))
-    assert pcl("exp", Constant(1.0), pairing="partner")(step).item() == 0.0  # one class: no pair
+    term = pcl("exp", Constant(1.0), pairing="partner")
+    step = make_step([2, 2, 2], mu=torch.zeros(3, 4), net=RecordingNet(), shape=(4,), terms=[term])
+    assert term(step).item() == 0.0  # one class: no pair
 
 
 class LabelNet(torch.nn.Module):
@@ -335,8 +337,8 @@ def test_same_xt_compares_two_labels_denoisers_at_the_anchors_own_x_t() -> None:
     net = LabelNet()
     eps_hat = net(xt, t, y, torch.ones(2, dtype=torch.bool))
     net.inputs.clear()
-    step = make_step(y, t, x0=x0, xt=xt, eps=eps, eps_hat=eps_hat, schedule=sched, net=net)
     term = pcl("neg_l2", Constant(1.0), distance="sum", reduction="pairs_mean", pairing="same_xt")
+    step = make_step(y, t, x0=x0, xt=xt, eps=eps, eps_hat=eps_hat, schedule=sched, net=net, terms=[term])
     got = -term(step).item()
     coef2 = sched.betas**2 / (sched.alphas * (1 - sched.alpha_bars))
     assert got == pytest.approx(float(coef2[50] + coef2[600]) / 2 * (4 - 1) ** 2 * 12, rel=1e-4)
@@ -365,7 +367,7 @@ def test_default_pcl_is_eq12_by_partner_forward(tmp_path) -> None:
     step = module.forward_step(torch.rand(20, 3, 16, 16) * 2 - 1, torch.arange(20) % 10)
     assert step.group is None and len(set(step.t.tolist())) > 10  # each sample its own t
     module.objective(step)
-    assert calls == [20, 20]  # the step's forward, then the partners'
+    assert calls == [40]  # one call: the step's batch and the partners', concatenated
 
 
 # ------------------------------------------- partner / same_xt: an unbiased estimate of Algorithm 1's sum (issue 30)
@@ -442,7 +444,16 @@ def test_partner_draws_average_to_algorithm1_in_value_and_gradient(pairing, redu
     values, grads = [], []
     for _ in range(3000):
         step = make_step(
-            y, t, cond, x0=x0, xt=xt, eps=eps, eps_hat=net(xt, t, y, cond), schedule=sched, net=net
+            y,
+            t,
+            cond,
+            x0=x0,
+            xt=xt,
+            eps=eps,
+            eps_hat=net(xt, t, y, cond),
+            schedule=sched,
+            net=net,
+            terms=[term],
         )
         value = term(step)
         values.append(value.detach())
@@ -464,12 +475,12 @@ def test_partners_draws_m_forwards_and_weighs_each_pair_by_k_over_m() -> None:
     x0, eps = torch.randn(3, 1, 2, 2, generator=g), torch.randn(3, 1, 2, 2, generator=g)
     t = torch.tensor([40, 400, 800])
     net = RecordingNet()
-    step = make_step([0, 0, 1], t, x0=x0, xt=sched.q_sample(x0, t, eps), eps=eps, eps_hat=torch.zeros_like(x0),
-                     schedule=sched, net=net)  # fmt: skip
     term = pcl(
         "neg_l2", Constant(1.0), distance="sum", reduction="algorithm1_sum", pairing="partner", partners=4
     )
     torch.manual_seed(0)
+    step = make_step([0, 0, 1], t, x0=x0, xt=sched.q_sample(x0, t, eps), eps=eps, eps_hat=torch.zeros_like(x0),
+                     schedule=sched, net=net, terms=[term])  # fmt: skip
     got = term(step).item()
     assert len(net.calls) == 4 and len(step.extra_forwards) == 4  # one forward of the batch per partner draw
     partner_y = torch.stack([y for _, y in net.calls], 1)  # [3, 4] labels of the drawn partners
@@ -494,14 +505,16 @@ def test_partner_forward_feeds_the_ddpm_loss_when_asked() -> None:
 
     g = torch.Generator().manual_seed(15)
     eps = torch.randn(4, 1, 2, 2, generator=g)
-    step = make_step([0, 1, 0, 1], [5, 50, 500, 900], eps=eps, net=RecordingNet())
     feed = PartnerEpsMSE(weight=0.5)
     with pytest.raises(ValueError, match="ddpm_partner"):
-        feed(step)  # no partner forward yet
-    pcl("exp", Constant(1.0), pairing="partner")(step)
+        feed(make_step([0, 1, 0, 1], [5, 50, 500, 900], eps=eps))  # no partner forward
+    partner = pcl("exp", Constant(1.0), pairing="partner")
+    step = make_step([0, 1, 0, 1], [5, 50, 500, 900], eps=eps, net=RecordingNet(), terms=[partner])
+    partner(step)
     assert feed(step).item() == pytest.approx(0.5 * float(eps.square().mean()), rel=1e-6)
-    same_xt = make_step([0, 1], eps=eps[:2], net=RecordingNet())
-    pcl("exp", Constant(1.0), pairing="same_xt")(same_xt)  # x_t under another label: not a DDPM sample
+    term = pcl("exp", Constant(1.0), pairing="same_xt")
+    same_xt = make_step([0, 1], eps=eps[:2], net=RecordingNet(), terms=[term])
+    term(same_xt)  # x_t under another label: not a DDPM sample
     with pytest.raises(ValueError, match="ddpm_partner"):
         feed(same_xt)
 
@@ -519,9 +532,10 @@ def test_one_sided_push_moves_only_the_rarer_members_output() -> None:
     net = AffineNet(2, (1, 2, 2))
     values, grads = {}, {}
     for push in ("both", "rarer"):
+        term = pcl("neg_l2", Constant(1.0), pairing="partner", push=push)
         step = make_step(y, t, x0=x0, xt=xt, eps=eps, eps_hat=net(xt, t, y, None), schedule=sched, net=net,
-                         class_freq=torch.tensor([0.9, 0.1]))  # fmt: skip
-        values[push] = pcl("neg_l2", Constant(1.0), pairing="partner", push=push)(step)
+                         class_freq=torch.tensor([0.9, 0.1]), terms=[term])  # fmt: skip
+        values[push] = term(step)
         grads[push] = torch.autograd.grad(values[push], step.outputs)  # [main, partner forward]
     assert values["rarer"].item() == pytest.approx(values["both"].item(), rel=1e-12)
     main, partner = grads["rarer"]
@@ -574,9 +588,10 @@ def test_default_hinge_rests_for_the_true_denoiser_on_separated_classes(pairing)
                 x0, t, eps
             )  # one eps for all: eq12's groups; partner re-noises with it anyway
             eps_hat = net(xt, t, y, None).requires_grad_()
-            step = make_step(y, t, x0=x0, xt=xt, eps=eps, eps_hat=eps_hat, schedule=sched, net=net,
+            term = pcl("hinge", Constant(1.0), pairing=pairing)
+            step = make_step(y, t, x0=x0, xt=xt, eps=eps, eps_hat=eps_hat, schedule=sched, net=net, terms=[term],
                              group=torch.zeros(8, dtype=torch.long) if pairing == "eq12" else None)  # fmt: skip
-            value = pcl("hinge", Constant(1.0), pairing=pairing)(step)
+            value = term(step)
             # on the anchors' eps_hat and, through the network, on the partner forward's outputs
             grads = torch.autograd.grad(value, [eps_hat, net.one], allow_unused=True)
             pushed += value.item() + sum(float(gr.abs().sum()) for gr in grads if gr is not None)
@@ -597,3 +612,71 @@ def test_one_sided_push_under_eq12_freezes_the_head_members_of_each_group() -> N
     for rare, head in ((1, 0), (3, 2)):
         expected[rare] = -2 * (2 / 3) * (mu[rare] - mu[head]).detach() / 4
     assert torch.allclose(mu.grad, expected, atol=1e-6)
+
+
+# ------------------------------------------------- the step contract: a term declares, the module evaluates
+
+
+class Probe:
+    """A term that asks for groups of 4 and one extra forward of the step's x_t under label 0, unconditioned."""
+
+    def __init__(self) -> None:
+        from diffrop.losses.step import StepNeeds
+
+        self.needs = StepNeeds(group_size=4, forwards=self.forwards)
+        self.asked = 0
+
+    def forwards(self, step):
+        from diffrop.losses.step import Forward
+
+        self.asked += 1
+        return [Forward(xt=step.xt, t=step.t, y=torch.zeros_like(step.y), cond=~step.cond, eps=None, by=self)]
+
+    def __call__(self, step):
+        (f,) = step.forwards_by(self)
+        return f.eps_hat.square().mean()
+
+
+def test_the_module_gives_a_term_exactly_the_grouping_and_forwards_it_declares(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from diffrop.build import build_datamodule, build_module
+    from tests.helpers.train_utils import TINY_RUN_OVERRIDES
+    from tests.test_configs import compose_train
+
+    cfg = compose_train([*TINY_RUN_OVERRIDES, "loss=ddpm", "data.batch_size=10"], tmp_path)
+    module = build_module(cfg, build_datamodule(cfg))
+    module._trainer = SimpleNamespace(world_size=1)
+    module.objective = Objective({"ddpm": eps_mse(), "probe": (probe := Probe())})
+    calls = []
+    module.net.register_forward_hook(lambda mod, args, out: calls.append([a.clone() for a in args]))
+    torch.manual_seed(0)
+    step = module.forward_step(torch.rand(10, 3, 16, 16) * 2 - 1, torch.arange(10) % 10)
+    assert step.group.tolist() == [0] * 4 + [1] * 4 + [2] * 2 and (step.t[:4] == step.t[0]).all()
+    assert (
+        len(calls) == 1 and probe.asked == 1
+    )  # one network call: the batch and the probe's forward, concatenated
+    _, parts = module.objective(step)
+    assert len(calls) == 1 and probe.asked == 1  # the terms only read the step
+    (f,) = step.forwards_by(probe)
+    assert step.extra_forwards == [f] and parts["probe"].item() == pytest.approx(
+        float(f.eps_hat.detach().square().mean())
+    )
+    xt, t, y, cond = calls[0]
+    assert torch.equal(xt, torch.cat([step.xt, step.xt])) and torch.equal(t, torch.cat([step.t, step.t]))
+    assert torch.equal(y, torch.cat([step.y, torch.zeros_like(step.y)]))
+    assert torch.equal(cond, torch.cat([step.cond, ~step.cond]))
+    with torch.no_grad():  # each row as if alone: the concatenation changes nothing but the call count
+        assert torch.allclose(step.eps_hat, module.net(step.xt, step.t, step.y, step.cond), atol=1e-5)
+        assert torch.allclose(f.eps_hat, module.net(step.xt, step.t, f.y, f.cond), atol=1e-5)
+
+
+def test_loss_terms_read_no_optional_attributes() -> None:
+    # what a term needs from the step is declared through LossTerm.needs, never discovered with getattr / hasattr
+    from pathlib import Path
+
+    import diffrop.losses
+
+    for path in Path(diffrop.losses.__file__).parent.glob("*.py"):
+        text = path.read_text()
+        assert "getattr(" not in text and "hasattr(" not in text, path.name

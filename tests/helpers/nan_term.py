@@ -9,11 +9,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from diffrop.losses.step import Step
+from diffrop.losses.step import Step, StepNeeds
 
 
 class NaNFrom:
     """0 * eps_hat.mean() for the first ``step`` calls, then NaN * eps_hat.mean() (so the gradients are NaN too)."""
+
+    needs = StepNeeds()
 
     def __init__(self, step: int = 0) -> None:
         self.step, self.calls = step, 0

@@ -1,4 +1,5 @@
-"""One way for tests to build a loss ``Step`` around chosen tensors (no network call)."""
+"""One way for tests to build a loss ``Step`` around chosen tensors: no network call but the extra forwards the
+given terms ask for, made as ``DiffusionModule.forward_step`` makes them."""
 
 from __future__ import annotations
 
@@ -24,11 +25,14 @@ def make_step(
     schedule: NoiseSchedule | None = None,
     class_freq: Tensor | None = None,
     net=None,
+    terms=(),
+    all_dropped: bool = False,
     shape: tuple[int, ...] = (1, 2, 2),
 ) -> Step:
     """A Step around labels ``y``; unset images are zeros of ``shape``, t 0, every label kept.
 
-    ``mu`` overrides the cached posterior mean, so a term reads it instead of Eq. 9.
+    ``mu`` overrides the cached posterior mean, so a term reads it instead of Eq. 9. ``terms``: each term's
+    ``needs.forwards`` are drawn and evaluated by ``net``, in order, as the training step does.
     """
     y = torch.as_tensor(y)
     b = len(y)
@@ -41,12 +45,14 @@ def make_step(
         eps_hat=zeros if eps_hat is None else eps_hat,
         y=y,
         cond=torch.ones(b, dtype=torch.bool) if cond is None else torch.as_tensor(cond),
-        all_dropped=False,
+        all_dropped=all_dropped,
         schedule=linear_schedule(1000) if schedule is None else schedule,
         class_freq=torch.full((3,), 1 / 3) if class_freq is None else class_freq,
-        net=net,
         group=group,
     )
     if mu is not None:
         step.__dict__["mu"] = mu  # cached_property storage
+    for term in terms:
+        for f in term.needs.forwards(step):
+            step.extra_forwards.append(f.evaluated(net(f.xt, f.t, f.y, f.cond)))
     return step

@@ -79,7 +79,7 @@ def test_pcl_global_pairs_across_slurm_tasks(submitit_executor: Any, wait_result
 
         z = torch.zeros(len(y), 1)
         step = Step(x0=z, xt=z, t=t, eps=z, eps_hat=z, y=y, cond=cond, all_dropped=False,
-                    schedule=linear_schedule(1000), class_freq=torch.ones(3) / 3, net=None)  # fmt: skip
+                    schedule=linear_schedule(1000), class_freq=torch.ones(3) / 3)  # fmt: skip
         step.__dict__["mu"] = mu  # the posterior mean comes from the tiny linear "network"
         if gather is not None:
             step.gather = gather

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from diffrop.losses.step import ExtraForward, Step
+from diffrop.losses.step import Forward, Step, StepNeeds
 
 Y_PRIME = ("train_freq", "uniform")
 
@@ -26,14 +26,26 @@ class CBDM:
         if y_prime not in Y_PRIME:
             raise ValueError(f"loss.terms.cbdm.y_prime={y_prime!r} is not one of {list(Y_PRIME)}")
         self.weight, self.gamma, self.y_prime = weight, gamma, y_prime
+        self.needs = StepNeeds(forwards=self._forwards)
+
+    def _forwards(self, step: Step) -> list[Forward]:
+        """The one extra forward CBDM costs: the step's x_t and t under y' (none on an unconditional batch)."""
+        if step.all_dropped:
+            return []
+        probs = step.class_freq if self.y_prime == "train_freq" else torch.ones_like(step.class_freq)
+        y_prime = torch.multinomial(probs, step.y.numel(), replacement=True)
+        return [Forward(xt=step.xt, t=step.t, y=y_prime, cond=step.cond, eps=None, by=self)]
 
     def __call__(self, step: Step) -> Tensor:
         if step.all_dropped:  # CBDM skips the regulariser on unconditional batches (and its extra forward)
             return step.eps_hat.new_zeros(())
-        probs = step.class_freq if self.y_prime == "train_freq" else torch.ones_like(step.class_freq)
-        y_prime = torch.multinomial(probs, step.y.numel(), replacement=True)
-        eps_prime = step.net(step.xt, step.t, y_prime, step.cond)  # the one extra forward CBDM costs
-        step.extra_forwards.append(ExtraForward(xt=step.xt, t=step.t, y=y_prime, eps_hat=eps_prime, eps=None))
+        forwards = step.forwards_by(self)
+        if len(forwards) != 1:
+            raise ValueError(
+                "loss.terms.cbdm reads its y' forward from the step: the step must evaluate the term's "
+                "needs.forwards (DiffusionModule.forward_step)"
+            )
+        eps_prime = forwards[0].eps_hat
         w = self.weight * step.t.float() / step.schedule.num_steps  # [B]
         reg = (step.eps_hat - eps_prime.detach()).square().flatten(1).mean(1)
         commit = (step.eps_hat.detach() - eps_prime).square().flatten(1).mean(1)

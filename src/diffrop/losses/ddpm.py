@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from diffrop.losses.step import Step
+from diffrop.losses.step import Step, StepNeeds
 
 
 class EpsMSE:
@@ -14,6 +14,8 @@ class EpsMSE:
     ``reweight=True`` weights sample i by 1 / (C * p_{y_i}), the inverse class frequency normalised so that its
     expectation under the training distribution is 1 (the "+Reweighting" baseline of Table 4).
     """
+
+    needs = StepNeeds()  # the main forward only
 
     def __init__(self, weight: float, reweight: bool) -> None:
         self.weight = weight
@@ -31,8 +33,10 @@ class PartnerEpsMSE:
     """The eps-MSE on the extra forwards whose input is a forward-process sample of its own label (PCL
     ``pairing=partner``: x_0^j noised with the anchor's t_i and eps_i and denoised under y_j is a DDPM sample with
     target eps_i), so the second forward PCL pays for also trains the denoiser. With the main ``ddpm`` term at
-    the same weight the two are one DDPM loss over twice the batch (weights 0.5 + 0.5: its mean). Must follow
-    the term that runs the forward (``configs/loss/feed_pcl_exp.yaml``)."""
+    the same weight the two are one DDPM loss over twice the batch (weights 0.5 + 0.5: its mean). Asks for no
+    forward of its own: it reads the ones another term asked for (``configs/loss/feed_pcl_exp.yaml``)."""
+
+    needs = StepNeeds()
 
     def __init__(self, weight: float) -> None:
         self.weight = weight
@@ -41,8 +45,8 @@ class PartnerEpsMSE:
         forwards = [f for f in step.extra_forwards if f.eps is not None]
         if not forwards:
             raise ValueError(
-                "loss.terms.ddpm_partner needs an earlier term whose extra forward is a DDPM sample "
-                "(loss.terms.pcl.pairing=partner, listed before it)"
+                "loss.terms.ddpm_partner needs another term whose extra forward is a DDPM sample "
+                "(loss.terms.pcl.pairing=partner)"
             )
         per = [(f.eps_hat - f.eps).square().mean() for f in forwards]
         return self.weight * torch.stack(per).mean()

@@ -9,7 +9,7 @@ once per group of ``group_size`` samples, ``diffrop.diffusion.noising``) and onl
 x_t^i - x_t^j = sqrt(abar_t) (x_0^i - x_0^j) and d_ij measures the images, not the noise. ``batch``: every pair
 of the batch, each sample at its own t and eps (d_ij then mostly measures the two noises; kept for comparison,
 docs/design.md section 4). ``partner`` (Eq. 12 by one extra forward) and ``same_xt`` (beyond the paper: two labels'
-denoisers at one x_t, the overlap of the conditional models themselves) are described in ``PCL._partner_pairs``.
+denoisers at one x_t, the overlap of the conditional models themselves) are described in ``PCL._partner_forwards``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from diffrop.losses.step import ExtraForward, Step
+from diffrop.losses.step import Forward, Step, StepNeeds, no_forwards
 
 # phi(d, margin) of paper Sec. 4.2 / Table 5.
 PHI: dict[str, Callable[[Tensor, float | Tensor], Tensor]] = {
@@ -88,7 +88,7 @@ class PCL:
     depends on t); ``data``: that times the batch's mean per-value squared distance between different-label
     images, so ``margin`` is a fraction of the typical between-class distance and a pair already further apart
     rests (p_theta = q stays the optimum, Eq. 15). partners (``partner``, ``same_xt``): m partners per anchor,
-    one extra forward each.
+    one extra forward each (asked for through ``needs``, run by the training step).
     """
 
     def __init__(
@@ -135,8 +135,11 @@ class PCL:
             raise ValueError(
                 "loss.terms.pcl.push=rarer needs the pairs' distances one by one: not with pairing=batch"
             )
-        # read by Objective.noise_group_size: the training step draws (t, eps) once per group
-        self.noise_group_size = group_size if pairing == "eq12" else 1
+        partnered = pairing in ("partner", "same_xt")
+        self.needs = StepNeeds(  # eq12: (t, eps) drawn once per group; partner / same_xt: m extra forwards
+            group_size=group_size if pairing == "eq12" else 1,
+            forwards=self._partner_forwards if partnered else no_forwards,
+        )
 
     def __call__(self, step: Step) -> Tensor:
         if self.pairing in ("partner", "same_xt"):
@@ -203,36 +206,56 @@ class PCL:
             mu_j = torch.where(f_j > f_i, mu_j.detach(), mu_j)
         return sq_dist(mu_i, mu_j)
 
-    def _partner_pairs(self, step: Step) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def _partner_forwards(self, step: Step) -> list[Forward]:
         """``partners`` (m) different-label partners j per anchor i, drawn uniformly with replacement from the
-        anchor's K_i different-label conditioned batch members, each compared in one extra forward of the network;
-        the DDPM loss keeps independent draws.
+        anchor's K_i different-label conditioned batch members, each compared in one extra forward of the batch
+        (DiffAugment parameters stay per anchor); the DDPM loss keeps independent draws.
 
         ``partner``: image x_0^j noised with the anchor's own t_i and eps_i (Eq. 12 exactly), denoised under y_j.
         ``same_xt``: the anchor's own x_t^i denoised under y_j, so mu_i - mu_j = -coef (eps(x_t, y_i) - eps(x_t, y_j))
         measures how far the two class-conditional denoisers disagree at one point (CBDM compares them the same way).
-        Each drawn pair carries the weight K_i / m, so sum_k K_i / m phi(d_ij_k) is an unbiased estimate of Algorithm
-        1's per-anchor sum over all K_i partners (``algorithm1_sum``), and that sum over the anchors divided by
-        sum_i K_i of the mean over the batch's valid pairs (``pairs_mean``). Returns d [B, m], the mask of anchors
-        that found a partner, t [B, 1], the anchors [B], the weights [B, 1] and the number of valid pairs."""
+        """
         y, t, ok = step.y, step.t, step.cond
-        candidates = (y[:, None] != y[None, :]) & ok[None, :]  # [B, B]: j may partner i
-        count = candidates.sum(1)  # K_i
-        has_partner = (count > 0) & ok
+        candidates, has_partner = self._candidates(step)
         weights = torch.where(has_partner[:, None], candidates.float(), 1.0)  # a row with none: any j, masked
         j = torch.multinomial(weights, self.partners, replacement=True)  # [B, m]
-        mu = step.mu.flatten(1)
-        d = []
-        for k in range(self.partners):  # m forwards of the batch (DiffAugment parameters stay per anchor)
-            jk = j[:, k]
+        forwards = []
+        for jk in j.unbind(1):  # m forwards of the batch
             if self.pairing == "same_xt":
                 xt_j, eps_j = step.xt, None
             else:  # x_t^j - x_t^i = sqrt(abar_t) (x_0^j - x_0^i): a DDPM sample of x_0^j at (t_i, eps_i)
                 xt_j, eps_j = step.schedule.q_sample(step.x0[jk], t, step.eps), step.eps
-            eps_hat_j = step.net(xt_j, t, y[jk], torch.ones_like(ok))
-            step.extra_forwards.append(ExtraForward(xt=xt_j, t=t, y=y[jk], eps_hat=eps_hat_j, eps=eps_j))
-            mu_j = step.schedule.posterior_mean(xt_j, t, eps_hat_j)
-            d.append(self._dist(mu, mu_j.flatten(1), y, y[jk], step.class_freq))
+            forwards.append(Forward(xt=xt_j, t=t, y=y[jk], cond=torch.ones_like(ok), eps=eps_j, by=self))
+        return forwards
+
+    @staticmethod
+    def _candidates(step: Step) -> tuple[Tensor, Tensor]:
+        """[B, B]: j may partner i (another label, conditioned); [B]: the conditioned anchors with a partner."""
+        candidates = (step.y[:, None] != step.y[None, :]) & step.cond[None, :]
+        return candidates, (candidates.sum(1) > 0) & step.cond
+
+    def _partner_pairs(self, step: Step) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The pairs of the partner forwards (``_partner_forwards``). Each drawn pair carries the weight K_i / m, so
+        sum_k K_i / m phi(d_ij_k) is an unbiased estimate of Algorithm 1's per-anchor sum over all K_i partners
+        (``algorithm1_sum``), and that sum over the anchors divided by sum_i K_i of the mean over the batch's valid
+        pairs (``pairs_mean``). Returns d [B, m], the mask of anchors that found a partner, t [B, 1], the anchors
+        [B], the weights [B, 1] and the number of valid pairs."""
+        y, t, ok = step.y, step.t, step.cond
+        forwards = step.forwards_by(self)
+        if len(forwards) != self.partners:
+            raise ValueError(
+                f"loss.terms.pcl.pairing={self.pairing} reads its {self.partners} partner forward(s) from the step, "
+                f"found {len(forwards)}: the step must evaluate the term's needs.forwards (DiffusionModule.forward_step)"
+            )
+        candidates, has_partner = self._candidates(step)
+        count = candidates.sum(1)  # K_i
+        mu = step.mu.flatten(1)
+        d = [
+            self._dist(
+                mu, step.schedule.posterior_mean(f.xt, t, f.eps_hat).flatten(1), y, f.y, step.class_freq
+            )
+            for f in forwards
+        ]
         weight = (count.float() / self.partners)[:, None]
         num_pairs = torch.where(has_partner, count, 0).sum()
         return torch.stack(d, 1), has_partner[:, None], t[:, None], ok, weight, num_pairs

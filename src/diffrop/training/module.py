@@ -1,11 +1,11 @@
-"""The LightningModule: one forward pass per step, the loss terms over it, EMA of the weights. No math of its own."""
+"""The LightningModule: the forward passes the loss terms ask for, the terms over them, EMA of the weights. No math of
+its own."""
 
 from __future__ import annotations
 
 import copy
 import random
 import time
-from functools import partial
 from typing import Any
 
 import lightning as L
@@ -82,27 +82,32 @@ class DiffusionModule(L.LightningModule):
         return torch.rand(y.shape, device=y.device) >= self.label_drop_prob, False
 
     def forward_step(self, x0: Tensor, y: Tensor, aug: Tensor | None = None) -> Step:
-        """The one network evaluation of a training step; every loss term reads from the returned Step.
+        """The network evaluation of a training step, as the loss terms declare it (``Objective.needs``): the noise
+        grouping, then one call of the network on the batch and every extra forward the terms ask for (PCL partner
+        / same_xt, CBDM), concatenated along the batch (docs/design.md section 1). The terms' draws (partners, y')
+        come before that call. Every loss term only reads the returned Step.
 
-        ``aug``: DiffAugment parameters of each sample, fed to the network as conditioning (None without DiffAug).
+        ``aug``: DiffAugment parameters of each sample, fed to the network as conditioning (None without DiffAug);
+        an extra forward's row i keeps sample i's.
         """
         t, eps, group = draw_noise(x0, self.schedule.num_steps, self.objective.noise_group_size)
         xt = self.schedule.q_sample(x0, t, eps)
-        if self.channels_last:
-            xt = xt.contiguous(memory_format=torch.channels_last)
         cond, all_dropped = self._condition_mask(y)
+        step = Step(x0=x0, xt=xt, t=t, eps=eps, y=y, cond=cond, all_dropped=all_dropped, schedule=self.schedule,
+                    class_freq=self.class_freq, group=group)  # fmt: skip
+        wanted = [f for needs in self.objective.needs.values() for f in needs.forwards(step)]
+        inputs = [
+            torch.cat(v)
+            for v in zip((xt, t, y, cond), *((f.xt, f.t, f.y, f.cond) for f in wanted), strict=True)
+        ]
+        if self.channels_last:
+            inputs[0] = inputs[0].contiguous(memory_format=torch.channels_last)
         net = self._denoiser or self.net
-        net = net if aug is None else partial(net, aug=aug)
-        eps_hat = net(xt, t, y, cond)
-        gather = (
-            (lambda v: self.all_gather(v, sync_grads=True).flatten(0, 1))
-            if self.trainer.world_size > 1
-            else None
-        )
-        step = Step(x0=x0, xt=xt, t=t, eps=eps, eps_hat=eps_hat, y=y, cond=cond, all_dropped=all_dropped,
-                    schedule=self.schedule, class_freq=self.class_freq, net=net, group=group)  # fmt: skip
-        if gather is not None:
-            step.gather = gather
+        kwargs = {} if aug is None else {"aug": aug.repeat(1 + len(wanted), *[1] * (aug.dim() - 1))}
+        step.eps_hat, *outputs = net(*inputs, **kwargs).split(len(y))
+        step.extra_forwards = [f.evaluated(out) for f, out in zip(wanted, outputs, strict=True)]
+        if self.trainer.world_size > 1:
+            step.gather = lambda v: self.all_gather(v, sync_grads=True).flatten(0, 1)
         return step
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
