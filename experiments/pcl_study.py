@@ -96,6 +96,13 @@ DEFAULT_ARMS = ("ddpm", CONTROL, "pcl_alg1_tau0.03", *(f"pcl_eq12_tau{t:g}" for 
 TWO = (0, 1)
 ARMS = [
     Arm("ddpm", "DDPM", "ddpm", ("loss=ddpm",)),
+    # DDPM given a partner arm's compute (its second forward and backward): twice the batch, the same steps
+    Arm(
+        "ddpm_batch128",
+        "DDPM, batch 128 (a partner arm's compute)",
+        "ddpm",
+        ("loss=ddpm", "data.batch_size=128"),
+    ),
     Arm(
         CONTROL,
         "DDPM, eq12 groups (PCL tau0=0)",
