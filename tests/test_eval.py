@@ -609,7 +609,8 @@ def test_periodic_fid_logs_val_fid(ckpt, tmp_path, fake_extractor):
     datamodule = from_group("data", "digits_lt")
     logged = []
     logger = SimpleNamespace(log_metrics=lambda metrics, step: logged.append((step, metrics)))
-    trainer = SimpleNamespace(datamodule=datamodule, global_step=4, loggers=[logger], callback_metrics={})
+    trainer = SimpleNamespace(datamodule=datamodule, global_step=4, loggers=[logger], callback_metrics={},
+                              fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(_batches_that_stepped=3)))  # fmt: skip
     module = SimpleNamespace(ema=net, schedule=schedule, device=torch.device("cpu"))
     callback = PeriodicFID(sampler_spec("ddim", 2, 0.0, batch_size=10), every_n_steps=2, num_samples=20, seed=0,
                            sampler_overrides=None, extractor="torch-fidelity", inception_weights=None,
@@ -618,7 +619,7 @@ def test_periodic_fid_logs_val_fid(ckpt, tmp_path, fake_extractor):
     callback.on_train_batch_end(trainer, module, None, None, 0)
     trainer.global_step = 5  # not a multiple of 2: nothing
     callback.on_train_batch_end(trainer, module, None, None, 0)
-    assert len(logged) == 1 and logged[0][0] == 4
+    assert len(logged) == 1 and logged[0][0] == 3  # the row of step 4's batch (Lightning's counter)
     fid = logged[0][1]["val/fid"]
     # independent: the same 20 samples (balanced labels, seeds 0..19) scored with scipy
     from diffrop.evaluation.generate import sample_images

@@ -34,7 +34,11 @@ def test_two_trial_optuna_sweep_reports_its_best_trial(tmp_path) -> None:
     trials = {}
     for trial in sorted(p for p in sweep.iterdir() if p.is_dir()):
         with open(trial / "metrics.csv", newline="") as f:
-            fids = [float(r["val/fid"]) for r in csv.DictReader(f) if r.get("val/fid")]
+            rows = list(csv.DictReader(f))
+        fids = [float(r["val/fid"]) for r in rows if r.get("val/fid")]
+        # 3 steps log rows 0..2: the final FID shares the last step's row, none past it (issue 28: "step 601")
+        assert max(int(r["step"]) for r in rows) == 2
+        assert [r["step"] for r in rows if r.get("val/fid")] == ["2"]
         overrides = dict(
             o.split("=", 1) for o in yaml.safe_load((trial / ".hydra/overrides.yaml").read_text())
         )

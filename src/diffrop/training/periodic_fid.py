@@ -1,6 +1,7 @@
 """A cheap FID during training (issue 4): every K steps, FID of a few thousand samples of the EMA network, drawn
 with the run's ``sampler`` group, against the cached reference features of the balanced training set, logged as
-``val/fid``.
+``val/fid`` in the row of the batch just trained (after k steps: ``step`` k - 1, beside that step's ``train/loss``,
+so a run's metrics.csv ends at ``max_steps - 1`` with or without it).
 
 Same protocol as ``src/eval.py`` at a smaller scale (exactly balanced labels, per-sample seeds 0..N-1, so the
 curve compares the same noise at every step); its numbers are biased upwards by the small N, so compare them
@@ -22,6 +23,7 @@ from diffrop.diffusion.sampling import SamplerSpec
 from diffrop.evaluation import reference_set
 from diffrop.evaluation.generate import sample_images, sample_labels
 from diffrop.evaluation.metrics import ReferenceCache, feature_stats, frechet_distance
+from diffrop.training.lightning_internals import logging_step
 
 
 class PeriodicFID(L.Callback):
@@ -73,8 +75,8 @@ class PeriodicFID(L.Callback):
             reference_set.rgb(images), self.feature_batch_size, progress=False
         )
         fid = frechet_distance(*feature_stats(features), *self._reference)
-        for logger in trainer.loggers:
-            logger.log_metrics({"val/fid": fid}, step=trainer.global_step)
+        for logger in trainer.loggers:  # in the row of the batch just trained, as Lightning logs
+            logger.log_metrics({"val/fid": fid}, step=logging_step(trainer))
         trainer.callback_metrics["val/fid"] = torch.tensor(fid)
         return fid
 
