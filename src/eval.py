@@ -35,7 +35,8 @@ from diffrop.evaluation import plots, records
 from diffrop.evaluation import wandb_log as eval_wandb
 from diffrop.evaluation.settings import EvalSettings, moved_setting
 from diffrop.runtime.entry import guarded_run
-from diffrop.runtime.run_status import missing_checkpoint, run_state
+from diffrop.runtime.run_lock import LOCK_NAME
+from diffrop.runtime.run_status import FAILED, missing_checkpoint, run_state
 
 NO_CKPT = (
     "error: no checkpoint to evaluate: pass ckpt_path=<run>/checkpoints/last.ckpt "
@@ -230,8 +231,17 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     rank = int(os.environ.get("RANK", 0))
     # One evaluation per eval dir (two would mix their samples and results); torchrun's ranks share it by design.
-    with guarded_run(run_dir, rank=rank, multirun=build.is_multirun()):
+    fresh = build.run_dir_made_for_this_command()  # a failed start's folder goes, as in src/train.py
+    with guarded_run(
+        run_dir, rank=rank, multirun=build.is_multirun(),
+        disposable=(lambda: nothing_evaluated(run_dir)) if fresh else None,
+    ):  # fmt: skip
         evaluate(cfg, run_dir, rank)
+
+
+def nothing_evaluated(run_dir: Path) -> bool:
+    """Only what Hydra and ``guarded_run`` write at a start (.hydra, the job log, the lock): no sample, no record."""
+    return {p.name for p in run_dir.iterdir()} <= {".hydra", "eval.log", LOCK_NAME, FAILED}
 
 
 def evaluate(cfg: DictConfig, run_dir: Path, rank: int) -> None:

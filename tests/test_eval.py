@@ -531,6 +531,26 @@ def test_failure_writes_failed(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_failed_start_leaves_no_folder_but_a_used_eval_dir_stays(ckpt, tmp_path):
+    """Issue 28 item 4: a bad setting stops before any sample; the folder Hydra made for that evaluation (a
+    timestamped one for a checkpoint outside a run, or a run's first ``eval/``) goes; an eval dir that already
+    holds something keeps it and gets FAILED."""
+    outside, run = tmp_path / "model.ckpt", tmp_path / "run"
+    shutil.copy(ckpt, outside)
+    shutil.copytree(ckpt.parent.parent, run, ignore=shutil.ignore_patterns("eval"))
+    bad = ["eval.num_samples=-1", "wandb.enabled=false"]
+    for path in (outside, run / "checkpoints" / "last.ckpt"):
+        cmd = [sys.executable, str(REPO / "src" / "eval.py"), f"ckpt_path={path}", *bad]
+        done = subprocess.run(cmd, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 1 and "eval.num_samples must be > 0" in done.stderr, done.stderr[-2000:]
+    assert list((tmp_path / "logs" / "eval" / "runs").iterdir()) == [] and not (run / "eval").exists()
+    (run / "eval").mkdir()
+    (run / "eval" / "notes.txt").write_text("mine")
+    subprocess.run(cmd, cwd=tmp_path, env=child_env(), capture_output=True, timeout=300)
+    assert (run / "eval" / "notes.txt").read_text() == "mine" and (run / "eval" / "FAILED").is_file()
+
+
+@pytest.mark.slow
 def test_full_disk_is_one_line_and_keeps_the_samples(ckpt, tmp_path, fake_extractor):
     """On a 64 KiB disk the two sample shards fit but their merge (samples.npz) does not: one line, exit 1, and
     the shards stay whole, so the same command resumes from them once there is room."""

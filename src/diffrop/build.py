@@ -49,6 +49,13 @@ def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def run_dir_made_for_this_command() -> bool:
+    """Hydra named the run dir itself (no ``hydra.run.dir=`` given, not a multirun job): a start that fails
+    before writing anything may remove it rather than leave an empty timestamped folder."""
+    overrides = HydraConfig.get().overrides.hydra
+    return not is_multirun() and not any(o.startswith("hydra.run.dir=") for o in overrides)
+
+
 def build_datamodule(cfg: DictConfig) -> LongTailDataModule:
     return instantiate(cfg.data, _convert_="all")
 
