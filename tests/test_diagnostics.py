@@ -96,10 +96,32 @@ def test_class_distances_by_hand() -> None:
     assert got["pcl/d_between"].item() == pytest.approx(1.5)
     assert got["pcl/d_within"].item() == pytest.approx(1.0)
     # groups {0, 1} and {2, 3} (shared t and eps): only (0,1) is a different-label pair, no same-label pair left
-    step.group = torch.tensor([0, 0, 1, 1])
+    step.group, step.group_size = torch.tensor([0, 0, 1, 1]), 2
     got = class_distances(step)
     assert got["pcl/d_between"].item() == pytest.approx(1.0)
     assert got["pcl/d_within"].item() == 0.0
+
+
+def test_class_distances_of_cifar_sized_eq12_groups_match_float64_at_t_900() -> None:
+    # Two groups of 8 sharing (t, eps) and an exact denoiser: mu_i - mu_j = sqrt(abar_{t-1}) (x0_i - x0_j), a d
+    # of ~1e-2 per value under norms of ~1: the matrix expansion loses ~1e-3 of it, kernel-dependent.
+    torch.manual_seed(5)
+    sched = linear_schedule(T)
+    x0 = torch.rand(16, 3, 32, 32) * 2 - 1
+    t = torch.full((16,), 900)
+    eps = torch.randn(2, 3, 32, 32).repeat_interleave(8, 0)
+    y = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3] * 2)
+    step = make_step(y, t, x0=x0, xt=sched.q_sample(x0, t, eps), eps=eps, eps_hat=eps, schedule=sched,
+                     group=torch.arange(16) // 8, group_size=8)  # fmt: skip
+    got = class_distances(step)
+    abar_prev = torch.cumprod(1 - torch.linspace(1e-4, 0.02, T, dtype=torch.float64), 0)[899]
+    x = x0.double().flatten(1)
+    d = abar_prev * (x[:, None] - x[None, :]).square().mean(-1)
+    group = torch.arange(16) // 8
+    pairs = (group[:, None] == group[None, :]) & ~torch.eye(16, dtype=torch.bool)
+    same = y[:, None] == y[None, :]
+    assert got["pcl/d_between"].item() == pytest.approx(d[pairs & ~same].mean().item(), rel=1e-5)
+    assert got["pcl/d_within"].item() == pytest.approx(d[pairs & same].mean().item(), rel=1e-5)
 
 
 def test_eps_slope_by_hand() -> None:

@@ -22,6 +22,7 @@ def make_step(
     eps: Tensor | None = None,
     eps_hat: Tensor | None = None,
     group: Tensor | None = None,
+    group_size: int = 1,
     schedule: NoiseSchedule | None = None,
     class_freq: Tensor | None = None,
     net=None,
@@ -49,6 +50,7 @@ def make_step(
         schedule=linear_schedule(1000) if schedule is None else schedule,
         class_freq=torch.full((3,), 1 / 3) if class_freq is None else class_freq,
         group=group,
+        group_size=group_size,
     )
     if mu is not None:
         step.__dict__["mu"] = mu  # cached_property storage

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from diffrop.losses.pcl import pairwise_sq_dist
+from diffrop.losses.pcl import group_neighbours, pairwise_sq_dist, sq_dist
 from diffrop.losses.step import Step
 
 DENOISING = ("ddpm", "ddpm_partner")  # the terms whose sum is the DDPM loss (the ratios' denominator)
@@ -46,17 +46,24 @@ def grad_norm(term: Tensor, wrt: Tensor | Sequence[Tensor]) -> Tensor:
 
 def class_distances(step: Step) -> dict[str, Tensor]:
     """Mean d_ij over different-label pairs and over same-label pairs (i != j) of conditioned samples (of one
-    group, when the step has groups)."""
+    group, when the step has groups: from the pairs' differences, as PCL's Eq. 12 pairs, since their small d is
+    lost in the |a|^2 + |b|^2 - 2 a.b expansion)."""
     with torch.no_grad():
         mu = step.mu.detach().flatten(1)
-        d = pairwise_sq_dist(mu) / mu.shape[1]
-        ok = step.cond[:, None] & step.cond[None, :]
-        if step.group is not None:
-            ok &= step.group[:, None] == step.group[None, :]
-        same = step.y[:, None] == step.y[None, :]
-        off_diagonal = ~torch.eye(len(step.y), dtype=torch.bool, device=d.device)
+        y, cond = step.y, step.cond
+        if step.group is None:  # every pair; d is dominated by the two noises
+            d = pairwise_sq_dist(mu)
+            j = torch.arange(len(y), device=y.device).expand(len(y), -1)
+            ok = ~torch.eye(len(y), dtype=torch.bool, device=y.device)
+        else:
+            j, ok = group_neighbours(len(y), step.group_size, y.device)
+            ok &= step.group[j] == step.group[:, None]
+            d = sq_dist(mu[:, None], mu[j])
+        ok &= cond[:, None] & cond[j]
+        same = y[j] == y[:, None]
+        d = d / mu.shape[1]
         out = {}
-        for name, mask in (("d_between", ok & ~same), ("d_within", ok & same & off_diagonal)):
+        for name, mask in (("d_between", ok & ~same), ("d_within", ok & same)):
             out[f"pcl/{name}"] = torch.where(mask, d, 0.0).sum() / mask.sum().clamp_min(1)
         return out
 

@@ -81,6 +81,7 @@ class Step:
     group: Tensor | None = (
         None  # [B] long: samples of one group share t and eps (DiffROP Eq. 12); None: per sample
     )
+    group_size: int = 1  # the groups' size (consecutive samples; the last group may be shorter)
     gather: Callable[[Tensor], Tensor] = _identity  # all_gather keeping gradients under DDP
     diagnostics: dict[str, Tensor] = field(default_factory=dict)  # extra values a term wants logged
     # the extra forwards the terms asked for (StepNeeds.forwards), evaluated by the module before any term runs:

@@ -90,11 +90,12 @@ class DiffusionModule(L.LightningModule):
         ``aug``: DiffAugment parameters of each sample, fed to the network as conditioning (None without DiffAug);
         an extra forward's row i keeps sample i's.
         """
-        t, eps, group = draw_noise(x0, self.schedule.num_steps, self.objective.noise_group_size)
+        group_size = self.objective.noise_group_size
+        t, eps, group = draw_noise(x0, self.schedule.num_steps, group_size)
         xt = self.schedule.q_sample(x0, t, eps)
         cond, all_dropped = self._condition_mask(y)
         step = Step(x0=x0, xt=xt, t=t, eps=eps, y=y, cond=cond, all_dropped=all_dropped, schedule=self.schedule,
-                    class_freq=self.class_freq, group=group)  # fmt: skip
+                    class_freq=self.class_freq, group=group, group_size=group_size)  # fmt: skip
         wanted = [f for needs in self.objective.needs.values() for f in needs.forwards(step)]
         inputs = [
             torch.cat(v)
