@@ -5,7 +5,8 @@ Each command goes through the first rule of ``RULES`` that matches it; a command
 Optuna command composes its config (``--cfg job``), a make target must exist, an install line must pin what
 pyproject.toml pins. A training command that can run on the CPU runs for 2 steps on digits with the tiny net
 (the overrides in ``SMALL`` come after the README's, so ``data=cifar100lt`` becomes digits); an evaluation
-runs on a few samples with a test-made Inception weights file.
+runs on a few samples with a test-made Inception weights file where the line names one, else with the smoke
+preset's small random feature network (those lines change the sampler or the guidance sweep, not the features).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from diffrop.evaluation.records import results_path
+from diffrop.paper.smoke import write_smoke_extractor
 from diffrop.runtime.stored_run import resume_command
 from tests.helpers.inception_weights import write_fidelity_weights
 from tests.helpers.train_utils import REPO, train_env
@@ -68,7 +70,12 @@ def place(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("readme")
     run_dir = root / "run"
     ok(run(["src/train.py", "experiment=quickstart", *SMALL[4:], f"hydra.run.dir={run_dir}"]))
-    return {"root": root, "run": run_dir, "weights": write_fidelity_weights(root / "pt_inception.pth")}
+    return {
+        "root": root,
+        "run": run_dir,
+        "weights": write_fidelity_weights(root / "pt_inception.pth"),
+        "stand_in": write_smoke_extractor(root / "stand_in.pt"),
+    }
 
 
 def check_make(args, place):
@@ -124,7 +131,14 @@ def eval_small(args, place):
         for a in args[1:]
     ]
     out = place["root"] / f"eval{zlib.crc32(shlex.join(args).encode())}"
-    extra = [f"eval.inception_weights={place['weights']}", f"eval.reference_cache={place['root'] / 'refs'}"]
+    if any(a.startswith("eval.inception_weights=") for a in args):  # torch-fidelity's Inception, as it says
+        extra = [
+            f"eval.inception_weights={place['weights']}",
+            f"eval.reference_cache={place['root'] / 'refs'}",
+        ]
+    else:  # what the line changes is the sampler or the sweep: a small stand-in feature network is enough
+        extra = ["eval.extractor=fid-helper", f"eval.inception_weights={place['stand_in']}",
+                 f"eval.reference_cache={place['root'] / 'refs_stand_in'}"]  # fmt: skip
     ok(run([*swapped, *extra, *SMALL_EVAL, f"hydra.run.dir={out}"]))
     assert results_path(out).is_file()
 
