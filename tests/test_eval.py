@@ -39,7 +39,6 @@ from diffrop.training.periodic_fid import PeriodicFID
 from tests.helpers.config_objects import from_group, sampler_spec
 from tests.helpers.disk import tmpfs
 from tests.helpers.eval_fake_extractor import FakeExtractor
-from tests.helpers.inception_weights import write_fidelity_weights
 from tests.helpers.train_utils import REPO, child_env, load_script, main_in_process
 
 eval_entry = load_script(REPO / "src" / "eval.py", "eval_entry")
@@ -653,37 +652,6 @@ def test_periodic_fid_logs_val_fid(ckpt, tmp_path, fake_extractor):
 
 
 # ----------------------------------------------------------------------------------------- end to end
-@pytest.mark.slow
-def test_train_then_eval_end_to_end(tmp_path, run_train, tiny_run_overrides):
-    """src/train.py (2 steps) then src/eval.py with a test-made torch-fidelity Inception file: several minutes
-    on 2 busy CPU cores, most of it Inception at 299 x 299 on 70 images."""
-    run_dir = tmp_path / "run"
-    trained = run_train(*tiny_run_overrides, "trainer.max_steps=2", f"hydra.run.dir={run_dir}", timeout=600)
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    weights = write_fidelity_weights(tmp_path / "pt_inception-test.pth")
-    cmd = [
-        sys.executable, str(REPO / "src" / "eval.py"), f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
-        "sampler=ddim", f"eval.inception_weights={weights}", f"eval.reference_cache={tmp_path / 'refs'}",
-        "eval.num_samples=30", "eval.reference_per_class=4", "eval.metrics.prd.clusters_per_class=2",
-        "eval.metrics.prd.runs=2",
-        "sampler.steps=3", "eval.feature_batch_size=10", "wandb.mode=offline",
-    ]  # fmt: skip
-    env = child_env(WANDB_MODE="offline", WANDB_SILENT="true")
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(results_path(run_dir / "eval").read_text())  # the default eval dir
-    m = results["metrics"]
-    assert np.isfinite(m["fid"]) and m["fid"] >= 0 and m["is_mean"] >= 1 - 1e-6
-    assert set(m["per_shot"]) == {"many", "med", "few"} and all(
-        np.isfinite(g["fid"]) for g in m["per_shot"].values()
-    )
-    assert results["sampler"]["name"] == "ddim" and results["num_samples"] == 30
-    assert results["extractor"]["name"] == "inception-v3-compat"
-    assert not (run_dir / "eval" / "FAILED").exists() and list(
-        (run_dir / "eval" / "wandb").glob("offline-run-*")
-    )
-
-
 def test_eval_samples_with_the_checkpoints_own_recipe(ckpt, tmp_path, fake_extractor):
     """A checkpoint whose training config stored DPM-Solver++ at w = 0.7 is evaluated with it, with no sampler
     flag; `sampler.steps=3` (in SMALL) changes only the steps; `sampler=ddim` picks eval's group whole."""

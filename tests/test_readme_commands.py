@@ -11,6 +11,8 @@ preset's small random feature network (those lines change the sampler or the gui
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import shlex
 import subprocess
@@ -123,6 +125,10 @@ def train_small(args, place):
 
 
 def eval_small(args, place):
+    """The line on the quickstart run, a few samples. The line naming ``eval.inception_weights`` runs with
+    torch-fidelity's Inception (test-made weights) into the default eval dir, ``<run>/eval``, with its W&B run
+    offline: the train-then-evaluate path a user takes first. The other lines change the sampler or the sweep:
+    a small stand-in feature network is enough there."""
     ckpt = str(place["run"] / "checkpoints" / "last.ckpt")
     swapped = [
         a.replace("<run>/checkpoints/last.ckpt", ckpt)
@@ -130,17 +136,23 @@ def eval_small(args, place):
         .replace("<local_pt_inception_weights>", str(place["weights"]))
         for a in args[1:]
     ]
-    out = place["root"] / f"eval{zlib.crc32(shlex.join(args).encode())}"
-    if any(a.startswith("eval.inception_weights=") for a in args):  # torch-fidelity's Inception, as it says
-        extra = [
-            f"eval.inception_weights={place['weights']}",
-            f"eval.reference_cache={place['root'] / 'refs'}",
-        ]
-    else:  # what the line changes is the sampler or the sweep: a small stand-in feature network is enough
+    inception = any(a.startswith("eval.inception_weights=") for a in args)
+    if inception:
+        out = place["run"] / "eval"
+        extra = [f"eval.reference_cache={place['root'] / 'refs'}", "wandb.enabled=true"]
+    else:
+        out = place["root"] / f"eval{zlib.crc32(shlex.join(args).encode())}"
         extra = ["eval.extractor=fid-helper", f"eval.inception_weights={place['stand_in']}",
-                 f"eval.reference_cache={place['root'] / 'refs_stand_in'}"]  # fmt: skip
-    ok(run([*swapped, *extra, *SMALL_EVAL, f"hydra.run.dir={out}"]))
-    assert results_path(out).is_file()
+                 f"eval.reference_cache={place['root'] / 'refs_stand_in'}", f"hydra.run.dir={out}"]  # fmt: skip
+    ok(run([*swapped, *SMALL_EVAL, *extra]))
+    results = json.loads(results_path(out).read_text())
+    assert results["num_samples"] == 40 and results["checkpoint"]["run"]["state"] == "finished"
+    m = results["metrics"]
+    assert set(m["per_shot"]) == {"many", "med", "few"}
+    assert all(math.isfinite(v) and v >= 0 for v in (m["fid"], *(g["fid"] for g in m["per_shot"].values())))
+    if inception:
+        assert results["extractor"]["name"] == "inception-v3-compat" and m["is_mean"] >= 1 - 1e-6
+        assert list((out / "wandb").glob("offline-run-*")) and not (out / "FAILED").exists()
 
 
 RULES = [  # (pattern on the command line, how it runs here)

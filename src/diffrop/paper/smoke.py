@@ -23,8 +23,9 @@ SMOKE_EVAL = [
 ]
 # per table, after SMOKE_EVAL: fig4b's sweep plumbing with 3 of its 7 guidance values
 SMOKE_TABLE_EVAL = {"fig4b": ["eval.guidance_sweep=[0,0.8,1.6]"]}
+# data.image_size: the smoke models' size (configs/experiment/preset/smoke.yaml), which generated images must match
 SMOKE_CLASSIFY = ["classifier.depth=8", "trainer.max_epochs=3", "trainer.accelerator=cpu", "batch_size=64",
-                  "optim.warmup_epochs=1", "optim.milestones=[2]", "optim.gamma=0.1"]  # fmt: skip
+                  "optim.warmup_epochs=1", "optim.milestones=[2]", "optim.gamma=0.1", "data.image_size=8"]  # fmt: skip
 
 
 class _SmokeExtractor(torch.nn.Module):
