@@ -146,6 +146,15 @@ def test_a_silent_stage_says_it_is_still_running_every_silence_interval(lines, m
         line.startswith("scoring: F_8 (10 k-means runs) | still running, elapsed") for line in lines
     )
     lines.clear()
+    stage = ["features"]  # scoring's pattern: one block, the label names the running stage
+    with progress.ticking(lambda: stage[0]):
+        time.sleep(2.0)
+        stage[0] = "k-means"
+        time.sleep(0.25)
+    # each stage's elapsed time counts from its own start, not the block's (issue 28: "F_8 ... elapsed 0:02:50")
+    assert any(line.startswith("features | still running, elapsed 0:00:02") for line in lines)
+    assert [line for line in lines if line.startswith("k-means")][-1].endswith("elapsed 0:00:00")
+    lines.clear()
     with progress.ticking(lambda: "x", enabled=False):  # eval.progress=false
         time.sleep(0.2)
     monkeypatch.setenv("RANK", "1")

@@ -38,7 +38,8 @@ def emit(line: str) -> None:
 
 @contextlib.contextmanager
 def ticking(status: Callable[[], str], enabled: bool = True) -> Iterator[None]:
-    """Inside the block, ``<status()> | still running, elapsed ...`` whenever no line was emitted for ``SILENCE_S``.
+    """Inside the block, ``<status()> | still running, elapsed ...`` whenever no line was emitted for ``SILENCE_S``;
+    the time is that stage's (since ``status()`` last changed), so scoring's stages each count from their start.
 
     Whatever the block is doing (one k-means run, one batch of a 1,000-step sampler, a sample grid, a first feature
     batch), a user reading the log sees it is alive at least every ``SILENCE_S``; loops that report their own
@@ -47,13 +48,16 @@ def ticking(status: Callable[[], str], enabled: bool = True) -> Iterator[None]:
     if not enabled or process_rank() != 0:
         yield
         return
-    done, start = threading.Event(), time.monotonic()
+    done = threading.Event()
 
     def beat() -> None:
+        label, start = status(), time.monotonic()
         while not done.wait(min(SILENCE_S, 1.0)):
             now = time.monotonic()
+            if (current := status()) != label:  # a new stage inside the block: its own clock
+                label, start = current, now
             if now - _last_line[0] >= SILENCE_S:
-                emit(f"{status()} | still running, elapsed {timedelta(seconds=round(now - start))}")
+                emit(f"{label} | still running, elapsed {timedelta(seconds=round(now - start))}")
 
     thread = threading.Thread(target=beat, name="progress-ticking", daemon=True)
     thread.start()
