@@ -128,7 +128,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> Evalua
     checkpoint, step = str(Path(cfg.ckpt_path).resolve()), ckpt.get("global_step")
     data_overrides = OmegaConf.to_container(cfg.data, resolve=False) if cfg.get("data") else {}
     keyed = {  # what shapes the numbers; not the batch size: per-sample seeds, the same images at any size
-        "eval": asdict(settings),
+        "eval": records.keyed_eval(asdict(settings)),
         "sampler": asdict(spec) | {"batch_size": None},
         "data": data_overrides,
         "checkpoint": checkpoint,

@@ -342,6 +342,16 @@ def test_two_evaluations_with_different_settings_both_keep_their_results(
     assert line.startswith(f"eval: {first.record} already holds this evaluation (checkpoint step 1")
     assert results_path(out) == first.record / "results.json"  # the one asked for last
 
+    # eval.overwrite=true scores that same record again (how it runs or reports does not name another record)
+    fake_extractor.images_seen = 0
+    redone = evaluate(
+        ckpt, out, "eval.metrics.precision_recall.k=2", "eval.overwrite=true", "eval.progress=false"
+    )
+    assert not redone.reused and redone.record == first.record and fake_extractor.images_seen > 0
+    assert sorted(p.name for p in out.iterdir() if (p / "results.json").is_file()) == sorted(
+        [first.record.name, second.record.name]
+    )
+
 
 def test_results_name_the_step_scored_and_whether_the_run_was_still_training(ckpt, tmp_path, fake_extractor):
     run = _run_dir(tmp_path, ckpt, max_steps=10)

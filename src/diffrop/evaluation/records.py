@@ -20,14 +20,19 @@ from diffrop.runtime.atomic_write import atomic_write
 
 LATEST = "latest.json"
 RESULTS = "results.json"
-# settings that change how an evaluation runs or reports, never its numbers
-NOT_KEYED = ("progress", "overwrite")
+# eval settings that change how an evaluation runs or reports, never its numbers: hashed at these values whatever
+# they are, so `eval.overwrite=true` rescores the record of the same settings (and records keep their names)
+UNKEYED_EVAL = {"progress": True, "overwrite": False}
+
+
+def keyed_eval(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The eval settings as they key a record: ``UNKEYED_EVAL``'s at their fixed values."""
+    return {**settings, **UNKEYED_EVAL}
 
 
 def settings_hash(settings: Mapping[str, Any]) -> str:
     """8 hex digits of the settings (JSON, keys sorted): equal settings, equal hash, whatever their order."""
-    kept = {k: v for k, v in settings.items() if k not in NOT_KEYED}
-    return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return hashlib.sha1(json.dumps(dict(settings), sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def record_dir(eval_dir: Path, step: int | None, settings: Mapping[str, Any]) -> Path:
