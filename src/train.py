@@ -82,9 +82,8 @@ def nothing_measured(run_dir: Path) -> bool:
 def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = build.is_multirun()
-    fresh = (
-        build.run_dir_made_for_this_command()
-    )  # a failed start's timestamped folder goes, not kept as litter
+    # a failed start's timestamped folder goes, not kept as litter
+    fresh = build.run_dir_made_for_this_command()
     with guarded_run(
         run_dir, rank=rank_zero_only.rank, multirun=multirun, resume=lambda: resume_hint(run_dir),
         disposable=(lambda: nothing_measured(run_dir)) if fresh else None,

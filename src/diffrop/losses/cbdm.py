@@ -39,13 +39,8 @@ class CBDM:
     def __call__(self, step: Step) -> Tensor:
         if step.all_dropped:  # CBDM skips the regulariser on unconditional batches (and its extra forward)
             return step.eps_hat.new_zeros(())
-        forwards = step.forwards_by(self)
-        if len(forwards) != 1:
-            raise ValueError(
-                "loss.terms.cbdm reads its y' forward from the step: the step must evaluate the term's "
-                "needs.forwards (DiffusionModule.forward_step)"
-            )
-        eps_prime = forwards[0].eps_hat
+        (forward,) = step.forwards_by(self, expected=1)  # its y' forward
+        eps_prime = forward.eps_hat
         w = self.weight * step.t.float() / step.schedule.num_steps  # [B]
         reg = (step.eps_hat - eps_prime.detach()).square().flatten(1).mean(1)
         commit = (step.eps_hat.detach() - eps_prime).square().flatten(1).mean(1)

@@ -241,12 +241,7 @@ class PCL:
         pairs (``pairs_mean``). Returns d [B, m], the mask of anchors that found a partner, t [B, 1], the anchors
         [B], the weights [B, 1] and the number of valid pairs."""
         y, t, ok = step.y, step.t, step.cond
-        forwards = step.forwards_by(self)
-        if len(forwards) != self.partners:
-            raise ValueError(
-                f"loss.terms.pcl.pairing={self.pairing} reads its {self.partners} partner forward(s) from the step, "
-                f"found {len(forwards)}: the step must evaluate the term's needs.forwards (DiffusionModule.forward_step)"
-            )
+        forwards = step.forwards_by(self, expected=self.partners)
         candidates, has_partner = self._candidates(step)
         count = candidates.sum(1)  # K_i
         mu = step.mu.flatten(1)

@@ -98,9 +98,16 @@ class Step:
         """Every eps_hat the network produced in this step: the main forward's, then each extra forward's."""
         return [self.eps_hat, *(f.eps_hat for f in self.extra_forwards)]
 
-    def forwards_by(self, term: LossTerm) -> list[ExtraForward]:
-        """The extra forwards ``term`` asked for, in the order it asked."""
-        return [f for f in self.extra_forwards if f.by is term]
+    def forwards_by(self, term: LossTerm, expected: int | None = None) -> list[ExtraForward]:
+        """The extra forwards ``term`` asked for, in the order it asked; with ``expected``, an error unless there
+        are that many (a step that did not evaluate the term's ``needs.forwards``)."""
+        found = [f for f in self.extra_forwards if f.by is term]
+        if expected is not None and len(found) != expected:
+            raise ValueError(
+                f"{type(term).__name__} reads its {expected} extra forward(s) from the step, found {len(found)}: "
+                "the step must evaluate the term's needs.forwards (DiffusionModule.forward_step)"
+            )
+        return found
 
 
 class LossTerm(Protocol):
